@@ -1,0 +1,37 @@
+"""The one interface every model family implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from PIL import Image
+
+from inference.specs import ModelSpec
+from inference.types import CancelToken, GenerationParams, ProgressCallback
+
+
+class Backend(Protocol):
+    """A loaded model that turns final prompts into images. Calls block: run them off the event loop."""
+
+    spec: ModelSpec
+
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image.Image]:
+        """One image per seed in params.seeds, in that order. Raises GenerationCancelled if cancelled."""
+        ...
+
+    def offload(self) -> None:
+        """Move weights off the accelerator (kept in RAM) so another model can run."""
+        ...
+
+    def activate(self) -> None:
+        """Move weights back onto the runtime device."""
+        ...
+
+    def unload(self) -> None:
+        """Drop every reference to the weights."""
+        ...

@@ -1,0 +1,51 @@
+"""Choosing the torch device and dtype for a model family."""
+
+from __future__ import annotations
+
+import torch
+
+from inference.specs import Family
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+DTYPE_CHOICES = ("auto", *_DTYPES)
+
+
+def resolve_device(preference: str) -> str:
+    """"auto" picks CUDA, then Apple MPS, then the CPU. An explicit choice is checked."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} was asked for but CUDA is not available")
+    if preference == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available")
+    return preference
+
+
+def resolve_dtype(preference: str | None, device: str, family: Family) -> torch.dtype:
+    """fp16 for SDXL on a GPU (its VAE is upcast by diffusers when needed), bf16 for Anima where the
+    GPU has it (Qwen3 and the DiT overflow in fp16), fp32 on the CPU."""
+    if preference and preference != "auto":
+        return _DTYPES[preference]
+    if device.startswith("cuda"):
+        if family == "anima":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.float16
+    if device == "mps":
+        return torch.float16 if family == "sdxl" else torch.float32
+    return torch.float32
+
+
+def free_device_memory(device: str) -> None:
+    """Return cached allocator blocks to the driver after a model is dropped or an OOM."""
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device == "mps" and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
