@@ -68,6 +68,7 @@ class ModelSpec:
     family: Family
     dialect: str  # a dialect id: a file name in data/models/ without .toml
     source: ModelSource
+    size_scale: float = 1.0  # bucket sizes are multiplied by this (the tiny built-ins use 1/8)
 
 
 @dataclass(frozen=True)

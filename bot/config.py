@@ -1,0 +1,222 @@
+"""The TOML config file, validated once at start into typed settings."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.dialects import DialectError, available_dialects, load_dialect
+from inference.specs import (
+    BUILTIN_MODELS,
+    BuiltinSource,
+    ComfyUISource,
+    DirSource,
+    HubSource,
+    ModelSource,
+    ModelSpec,
+    SingleFileSource,
+)
+
+BUILTIN_DIALECTS = {"tiny-sdxl": "animagine-xl-4.0", "tiny-anima": "anima"}
+TINY_SIZE_SCALE = 0.125
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComfyUIFiles(_Section):
+    """The three files of Anima in a ComfyUI install: `root`/models/<kind>/<file>."""
+
+    root: str = "."
+    diffusion_model: str = "anima-preview.safetensors"
+    text_encoder: str = "qwen_3_06b_base.safetensors"
+    vae: str = "qwen_image_vae.safetensors"
+
+
+class ModelSettings(_Section):
+    family: Literal["sdxl", "anima"] | None = None
+    dialect: str | None = None
+    hub: str | None = None
+    path: str | None = None
+    file: str | None = None
+    comfyui: ComfyUIFiles | None = None
+    builtin: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    size_scale: float = Field(default=1.0, gt=0, le=4)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSettings:
+        given = [k for k in ("hub", "path", "file", "comfyui", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one source: hub, path, file, comfyui or builtin")
+        if self.builtin is not None and self.builtin not in BUILTIN_MODELS:
+            raise ValueError(f"builtin must be one of {', '.join(BUILTIN_MODELS)}")
+        if self.builtin is None and self.family is None:
+            raise ValueError("family is required (sdxl or anima)")
+        if self.file is not None and self.family == "anima":
+            raise ValueError("Anima has no single-file format: use comfyui, path or hub")
+        if self.comfyui is not None and self.family != "anima":
+            raise ValueError("comfyui files are for family = 'anima'")
+        if self.dialect is not None and self.dialect not in available_dialects():
+            raise ValueError(f"dialect must be one of {', '.join(available_dialects())}")
+        return self
+
+
+class InferenceSettings(_Section):
+    device: str = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    default_model: str = "tiny-sdxl"
+    cache_size: int = Field(default=2, ge=1, le=8)
+    cache_location: Literal["cpu", "device"] = "cpu"
+    local_files_only: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cuda", "mps", "cpu") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be auto, cuda, cuda:N, mps or cpu")
+
+
+class TagSettings(_Section):
+    database: str = "tags.sqlite"
+
+
+class Settings(_Section):
+    data_dir: str = "var"
+    inference: InferenceSettings = InferenceSettings()
+    tags: TagSettings = TagSettings()
+    models: dict[str, ModelSettings] = {}
+
+
+class Config:
+    """Validated settings with every path resolved and every model turned into a ModelSpec."""
+
+    def __init__(self, settings: Settings, base_dir: Path, source: Path | None) -> None:
+        self.settings = settings
+        self.source = source
+        self.data_dir = _resolve(base_dir, settings.data_dir)
+        self.inference = settings.inference
+        self.tags_db = _resolve(self.data_dir, settings.tags.database)
+        self.models = _model_specs(settings.models, base_dir)
+        if self.inference.default_model not in self.models:
+            raise ConfigError(
+                f"{source or 'config'}: inference.default_model: no model named "
+                f"{self.inference.default_model!r} (have: {', '.join(self.models)})"
+            )
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def default_model(self) -> ModelSpec:
+        return self.models[self.inference.default_model]
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, ModelSpec]:
+    specs: dict[str, ModelSpec] = {
+        name: ModelSpec(name, family, BUILTIN_DIALECTS[name], BuiltinSource(name), TINY_SIZE_SCALE)
+        for name, family in BUILTIN_MODELS.items()
+    }
+    for name, m in configured.items():
+        source: ModelSource
+        if m.builtin is not None:
+            source = BuiltinSource(m.builtin)
+            family = BUILTIN_MODELS[m.builtin]
+            dialect = m.dialect or BUILTIN_DIALECTS[m.builtin]
+            scale = m.size_scale if "size_scale" in m.model_fields_set else TINY_SIZE_SCALE
+        else:
+            assert m.family is not None
+            family = m.family
+            dialect = m.dialect or ("anima" if family == "anima" else "animagine-xl-4.0")
+            scale = m.size_scale
+            config = m.config
+            if config is not None and not _looks_like_hub_id(config):
+                config = str(_resolve(base, config))
+            if m.hub is not None:
+                source = HubSource(m.hub, m.revision, m.variant)
+            elif m.path is not None:
+                source = DirSource(_resolve(base, m.path))
+            elif m.file is not None:
+                source = SingleFileSource(_resolve(base, m.file), config)
+            else:
+                assert m.comfyui is not None
+                root = _resolve(base, m.comfyui.root) / "models"
+                source = ComfyUISource(
+                    diffusion_model=_resolve(root / "diffusion_models", m.comfyui.diffusion_model),
+                    text_encoder=_resolve(root / "text_encoders", m.comfyui.text_encoder),
+                    vae=_resolve(root / "vae", m.comfyui.vae),
+                    config=config,
+                )
+        try:
+            load_dialect(dialect)
+        except DialectError as e:
+            raise ConfigError(f"models.{name}.dialect: {e}") from e
+        specs[name] = ModelSpec(name, family, dialect, source, scale)
+    return specs
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    """`org/name` with no path-like parts and nothing on disk by that name."""
+    parts = value.split("/")
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not value.startswith((".", "~"))
+        and not Path(value).expanduser().exists()
+    )
+
+
+def _format_errors(error: ValidationError, where: str) -> str:
+    lines = []
+    for e in error.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{where}: {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
+    return Config(settings, base_dir, source)
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read and validate a TOML config. None means the embedded defaults (tiny models, ./var)."""
+    if path is None:
+        return parse_config({}, Path.cwd())
+    path = Path(path).expanduser()
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, path.resolve().parent, path)

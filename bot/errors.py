@@ -1,0 +1,13 @@
+"""Errors caused by user input. They carry a message key and parameters, so every frontend can show
+the message in the user's language (see bot/messages.py); str() gives the English text."""
+
+from __future__ import annotations
+
+from bot.messages import render
+
+
+class UserError(ValueError):
+    def __init__(self, key: str, **params: object) -> None:
+        self.key = key
+        self.params = params
+        super().__init__(render(key, "en", **params))

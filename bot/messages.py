@@ -1,0 +1,27 @@
+"""The message catalog: every user-facing string, by key and language."""
+
+from __future__ import annotations
+
+CATALOG: dict[str, dict[str, str]] = {
+    "en": {
+        "empty_prompt": "The prompt is empty.",
+        "prompt_too_long": "The prompt is too long ({length} characters; the limit is {limit}).",
+        "unknown_quality": "{model} has no quality {value!r}. Try one of: {options}.",
+        "unknown_rating": "Unknown rating {value!r}. Use one of: {options}.",
+        "unknown_year": "Year {value!r} is neither a year nor a period ({options}).",
+        "year_out_of_range": "{model} knows years {low} to {high}, not {value}.",
+        "bad_artist": "Artist names must be 1 to {limit} characters.",
+        "unknown_model": "There is no model named {value!r}. Available: {options}.",
+        "unknown_aspect": "Aspect {value!r} is not W:H (for example 13:19) nor a bucket of {model} ({options}).",
+        "bad_size": "Size {value!r} must be WxH, each a multiple of 8 from {low} to {high}.",
+        "aspect_and_size": "Give an aspect or a size, not both.",
+        "out_of_range": "{name} must be from {low} to {high} (got {value}).",
+        "unknown_sampler": "{model} has no sampler {value!r}. Available: {options}.",
+    },
+}
+
+
+def render(key: str, locale: str = "en", **params: object) -> str:
+    table = CATALOG.get(locale) or CATALOG["en"]
+    template = table.get(key) or CATALOG["en"][key]
+    return template.format(**params)

@@ -1,0 +1,77 @@
+"""Request resolution: defaults from the model's dialect, sizes and buckets, seeds, range checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import load_config
+from bot.errors import UserError
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest, resolve_request
+
+MODELS = load_config(None).models
+
+
+def req(**kw: object) -> GenerationRequest:
+    model = str(kw.pop("model", "tiny-sdxl"))
+    return GenerationRequest(model, PromptChoices(str(kw.pop("prompt", "1girl"))), **kw)  # type: ignore[arg-type]
+
+
+def test_defaults_come_from_the_dialect() -> None:
+    sdxl = resolve_request(req(seed=7), MODELS).params
+    assert (sdxl.steps, sdxl.cfg, sdxl.sampler, sdxl.seeds) == (28, 5.0, "euler_a", (7,))
+    # tiny models scale the 832x1216 default bucket by 1/8
+    assert (sdxl.width, sdxl.height) == (112, 160)
+    anima = resolve_request(req(model="tiny-anima"), MODELS).params
+    assert (anima.steps, anima.cfg, anima.sampler) == (30, 4.0, "flow_euler")
+    assert (anima.width, anima.height) == (128, 128)
+
+
+def test_one_seed_per_image() -> None:
+    params = resolve_request(req(seed=2**32 - 2, count=3), MODELS).params
+    assert params.seeds == (2**32 - 2, 2**32 - 1, 0)
+
+
+def test_random_seed_when_none_given() -> None:
+    seeds = {resolve_request(req(), MODELS).params.seeds[0] for _ in range(5)}
+    assert len(seeds) > 1
+
+
+@pytest.mark.parametrize(
+    ("aspect", "size"),
+    [("1:1", (128, 128)), ("13:19", (112, 160)), ("16:9", (176, 96)), ("2:3", (112, 160)), ("1/3", (80, 192))],
+)
+def test_aspect_picks_the_nearest_bucket(aspect: str, size: tuple[int, int]) -> None:
+    params = resolve_request(req(aspect=aspect), MODELS).params
+    assert (params.width, params.height) == size
+
+
+def test_exact_size() -> None:
+    params = resolve_request(req(size="96x64"), MODELS).params
+    assert (params.width, params.height) == (96, 64)
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"model": "ghost"}, "unknown_model"),
+        ({"steps": 0}, "out_of_range"),
+        ({"steps": 151}, "out_of_range"),
+        ({"cfg": -1.0}, "out_of_range"),
+        ({"count": 9}, "out_of_range"),
+        ({"seed": -1}, "out_of_range"),
+        ({"size": "100x100"}, "bad_size"),
+        ({"size": "huge"}, "bad_size"),
+        ({"size": "4096x64"}, "bad_size"),
+        ({"aspect": "wide"}, "unknown_aspect"),
+        ({"aspect": "0:1"}, "unknown_aspect"),
+        ({"aspect": "1:1", "size": "64x64"}, "aspect_and_size"),
+        ({"sampler": "flow_euler"}, "unknown_sampler"),
+        ({"prompt": "x" * 2001}, "prompt_too_long"),
+        ({"prompt": " "}, "empty_prompt"),
+    ],
+)
+def test_bad_requests_are_refused(kw: dict[str, object], key: str) -> None:
+    with pytest.raises(UserError) as err:
+        resolve_request(req(**kw), MODELS)
+    assert err.value.key == key
