@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from inference.specs import Family
+from inference.specs import Family, RuntimeOptions
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -49,3 +51,15 @@ def free_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
     elif device == "mps" and torch.backends.mps.is_available():
         torch.mps.empty_cache()
+
+
+def make_runtime(
+    device: str, dtype: str, cache_dir: Path, local_files_only: bool = False
+) -> RuntimeOptions:
+    """RuntimeOptions with the device resolved ("auto" → the best one present)."""
+    return RuntimeOptions(
+        device=resolve_device(device),
+        dtype=None if dtype == "auto" else dtype,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+    )

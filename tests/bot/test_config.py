@@ -62,7 +62,8 @@ config = "circlestone-labs/Anima-Base-v1.0-Diffusers"
     assert config.models["hub"].source == HubSource("cagliostrolab/animagine-xl-4.0", None, "fp16")
     assert config.models["dir"].source == DirSource(tmp_path / "weights/a31")
     assert config.models["dir"].dialect == "animagine-xl-3.1"
-    assert config.models["file"].source == SingleFileSource(tmp_path / "ckpt/a.safetensors", str(tmp_path / "configs/sdxl"))
+    expected_file = SingleFileSource(tmp_path / "ckpt/a.safetensors", str(tmp_path / "configs/sdxl"))
+    assert config.models["file"].source == expected_file
     comfy = config.models["comfy"].source
     assert isinstance(comfy, ComfyUISource)
     assert comfy.diffusion_model == tmp_path / "comfy/models/diffusion_models/anima-preview.safetensors"

@@ -58,7 +58,7 @@ def _shuffle_keeping_category_order(tokens: list[str], rng: random.Random) -> li
         ],
         "quality": ["masterpiece", "high score", "great score", "absurdres"],
     }
-    assert sorted(sum(groups.values(), [])) == sorted(tokens)
+    assert sorted(t for group in groups.values() for t in group) == sorted(tokens)
     queues = {k: list(v) for k, v in groups.items()}
     out: list[str] = []
     while any(queues.values()):
@@ -96,7 +96,9 @@ def test_same_choices_become_each_models_own_text() -> None:
     sdxl3 = build_prompt(load_dialect("animagine-xl-3.1"), choices).prompt
     anima = build_prompt(load_dialect("anima"), choices).prompt
     assert sdxl4 == "1girl, explicit, year 2019, ebifurya, smile, masterpiece, high score, great score, absurdres"
-    assert sdxl3 == "masterpiece, best quality, very aesthetic, absurdres, 1girl, explicit, nsfw, recent, ebifurya, smile"
+    assert sdxl3 == (
+        "masterpiece, best quality, very aesthetic, absurdres, 1girl, explicit, nsfw, recent, ebifurya, smile"
+    )
     assert anima == "masterpiece, best quality, score_9, year 2019, explicit, 1girl, @ebifurya, smile"
 
 
@@ -124,14 +126,14 @@ def test_year_mapping(year: str, v4: str, v31: str, anima: str) -> None:
      ("questionable", "nsfw", "nsfw"), ("explicit", "explicit", "explicit, nsfw"), ("E", "explicit", "explicit, nsfw")],
 )
 def test_rating_mapping(rating: str, v4: str, v31: str) -> None:
-    assert build_prompt(load_dialect("animagine-xl-4.0"), PromptChoices("1girl", rating=rating)).prompt == f"1girl, {v4}"
-    assert build_prompt(load_dialect("animagine-xl-3.1"), PromptChoices("1girl", rating=rating)).prompt == f"1girl, {v31}"
+    for dialect, expected in (("animagine-xl-4.0", v4), ("animagine-xl-3.1", v31)):
+        assert build_prompt(load_dialect(dialect), PromptChoices("1girl", rating=rating)).prompt == f"1girl, {expected}"
 
 
 def test_quality_goes_front_on_31_and_anima_and_end_on_40() -> None:
     for dialect, first in (("animagine-xl-3.1", True), ("anima", True), ("animagine-xl-4.0", False)):
         parts = build_prompt(load_dialect(dialect), PromptChoices("1girl, smile", quality="worst")).prompt.split(", ")
-        assert ("worst quality" == parts[0]) is first, (dialect, parts)
+        assert (parts[0] == "worst quality") is first, (dialect, parts)
         assert ("worst quality" in parts[-2:]) is not first, (dialect, parts)
 
 
@@ -169,7 +171,8 @@ def test_natural_language_is_kept_intact(tags: TagDatabase) -> None:
 
 
 def test_weighted_tags_keep_their_weight_and_are_categorised(tags: TagDatabase) -> None:
-    built = build_prompt(load_dialect("animagine-xl-4.0"), PromptChoices("(smile:1.2), ((night)), 1girl, (masterpiece:0.9)"), tags)
+    choices = PromptChoices("(smile:1.2), ((night)), 1girl, (masterpiece:0.9)")
+    built = build_prompt(load_dialect("animagine-xl-4.0"), choices, tags)
     assert built.prompt == "1girl, (smile:1.2), ((night)), (masterpiece:0.9)"
 
 

@@ -1,0 +1,259 @@
+"""`animebot` command line: generate images, list models, manage the tag database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from bot.config import Config, ConfigError, load_config
+from bot.errors import UserError
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest, ResolvedRequest, resolve_request
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="config file (TOML); default: embedded tiny models")
+
+    parser = argparse.ArgumentParser(prog="animebot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", parents=[common], help="make images from a prompt")
+    gen.add_argument("prompt", help="tags and/or sentences, comma-separated")
+    gen.add_argument("--model", help="model name (see `animebot models`); default from the config")
+    gen.add_argument("--quality", help="masterpiece, best, great, good, normal, low, worst, or the model's own terms")
+    gen.add_argument("--year", help="a year such as 2019, or a period: newest, recent, mid, early, oldest")
+    gen.add_argument("--rating", help="general (safe), sensitive, questionable (nsfw), explicit")
+    gen.add_argument("--artist", help="artist name(s), comma-separated")
+    gen.add_argument("--negative", default="", help="added to the model's recommended negative prompt")
+    gen.add_argument("--no-default-negative", action="store_true", help="leave out the recommended negative")
+    gen.add_argument("--seed", type=_positive_int)
+    gen.add_argument("--steps", type=_positive_int)
+    gen.add_argument("--cfg", type=_number)
+    gen.add_argument("--sampler", help="sampler id (euler_a, euler, dpmpp_2m, dpmpp_2m_karras; Anima: flow_euler)")
+    size = gen.add_mutually_exclusive_group()
+    size.add_argument("--aspect", help="W:H, e.g. 13:19 (nearest trained resolution)")
+    size.add_argument("--size", help="exact WxH, e.g. 832x1216")
+    gen.add_argument("--count", type=_positive_int, default=1, help="images, one seed each (seed, seed+1, ...)")
+    gen.add_argument("--out", type=Path, help="output folder (default: <data_dir>/outputs)")
+    gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
+
+    sub.add_parser("models", parents=[common], help="list configured models")
+
+    tags = sub.add_parser("tags", help="the Danbooru tag database used for autocomplete and tag order")
+    tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION")
+    imp = tag_sub.add_parser("import", parents=[common], help="import a tag CSV (name,category,count,aliases)")
+    imp.add_argument("file", type=Path)
+    search = tag_sub.add_parser("search", parents=[common], help="search tags as autocomplete does")
+    search.add_argument("text")
+    search.add_argument("--category", choices=["general", "artist", "copyright", "character", "meta"])
+    search.add_argument("--model", help="format results for this model (default from the config)")
+    return parser
+
+
+def _open_tags(config: Config) -> object | None:
+    """The tag database if one was imported, else None (the builder then keeps tag order as typed)."""
+    if not config.tags_db.is_file():
+        return None
+    from bot.tags import TagDatabase
+
+    return TagDatabase.open(config.tags_db)
+
+
+def _resolve(args: argparse.Namespace, config: Config) -> ResolvedRequest:
+    choices = PromptChoices(
+        prompt=args.prompt,
+        negative=args.negative,
+        quality=args.quality,
+        year=args.year,
+        rating=args.rating,
+        artist=args.artist,
+        default_negative=not args.no_default_negative,
+    )
+    request = GenerationRequest(
+        model=args.model or config.inference.default_model,
+        choices=choices,
+        seed=args.seed,
+        steps=args.steps,
+        cfg=args.cfg,
+        aspect=args.aspect,
+        size=args.size,
+        count=args.count,
+        sampler=args.sampler,
+    )
+    return resolve_request(request, config.models, _open_tags(config))  # type: ignore[arg-type]
+
+
+def dry_run_json(resolved: ResolvedRequest) -> dict[str, object]:
+    p = resolved.params
+    return {
+        "model": resolved.spec.name,
+        "dialect": resolved.dialect.id,
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt,
+        "width": p.width,
+        "height": p.height,
+        "steps": p.steps,
+        "cfg": p.cfg,
+        "sampler": p.sampler,
+        "seed": p.seeds[0],
+        "seeds": list(p.seeds),
+        "count": p.count,
+    }
+
+
+class _TerminalProgress:
+    """One updating status line on stderr."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+
+    def line(self, text: str, final: bool = False) -> None:
+        if self.interactive:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        elif final:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _generate(args: argparse.Namespace, config: Config) -> int:
+    resolved = _resolve(args, config)
+    if args.dry_run:
+        print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
+        return 0
+
+    from inference.cache import ModelCache
+    from inference.device import make_runtime
+    from inference.png import a1111_parameters, encode_png, write_png
+    from inference.types import LoadProgress, ModelLoadError, StepProgress
+
+    status = _TerminalProgress(sys.stderr)
+    inf = config.inference
+    try:
+        runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    cache = ModelCache(runtime, capacity=1, location=inf.cache_location)
+    spec = resolved.spec
+
+    def on_load(p: LoadProgress) -> None:
+        status.line(f"loading {spec.name}: {p.stage} ({p.done}/{p.total})", final=p.done == p.total)
+
+    def on_step(p: StepProgress) -> None:
+        status.line(f"{spec.name}: step {p.step}/{p.total}, ETA {p.eta:.1f}s", final=p.step == p.total)
+
+    started = time.perf_counter()
+    try:
+        backend = cache.get(spec, on_load)
+    except ModelLoadError as e:
+        raise CliError(f"could not load {spec.name}: {e}", EXIT_FAILURE) from None
+    status.line(f"loaded {spec.name} on {runtime.device} in {time.perf_counter() - started:.1f}s", final=True)
+    images = backend.generate(resolved.params, on_step)
+
+    out_dir = args.out or (config.data_dir / "outputs")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for index, image in enumerate(images):
+        seed = resolved.params.seeds[index]
+        path = out_dir / f"{stamp}-{spec.name}-{seed}.png"
+        write_png(path, encode_png(image, a1111_parameters(resolved.params, index, spec.name)))
+        print(path)
+    return 0
+
+
+def _models(config: Config) -> int:
+    from inference.sources import describe_source
+
+    rows = []
+    for name, spec in config.models.items():
+        state = describe_source(spec.source, config.cache_dir)
+        marker = "*" if name == config.inference.default_model else " "
+        rows.append((f"{marker} {name}", spec.family, spec.dialect, state.state, state.description))
+    header = ("  name", "family", "dialect", "state", "source")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip())
+    print("* default model")
+    return 0
+
+
+_CATEGORY_NAMES = {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5}
+
+
+def _tags(args: argparse.Namespace, config: Config) -> int:
+    from bot.tags import TagCategory, TagDatabase, TagImportError, import_csv
+
+    if args.tags_command == "import":
+        try:
+            report = import_csv(args.file, config.tags_db)
+        except TagImportError as e:
+            raise CliError(str(e)) from None
+        print(report)
+        return 0
+
+    from bot.dialects import load_dialect
+
+    if not config.tags_db.is_file():
+        raise CliError(f"no tag database at {config.tags_db}: run `animebot tags import FILE` first")
+    model = args.model or config.inference.default_model
+    if model not in config.models:
+        raise CliError(f"unknown model {model!r} (have: {', '.join(config.models)})")
+    dialect = load_dialect(config.models[model].dialect)
+    db = TagDatabase.open(config.tags_db)
+    category = TagCategory(_CATEGORY_NAMES[args.category]) if args.category else None
+    for match in db.search(args.text, category):
+        tag = match.tag
+        text = dialect.format_artist(tag.name) if tag.category == TagCategory.ARTIST else dialect.format_tag(tag.name)
+        print(f"{text}\t{tag.category.name.lower()}\t{tag.post_count}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "generate":
+            return _generate(args, config)
+        if args.command == "models":
+            return _models(config)
+        return _tags(args, config)
+    except (ConfigError, UserError) as e:
+        print(f"animebot: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as e:
+        print(f"animebot: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("\nanimebot: interrupted", file=sys.stderr)
+        return 130
