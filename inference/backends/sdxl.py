@@ -1,0 +1,439 @@
+"""SDXL models (Animagine XL 3.1 / 4.0, other SDXL fine-tunes) through diffusers' StableDiffusionXLPipeline.
+
+Loading accepts every source kind of inference.specs: the built-in tiny model, a diffusers directory, a
+Hugging Face hub repository (or its local cache) and a single A1111/ComfyUI-style .safetensors checkpoint.
+
+Prompts: a plain prompt (no A1111 weighting, at most 77 tokens) is handed to diffusers as a string, so the
+output is exactly what diffusers gives. A prompt or negative prompt with `(tag:1.2)` / `(tag)` / `[tag]`
+weighting, or longer than CLIP's 77-token window, is encoded with compel into prompt_embeds: compel
+weights each token and encodes long prompts in 77-token chunks that are concatenated, as A1111 does.
+
+Seeds: every image gets its own CPU torch.Generator seeded from its seed. diffusers draws the initial noise
+(and Euler a's per-step noise) on the CPU from it and moves it to the device, so a seed gives the same
+starting noise on CUDA, MPS and CPU machines, and image i of a batch depends only on seeds[i].
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from PIL import Image
+
+from inference.device import free_device_memory, resolve_dtype
+from inference.prompt_weighting import parse_weighted
+from inference.samplers import SAMPLERS, make_scheduler
+from inference.specs import (
+    BUILTIN_MODELS,
+    BuiltinSource,
+    DirSource,
+    HubSource,
+    ModelSpec,
+    RuntimeOptions,
+    SingleFileSource,
+)
+from inference.tiny.sdxl import TINY_SDXL_NAME, ensure_tiny_sdxl
+from inference.types import (
+    CancelToken,
+    GenerationCancelled,
+    GenerationParams,
+    LoadProgress,
+    LoadProgressCallback,
+    ModelLoadError,
+    ProgressCallback,
+    StepProgress,
+)
+
+# The diffusers repository whose configs and tokenizers fit a plain SDXL checkpoint (every Animagine XL
+# single file). Used for a SingleFileSource without `config` when the network must not be touched.
+SDXL_BASE_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+_CONFIG_FILE_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "*.model", "**/*.model"]
+_LOAD_STAGES = 3  # locate, read weights, move to device
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SDXLConditioning:
+    """Text conditioning built with compel, in the shapes StableDiffusionXLPipeline takes.
+
+    prompt_embeds and negative_prompt_embeds have the same length: a multiple of 77 tokens.
+    """
+
+    prompt_embeds: torch.Tensor  # (1, tokens, width of text_encoder + width of text_encoder_2)
+    pooled_prompt_embeds: torch.Tensor  # (1, projection width of text_encoder_2)
+    negative_prompt_embeds: torch.Tensor
+    negative_pooled_prompt_embeds: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return int(self.prompt_embeds.shape[1])
+
+
+class SDXLBackend:
+    """A loaded SDXL pipeline. generate/offload/activate/unload are serialised by a lock."""
+
+    def __init__(self, spec: ModelSpec, pipe: StableDiffusionXLPipeline, runtime: RuntimeOptions) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self._pipe: StableDiffusionXLPipeline | None = pipe
+        self._base_scheduler_config = pipe.scheduler.config
+        self._schedulers: dict[str, Any] = {}
+        self._on_device = True
+        self._lock = threading.RLock()
+
+    # -- the Backend protocol -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image.Image]:
+        """One image per seed, in order. Activates the model first if it was offloaded."""
+        if not params.seeds:
+            return []
+        sampler = SAMPLERS.get(params.sampler)
+        if sampler is None or "sdxl" not in sampler.families:
+            raise ValueError(f"sampler {params.sampler!r} is not available for SDXL models")
+        with self._lock:
+            if cancel is not None and cancel.cancelled:
+                raise GenerationCancelled()
+            pipe = self._require_pipe()
+            if not self._on_device:
+                self.activate()
+            pipe.scheduler = self._scheduler(params.sampler)
+            generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in params.seeds]
+            text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
+
+            started = time.monotonic()
+            interrupted = False
+
+            def on_step_end(
+                pipeline: StableDiffusionXLPipeline, step: int, timestep: Any, tensors: dict[str, Any]
+            ) -> dict[str, Any]:
+                nonlocal interrupted
+                if progress is not None:
+                    total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
+                    progress(StepProgress(step=step + 1, total=total, elapsed=time.monotonic() - started))
+                if cancel is not None and cancel.cancelled:
+                    # diffusers skips the remaining steps once _interrupt is set (it still decodes latents).
+                    pipeline._interrupt = True
+                    interrupted = True
+                return {}
+
+            try:
+                result = pipe(
+                    **text_args,
+                    width=params.width,
+                    height=params.height,
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.cfg,
+                    num_images_per_prompt=params.count,
+                    generator=generators,
+                    callback_on_step_end=on_step_end,
+                    output_type="pil",
+                )
+            finally:
+                pipe._interrupt = False
+            if interrupted:
+                raise GenerationCancelled()
+            images: list[Image.Image] = list(result.images)
+            return images
+
+    def offload(self) -> None:
+        """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back."""
+        with self._lock:
+            pipe = self._require_pipe()
+            if self._on_device and self.runtime.device != "cpu":
+                pipe.to("cpu")
+                free_device_memory(self.runtime.device)
+            self._on_device = False
+
+    def activate(self) -> None:
+        with self._lock:
+            pipe = self._require_pipe()
+            if not self._on_device:
+                pipe.to(self.runtime.device)
+                self._on_device = True
+
+    def unload(self) -> None:
+        with self._lock:
+            self._pipe = None
+            self._schedulers.clear()
+            self._on_device = False
+            free_device_memory(self.runtime.device)
+
+    # -- prompts -------------------------------------------------------------------------------------
+
+    def needs_compel(self, prompt: str, negative_prompt: str) -> bool:
+        """True when a prompt uses A1111 weighting or does not fit CLIP's 77-token window."""
+        pipe = self._require_pipe()
+        texts = (prompt, negative_prompt)
+        return any(_is_weighted(text) or _too_long(pipe, _plain_text(text)) for text in texts)
+
+    def encode_with_compel(self, prompt: str, negative_prompt: str) -> SDXLConditioning:
+        """Weighted, unlimited-length conditioning for a prompt pair (A1111 syntax), built with compel."""
+        with self._lock:
+            return _compel_conditioning(self._require_pipe(), prompt, negative_prompt)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> StableDiffusionXLPipeline:
+        """The diffusers pipeline (for tests and tools). Raises once the model is unloaded."""
+        return self._require_pipe()
+
+    def _require_pipe(self) -> StableDiffusionXLPipeline:
+        if self._pipe is None:
+            raise RuntimeError(f"model {self.spec.name!r} has been unloaded")
+        return self._pipe
+
+    def _scheduler(self, sampler_id: str) -> Any:
+        scheduler = self._schedulers.get(sampler_id)
+        if scheduler is None:
+            scheduler = make_scheduler(sampler_id, self._base_scheduler_config)
+            self._schedulers[sampler_id] = scheduler
+        return scheduler
+
+    def _text_arguments(self, pipe: StableDiffusionXLPipeline, prompt: str, negative: str) -> dict[str, Any]:
+        if self.needs_compel(prompt, negative):
+            cond = _compel_conditioning(pipe, prompt, negative)
+            return {
+                "prompt_embeds": cond.prompt_embeds,
+                "pooled_prompt_embeds": cond.pooled_prompt_embeds,
+                "negative_prompt_embeds": cond.negative_prompt_embeds,
+                "negative_pooled_prompt_embeds": cond.negative_pooled_prompt_embeds,
+            }
+        # Escapes such as `honkai \(series\)` are resolved; text without them is passed unchanged.
+        # An empty negative prompt is None, diffusers' default: SDXL then uses all-zero negative conditioning
+        # (force_zeros_for_empty_prompt), as the model was trained.
+        plain_negative = _plain_text(negative)
+        return {"prompt": _plain_text(prompt), "negative_prompt": plain_negative or None}
+
+
+# -- prompt helpers -----------------------------------------------------------------------------------
+
+
+def _is_weighted(text: str) -> bool:
+    return any(weight != 1.0 for _, weight in parse_weighted(text))
+
+
+def _plain_text(text: str) -> str:
+    """The text with weighting syntax dropped and escapes resolved (unchanged when it has neither)."""
+    return "".join(piece for piece, _ in parse_weighted(text))
+
+
+def _too_long(pipe: StableDiffusionXLPipeline, text: str) -> bool:
+    for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
+        if tokenizer is None:
+            continue
+        ids = tokenizer(text, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+        if len(ids) > tokenizer.model_max_length:
+            return True
+    return False
+
+
+def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative: str) -> SDXLConditioning:
+    """Encode with compel the way CompelForSDXL configures it, but from our parsed fragments.
+
+    We give compel its parsed form (FlattenedPrompt of Fragments) instead of compel-syntax text:
+    compel's parser keeps the backslash of escaped `\\,` `\\.` `\\+` `\\-` `\\=` in the text it encodes and
+    reads an unescaped `+`/`-` after a word as a weight, so no escaping of A1111 text into compel syntax
+    is lossless. The pooled embedding is computed from the plain text (weights dropped, escapes resolved,
+    first 77 tokens), which is what diffusers would pool for that text; compel's own wrapper would pool
+    the compel-syntax string instead.
+    """
+    from compel import Compel, ReturnedEmbeddingsType
+    from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
+
+    dtype = pipe.text_encoder_2.dtype
+    device = pipe.text_encoder_2.device
+
+    def make(tokenizer: Any, encoder: Any) -> Compel:
+        return Compel(
+            tokenizer=tokenizer,
+            text_encoder=encoder,
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            truncate_long_prompts=False,
+            dtype_for_device_getter=lambda _device: dtype,
+            device=str(encoder.device),
+        )
+
+    encoders = [make(pipe.tokenizer, pipe.text_encoder), make(pipe.tokenizer_2, pipe.text_encoder_2)]
+
+    def conjunction(text: str) -> Any:
+        fragments = [Fragment(piece, weight) for piece, weight in parse_weighted(text)]
+        return Conjunction([FlattenedPrompt(fragments)])
+
+    def encode_pair(compel: Compel, texts: list[str]) -> list[torch.Tensor]:
+        return [compel.build_conditioning_tensor_for_conjunction(conjunction(t))[0] for t in texts]
+
+    zero_negative = not negative and bool(pipe.config.get("force_zeros_for_empty_prompt", False))
+    texts = [prompt] if zero_negative else [prompt, negative]
+    with torch.no_grad():
+        per_encoder = [encode_pair(compel, texts) for compel in encoders]
+        length = max(t.shape[1] for tensors in per_encoder for t in tensors)
+        per_encoder = [
+            [_pad_tokens(compel, t, length) for t in tensors]
+            for compel, tensors in zip(encoders, per_encoder, strict=True)
+        ]
+        embeds = [
+            torch.cat([left, right], dim=-1).to(device=device, dtype=dtype)
+            for left, right in zip(per_encoder[0], per_encoder[1], strict=True)
+        ]
+        pooler = encoders[1].conditioning_provider
+        pooled = [pooler.get_pooled_embeddings([_plain_text(t)]) for t in texts]
+        pooled = [p.to(device=device, dtype=dtype) for p in pooled]
+    if zero_negative:
+        embeds.append(torch.zeros_like(embeds[0]))
+        pooled.append(torch.zeros_like(pooled[0]))
+    return SDXLConditioning(
+        prompt_embeds=embeds[0],
+        pooled_prompt_embeds=pooled[0],
+        negative_prompt_embeds=embeds[1],
+        negative_pooled_prompt_embeds=pooled[1],
+    )
+
+
+def _pad_tokens(compel: Any, embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """Extend conditioning to `length` tokens with 77-token chunks of the empty prompt (as compel pads)."""
+    missing = length - embeds.shape[1]
+    if missing <= 0:
+        return embeds
+    empty = compel.build_conditioning_tensor("")
+    chunks = -(-missing // empty.shape[1])
+    padding = empty.to(embeds.dtype).repeat(embeds.shape[0], chunks, 1)[:, :missing]
+    return torch.cat([embeds, padding], dim=1)
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+
+def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgressCallback | None = None) -> SDXLBackend:
+    """Load an SDXL model from any source kind and move it to runtime.device.
+
+    Every failure (missing or corrupt files, a repository not in the cache, out of memory on the
+    device...) is raised as ModelLoadError with a short message that names the source.
+    """
+
+    def report(stage: str, done: int) -> None:
+        if on_progress is not None:
+            on_progress(LoadProgress(stage=stage, done=done, total=_LOAD_STAGES))
+
+    if spec.family != "sdxl":
+        raise ModelLoadError(f"model {spec.name!r} is a {spec.family} model, not SDXL")
+    try:
+        dtype = resolve_dtype(runtime.dtype, runtime.device, "sdxl")
+    except KeyError as exc:
+        raise ModelLoadError(f"model {spec.name!r}: unknown dtype {runtime.dtype!r}") from exc
+    source = spec.source
+    report("locating", 0)
+    if isinstance(source, BuiltinSource):
+        if BUILTIN_MODELS.get(source.name) != "sdxl" or source.name != TINY_SDXL_NAME:
+            raise ModelLoadError(f"model {spec.name!r}: {source.name!r} is not a built-in SDXL model")
+        what = f"built-in model {source.name!r}"
+        path = _attempt(what, lambda: ensure_tiny_sdxl(runtime.cache_dir))
+        report("reading weights", 1)
+        pipe = _load_directory(path, dtype, what)
+    elif isinstance(source, DirSource):
+        what = f"model directory {source.path}"
+        report("reading weights", 1)
+        pipe = _load_directory(Path(source.path), dtype, what)
+    elif isinstance(source, HubSource):
+        revision = f"@{source.revision}" if source.revision else ""
+        where = "the local Hugging Face cache" if runtime.local_files_only else "the Hugging Face hub"
+        what = f"hub model {source.repo_id}{revision} (from {where})"
+        report("reading weights", 1)
+        pipe = _attempt(
+            what,
+            lambda: StableDiffusionXLPipeline.from_pretrained(
+                source.repo_id,
+                revision=source.revision,
+                variant=source.variant,
+                dtype=dtype,
+                local_files_only=runtime.local_files_only,
+            ),
+        )
+    elif isinstance(source, SingleFileSource):
+        what = f"checkpoint file {source.path}"
+        path = Path(source.path)
+        if not path.is_file():
+            raise ModelLoadError(f"{what} does not exist")
+        config = _single_file_config(source.config, runtime.local_files_only, what)
+        report("reading weights", 1)
+        pipe = _attempt(
+            what,
+            lambda: StableDiffusionXLPipeline.from_single_file(
+                str(path), config=config, dtype=dtype, local_files_only=runtime.local_files_only
+            ),
+        )
+    else:
+        raise ModelLoadError(f"model {spec.name!r}: {type(source).__name__} cannot hold an SDXL model")
+
+    report(f"moving to {runtime.device}", 2)
+    pipe.set_progress_bar_config(disable=True)
+    _attempt(f"{what} on {runtime.device}", lambda: pipe.to(runtime.device))
+    report("ready", 3)
+    return SDXLBackend(spec, pipe, runtime)
+
+
+def _load_directory(path: Path, dtype: torch.dtype, what: str) -> StableDiffusionXLPipeline:
+    if not path.is_dir():
+        raise ModelLoadError(f"{what} does not exist")
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"{what} has no model_index.json (not a diffusers-format model)")
+    return _attempt(
+        what,
+        lambda: StableDiffusionXLPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True),
+    )
+
+
+def _single_file_config(config: str | None, local_files_only: bool, what: str) -> str | None:
+    """The `config` to hand from_single_file.
+
+    A local directory must hold model_index.json. With local_files_only, a hub id (or None, meaning the
+    SDXL base configs) is resolved in the local HF cache here: when the cache lacks it, diffusers'
+    from_single_file would otherwise retry the download with local_files_only=False.
+    """
+    if config is not None and Path(config).expanduser().is_dir():
+        directory = Path(config).expanduser()
+        if not (directory / "model_index.json").is_file():
+            raise ModelLoadError(f"{what}: config directory {config} has no model_index.json")
+        return str(directory)
+    if config is not None and (config.startswith((".", "/", "~")) or config.count("/") > 1):
+        raise ModelLoadError(f"{what}: config directory {config} does not exist")
+    if not local_files_only:
+        return config  # a hub id, or None: diffusers infers the configs from the checkpoint's keys
+    repo_id = config or SDXL_BASE_CONFIG_REPO
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(repo_id, allow_patterns=_CONFIG_FILE_PATTERNS, local_files_only=True))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{what}: the configs of {repo_id} are not in the local Hugging Face cache ({_reason(exc)})"
+        ) from exc
+
+
+def _attempt(what: str, action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not load {what}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(text) > 240:
+        text = text[:237] + "..."
+    return f"{type(exc).__name__}: {text}"
