@@ -1,0 +1,585 @@
+"""Anima (Cosmos-Predict2 DiT + LLM adapter + Qwen3 text encoder) through diffusers' AnimaModularPipeline.
+
+The pipeline runs diffusers' own AnimaAutoBlocks with two changes, made the modular way:
+  * two leaf blocks in the denoising loop (first and last in each step) that report per-step progress and
+    stop between steps when the CancelToken is set;
+  * the text-encoder block is a subclass that understands A1111 weights `(tag:1.2)`: weighted spans get their
+    Qwen3 hidden states pushed away from (or towards) those of an empty prompt, as ComfyUI does. Prompts
+    without weight syntax take the parent class's code path unchanged.
+
+Each seed is a separate pipeline call with its own CPU generator: image i depends only on seeds[i] and a
+reroll of one seed reproduces it exactly (a batched call would give slightly different numbers per batch size).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AnimaAutoBlocks, AnimaModularPipeline
+from diffusers.modular_pipelines import BlockState, InputParam, ModularPipelineBlocks, PipelineState
+from diffusers.modular_pipelines.anima.encoders import AnimaTextEncoderStep
+from PIL import Image
+
+from inference import torchvision_shim
+from inference.backends import anima_comfyui
+from inference.device import free_device_memory, resolve_dtype
+from inference.prompt_weighting import parse_weighted
+from inference.samplers import SAMPLERS, make_scheduler
+from inference.specs import (
+    BuiltinSource,
+    ComfyUISource,
+    DirSource,
+    HubSource,
+    ModelSpec,
+    RuntimeOptions,
+    SingleFileSource,
+)
+from inference.tiny.anima import ensure_tiny_anima
+from inference.types import (
+    CancelToken,
+    GenerationCancelled,
+    GenerationParams,
+    LoadProgress,
+    LoadProgressCallback,
+    ModelLoadError,
+    ProgressCallback,
+    StepProgress,
+)
+
+log = logging.getLogger(__name__)
+
+TINY_ANIMA = "tiny-anima"
+# Every component the text-to-image workflow needs (the guider is created from its config, never loaded).
+REQUIRED_COMPONENTS = (
+    "text_encoder",
+    "tokenizer",
+    "t5_tokenizer",
+    "text_conditioner",
+    "transformer",
+    "vae",
+    "scheduler",
+)
+STEP_HOOK_INPUT = "animebot_step_hook"
+
+Fragments = list[tuple[str, float]]
+
+
+# ------------------------------------------------------------------------------------ progress/cancel
+
+
+class _StepHook:
+    """Per-`generate` state shared by the two loop blocks: progress across all seeds, and cancellation."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken | None, images: int) -> None:
+        self.progress = progress
+        self.cancel = cancel
+        self.images = images
+        self.image_index = 0
+        self.started: float | None = None
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.cancelled:
+            _quiet_cancellation.active = True  # the blocks re-raise and log at every nesting level
+            raise GenerationCancelled()
+
+    def before_step(self, i: int) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.check()
+
+    def after_step(self, i: int, steps: int) -> None:
+        if self.progress is not None:
+            elapsed = time.perf_counter() - (self.started or time.perf_counter())
+            self.progress(StepProgress(self.image_index * steps + i + 1, self.images * steps, elapsed))
+        self.check()
+
+
+class _QuietCancellation(threading.local):
+    active = False
+
+
+_quiet_cancellation = _QuietCancellation()
+
+
+class _DropCancellationErrors(logging.Filter):
+    """diffusers logs an ERROR with a traceback at each block level an exception passes through; a
+    cancellation is not an error, so drop those records in the thread that is cancelling."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _quiet_cancellation.active
+
+
+_filter_lock = threading.Lock()
+_filter_installed = False
+
+
+def _install_log_filter() -> None:
+    global _filter_installed
+    with _filter_lock:
+        if not _filter_installed:
+            logging.getLogger("diffusers.modular_pipelines.modular_pipeline").addFilter(_DropCancellationErrors())
+            _filter_installed = True
+
+
+def _hook_input() -> InputParam:
+    return InputParam(STEP_HOOK_INPUT, description="animebot: progress and cancellation between steps")
+
+
+class StepStartBlock(ModularPipelineBlocks):
+    """First block of every denoising step: starts the clock, stops if cancelled."""
+
+    model_name = "anima"
+
+    @property
+    def description(self) -> str:
+        return "animebot: check for cancellation before each denoising step"
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [_hook_input()]
+
+    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
+        hook = getattr(block_state, STEP_HOOK_INPUT, None)
+        if hook is not None:
+            hook.before_step(i)
+        return components, block_state
+
+
+class StepEndBlock(ModularPipelineBlocks):
+    """Last block of every denoising step: reports StepProgress, stops if cancelled."""
+
+    model_name = "anima"
+
+    @property
+    def description(self) -> str:
+        return "animebot: report progress and check for cancellation after each denoising step"
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [_hook_input()]
+
+    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
+        hook = getattr(block_state, STEP_HOOK_INPUT, None)
+        if hook is not None:
+            hook.after_step(i, int(getattr(block_state, "num_inference_steps")))  # noqa: B009
+        return components, block_state
+
+
+# -------------------------------------------------------------------------------------- prompt weights
+
+
+def _reflow(fragments: Fragments) -> Fragments:
+    """Move whitespace at the end of a fragment to the start of the next, where byte-level BPE wants it
+    (" smile" is one token, "smile" after a separate " " is not what the whole prompt would give)."""
+    texts = [text for text, _ in fragments]
+    for i in range(len(texts) - 1):
+        stripped = texts[i].rstrip(" ")
+        if stripped and stripped != texts[i]:
+            texts[i + 1] = texts[i][len(stripped) :] + texts[i + 1]
+            texts[i] = stripped
+    return [(text, weight) for text, (_, weight) in zip(texts, fragments, strict=True) if text]
+
+
+class WeightedAnimaTextEncoderStep(AnimaTextEncoderStep):
+    """AnimaTextEncoderStep that reads A1111 weights; plain prompts go through the parent unchanged.
+
+    A weighted token's Qwen3 hidden state becomes `empty + (h - empty) * weight`, `empty` being the hidden
+    state at the same position of a prompt made of pad tokens (ComfyUI's rule). The T5 query ids, which the
+    LLM adapter uses as positions/queries, come from the text with the weight syntax removed.
+    """
+
+    @staticmethod
+    def _is_plain(text: str | None, fragments: Fragments) -> bool:
+        return text is None or (len(fragments) == 1 and fragments[0] == (text, 1.0)) or text == ""
+
+    @classmethod
+    def _weighted_qwen_embeds(
+        cls,
+        components: Any,
+        fragments: Fragments,
+        max_sequence_length: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text = "".join(t for t, _ in fragments)
+        if all(w == 1.0 for _, w in fragments):
+            return cls._get_qwen_prompt_embeds(components, text, max_sequence_length, device, dtype)
+        ids: list[int] = []
+        weights: list[float] = []
+        for piece, weight in _reflow(fragments):
+            piece_ids = components.tokenizer(piece, add_special_tokens=False).input_ids
+            ids += piece_ids
+            weights += [weight] * len(piece_ids)
+        ids, weights = ids[:max_sequence_length], weights[:max_sequence_length]
+        if not ids:
+            return cls._get_qwen_prompt_embeds(components, text, max_sequence_length, device, dtype)
+
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        mask = torch.ones_like(input_ids)
+        encoder = components.text_encoder
+        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        pad_id = components.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = components.tokenizer.eos_token_id
+        empty = encoder(input_ids=torch.full_like(input_ids, int(pad_id)), attention_mask=mask).last_hidden_state
+        w = torch.tensor(weights, dtype=hidden.dtype, device=hidden.device).view(1, -1, 1)
+        hidden = torch.where(w != 1.0, empty + (hidden - empty) * w, hidden)
+        return hidden.to(dtype=dtype, device=device), mask
+
+    @torch.no_grad()
+    def __call__(self, components: Any, state: PipelineState) -> tuple[Any, PipelineState]:
+        block_state: Any = self.get_block_state(state)
+        prompt, negative = block_state.prompt, block_state.negative_prompt
+        if not isinstance(prompt, str) or not (negative is None or isinstance(negative, str)):
+            return super().__call__(components, state)
+        pos = parse_weighted(prompt)
+        neg = parse_weighted(negative) if negative else [("", 1.0)]
+        if self._is_plain(prompt, pos) and self._is_plain(negative, neg):
+            return super().__call__(components, state)
+
+        self.check_inputs(block_state)
+        device = components._execution_device
+        dtype = components.text_encoder.dtype
+        max_len = block_state.max_sequence_length or 512
+
+        def encode(fragments: Fragments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            embeds, mask = self._weighted_qwen_embeds(components, fragments, max_len, device, dtype)
+            t5_ids, t5_mask = self._get_t5_prompt_ids(components, "".join(t for t, _ in fragments), max_len, device)
+            return embeds, mask, t5_ids, t5_mask
+
+        (
+            block_state.qwen_prompt_embeds,
+            block_state.qwen_attention_mask,
+            block_state.t5_input_ids,
+            block_state.t5_attention_mask,
+        ) = encode(pos)
+        block_state.negative_qwen_prompt_embeds = None
+        block_state.negative_qwen_attention_mask = None
+        block_state.negative_t5_input_ids = None
+        block_state.negative_t5_attention_mask = None
+        if components.guider.num_conditions > 1:
+            (
+                block_state.negative_qwen_prompt_embeds,
+                block_state.negative_qwen_attention_mask,
+                block_state.negative_t5_input_ids,
+                block_state.negative_t5_attention_mask,
+            ) = encode(neg)
+        self.set_block_state(state, block_state)
+        return components, state
+
+
+# ------------------------------------------------------------------------------------------- blocks
+
+
+def build_blocks() -> Any:
+    """diffusers' AnimaAutoBlocks with our text-encoder step and the two denoising-loop blocks."""
+    blocks: Any = AnimaAutoBlocks()
+    blocks.sub_blocks["text_encoder"] = WeightedAnimaTextEncoderStep()
+    core = blocks.sub_blocks["denoise"]  # AutoPipelineBlocks: img2img / text2image
+    for branch in core.sub_blocks.values():
+        loop = branch.sub_blocks["denoise"]  # AnimaDenoiseStep (a LoopSequentialPipelineBlocks)
+        loop.sub_blocks.insert("animebot_step_start", StepStartBlock(), 0)
+        loop.sub_blocks["animebot_step_end"] = StepEndBlock()
+        loop.set_progress_bar_config(disable=True)  # progress goes to our callback, not to stderr
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------ backend
+
+
+class AnimaBackend:
+    """A loaded Anima pipeline (see inference.backends.base.Backend)."""
+
+    def __init__(self, spec: ModelSpec, pipeline: Any, runtime: RuntimeOptions, dtype: torch.dtype) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.dtype = dtype
+        self._pipe: Any = pipeline
+        self._lock = threading.Lock()
+        self._sampler: str | None = None
+        self._on_device = True
+        _install_log_filter()
+
+    @property
+    def pipeline(self) -> Any:
+        """The AnimaModularPipeline (raises once unloaded)."""
+        if self._pipe is None:
+            raise RuntimeError(f"model {self.spec.name!r} was unloaded")
+        return self._pipe
+
+    def _use_sampler(self, sampler_id: str) -> None:
+        sampler = SAMPLERS.get(sampler_id)
+        if sampler is None or "anima" not in sampler.families:
+            usable = ", ".join(s.id for s in SAMPLERS.values() if "anima" in s.families)
+            raise ValueError(f"sampler {sampler_id!r} cannot run Anima (usable: {usable})")
+        if sampler_id != self._sampler:
+            pipe = self.pipeline
+            pipe.update_components(scheduler=make_scheduler(sampler_id, pipe.scheduler.config))
+            self._sampler = sampler_id
+
+    def _use_cfg(self, cfg: float) -> None:
+        pipe = self.pipeline
+        if float(pipe.guider.config.guidance_scale) != float(cfg):
+            # The documented way to change a guider parameter in a modular pipeline.
+            pipe.update_components(guider=pipe.guider.new(guidance_scale=float(cfg)))
+
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image.Image]:
+        if not params.seeds:
+            return []
+        with self._lock:
+            pipe = self.pipeline
+            if not self._on_device:
+                self._activate_locked()
+            self._check_params(params)
+            self._use_sampler(params.sampler)
+            self._use_cfg(params.cfg)
+            torchvision_shim.install()
+            hook = _StepHook(progress, cancel, len(params.seeds))
+            images: list[Image.Image] = []
+            try:
+                hook.check()
+                for index, seed in enumerate(params.seeds):
+                    hook.image_index = index
+                    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+                    out = pipe(
+                        prompt=params.prompt,
+                        negative_prompt=params.negative_prompt,
+                        height=params.height,
+                        width=params.width,
+                        num_inference_steps=params.steps,
+                        generator=generator,
+                        output_type="pil",
+                        output="images",
+                        **{STEP_HOOK_INPUT: hook},
+                    )
+                    images.append(out[0])
+            finally:
+                _quiet_cancellation.active = False
+            return images
+
+    def _check_params(self, params: GenerationParams) -> None:
+        multiple = int(self.pipeline.vae_scale_factor) * 2  # VAE downscale x the DiT's 2x2 patches
+        if params.width % multiple or params.height % multiple or params.width <= 0 or params.height <= 0:
+            raise ValueError(
+                f"Anima needs width and height that are positive multiples of {multiple}, "
+                f"got {params.width}x{params.height}"
+            )
+        if params.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {params.steps}")
+
+    def _activate_locked(self) -> None:
+        self.pipeline.to(self.runtime.device)
+        self._on_device = True
+
+    def offload(self) -> None:
+        with self._lock:
+            if self._pipe is None or self.runtime.device == "cpu":
+                return
+            self._pipe.to("cpu")
+            self._on_device = False
+            free_device_memory(self.runtime.device)
+
+    def activate(self) -> None:
+        with self._lock:
+            if self._pipe is not None and not self._on_device:
+                self._activate_locked()
+
+    def unload(self) -> None:
+        with self._lock:
+            self._pipe = None
+            self._on_device = False
+            free_device_memory(self.runtime.device)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+class _Stages:
+    def __init__(self, callback: LoadProgressCallback | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+
+    def __call__(self, stage: str) -> None:
+        if self.callback is not None:
+            self.callback(LoadProgress(stage, self.done, self.total))
+        self.done = min(self.done + 1, self.total)
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(LoadProgress("ready", self.total, self.total))
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _new_pipeline(location: str, where: str, *, revision: str | None, local_files_only: bool) -> Any:
+    """An AnimaModularPipeline with our blocks and the component specs recorded at `location`."""
+    try:
+        return AnimaModularPipeline(
+            blocks=build_blocks(),
+            pretrained_model_name_or_path=location,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"{where}: no Anima pipeline config (modular_model_index.json or model_index.json) "
+            f"could be read ({_short(e)})"
+        ) from e
+
+
+def _require(pipe: Any, names: tuple[str, ...], where: str, load_kwargs: dict[str, Any]) -> None:
+    """load_components() only logs a warning when a component fails: turn that into a clear error."""
+    missing = [n for n in names if getattr(pipe, n, None) is None]
+    if not missing:
+        return
+    reason = ""
+    try:  # load the first one again to learn why it failed
+        spec = pipe.get_component_spec(missing[0])
+        if spec.pretrained_model_name_or_path:
+            spec.load(**{k: (v.get(missing[0]) if isinstance(v, dict) else v) for k, v in load_kwargs.items()})
+        else:
+            reason = " (the config names no location for it)"
+    except Exception as e:
+        reason = f" ({_short(e)})"
+    raise ModelLoadError(f"{where}: could not load {', '.join(missing)}{reason}")
+
+
+def _load_diffusers_format(
+    location: str,
+    where: str,
+    dtype: torch.dtype,
+    stages: _Stages,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    local_files_only: bool = False,
+) -> Any:
+    stages("reading the pipeline config")
+    pipe = _new_pipeline(location, where, revision=revision, local_files_only=local_files_only)
+    stages("loading weights")
+    # `dtype` (diffusers >= 0.40 deprecates `torch_dtype`); tokenizers and schedulers ignore it.
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_files_only}
+    if variant:
+        kwargs["variant"] = {n: variant for n in ("transformer", "text_conditioner", "text_encoder", "vae")}
+    if revision:
+        # The index records no revision for its own components; pin those (not ones it borrows from other
+        # repositories, where that revision would not exist) to the one asked for.
+        own = [n for n in REQUIRED_COMPONENTS if pipe.get_component_spec(n).pretrained_model_name_or_path == location]
+        kwargs["revision"] = {n: revision for n in own}
+    try:
+        pipe.load_components(**kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{where}: {_short(e)}") from e
+    _require(pipe, REQUIRED_COMPONENTS, where, kwargs)
+    return pipe
+
+
+def _load_comfyui(source: ComfyUISource, dtype: torch.dtype, stages: _Stages, local_files_only: bool) -> Any:
+    anima_comfyui.check_files(source)
+    config = source.config or anima_comfyui.DEFAULT_CONFIG_REPO
+    config_dir: Path | None = None
+    if Path(config).expanduser().is_dir():
+        config_dir = Path(config).expanduser()
+        config = str(config_dir)
+    where = f"Anima config {config!r}"
+    stages("reading the pipeline config")
+    pipe = _new_pipeline(config, where, revision=None, local_files_only=local_files_only)
+    stages("loading tokenizers and scheduler")
+    names = ["tokenizer", "t5_tokenizer", "scheduler"]
+    kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+    pipe.load_components(names=names, **kwargs)
+    _require(pipe, tuple(names), where, kwargs)
+    anima_comfyui.load_comfyui_components(pipe, source, dtype, local_files_only, stage=stages, config_dir=config_dir)
+    return pipe
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE=1 (read by huggingface_hub at import) also means: never touch the network."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _load_pipeline(
+    spec: ModelSpec, runtime: RuntimeOptions, dtype: torch.dtype, on_progress: LoadProgressCallback | None
+) -> tuple[Any, _Stages]:
+    source = spec.source
+    local_only = runtime.local_files_only or _hub_offline()
+    if isinstance(source, BuiltinSource):
+        if source.name != TINY_ANIMA:
+            raise ModelLoadError(f"unknown built-in Anima model {source.name!r} (known: {TINY_ANIMA})")
+        stages = _Stages(on_progress, 4)
+        stages(f"preparing {TINY_ANIMA}")
+        try:
+            path = ensure_tiny_anima(runtime.cache_dir)
+        except OSError as e:
+            raise ModelLoadError(f"could not write {TINY_ANIMA} under {runtime.cache_dir}: {_short(e)}") from e
+        where = f"built-in {TINY_ANIMA} ({path})"
+        return _load_diffusers_format(str(path), where, dtype, stages, local_files_only=True), stages
+    if isinstance(source, DirSource):
+        path = Path(source.path).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"Anima model directory not found: {path}")
+        stages = _Stages(on_progress, 3)
+        where = f"Anima directory {path}"
+        return _load_diffusers_format(str(path), where, dtype, stages, local_files_only=local_only), stages
+    if isinstance(source, HubSource):
+        stages = _Stages(on_progress, 3)
+        pipe = _load_diffusers_format(
+            source.repo_id,
+            f"Anima repository {source.repo_id!r}",
+            dtype,
+            stages,
+            revision=source.revision,
+            variant=source.variant,
+            local_files_only=local_only,
+        )
+        return pipe, stages
+    if isinstance(source, ComfyUISource):
+        stages = _Stages(on_progress, 6)
+        return _load_comfyui(source, dtype, stages, local_only), stages
+    if isinstance(source, SingleFileSource):
+        raise ModelLoadError(
+            f"{source.path}: Anima has no single-file checkpoint format; give the three ComfyUI files "
+            "(diffusion model, text encoder, VAE) instead"
+        )
+    raise ModelLoadError(f"unsupported model source {source!r}")
+
+
+def load_anima(
+    spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgressCallback | None = None
+) -> AnimaBackend:
+    """Load an Anima model from any source kind onto runtime.device. Every failure raises ModelLoadError."""
+    if spec.family != "anima":
+        raise ModelLoadError(f"model {spec.name!r} is a {spec.family} model, not Anima")
+    dtype = resolve_dtype(runtime.dtype, runtime.device, "anima")
+    try:
+        pipe, stages = _load_pipeline(spec, runtime, dtype, on_progress)
+        torchvision_shim.install()
+        stages(f"moving to {runtime.device}")
+        pipe.to(runtime.device)
+    except ModelLoadError:
+        free_device_memory(runtime.device)
+        raise
+    except Exception as e:  # anything else from diffusers/transformers/torch: keep the traceback in the log
+        log.warning("loading Anima model %r failed", spec.name, exc_info=True)
+        free_device_memory(runtime.device)
+        raise ModelLoadError(f"model {spec.name!r} could not be loaded: {_short(e)}") from e
+    stages.finish()
+    return AnimaBackend(spec, pipe, runtime, dtype)
