@@ -156,7 +156,10 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
     from inference.cache import ModelCache
     from inference.device import make_runtime
     from inference.png import a1111_parameters, encode_png, write_png
+    from inference.quiet import silence_library_output
     from inference.types import LoadProgress, ModelLoadError, StepProgress
+
+    silence_library_output()
 
     status = _TerminalProgress(sys.stderr)
     inf = config.inference

@@ -27,7 +27,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from PIL import Image
 
 from inference.device import free_device_memory, resolve_dtype
-from inference.prompt_weighting import parse_weighted
+from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import SAMPLERS, make_scheduler
 from inference.specs import (
     BUILTIN_MODELS,
@@ -176,7 +176,7 @@ class SDXLBackend:
         """True when a prompt uses A1111 weighting or does not fit CLIP's 77-token window."""
         pipe = self._require_pipe()
         texts = (prompt, negative_prompt)
-        return any(_is_weighted(text) or _too_long(pipe, _plain_text(text)) for text in texts)
+        return any(has_weighting(text) or _too_long(pipe, strip_weighting(text)) for text in texts)
 
     def encode_with_compel(self, prompt: str, negative_prompt: str) -> SDXLConditioning:
         """Weighted, unlimited-length conditioning for a prompt pair (A1111 syntax), built with compel."""
@@ -214,20 +214,11 @@ class SDXLBackend:
         # Escapes such as `honkai \(series\)` are resolved; text without them is passed unchanged.
         # An empty negative prompt is None, diffusers' default: SDXL then uses all-zero negative conditioning
         # (force_zeros_for_empty_prompt), as the model was trained.
-        plain_negative = _plain_text(negative)
-        return {"prompt": _plain_text(prompt), "negative_prompt": plain_negative or None}
+        plain_negative = strip_weighting(negative)
+        return {"prompt": strip_weighting(prompt), "negative_prompt": plain_negative or None}
 
 
 # -- prompt helpers -----------------------------------------------------------------------------------
-
-
-def _is_weighted(text: str) -> bool:
-    return any(weight != 1.0 for _, weight in parse_weighted(text))
-
-
-def _plain_text(text: str) -> str:
-    """The text with weighting syntax dropped and escapes resolved (unchanged when it has neither)."""
-    return "".join(piece for piece, _ in parse_weighted(text))
 
 
 def _too_long(pipe: StableDiffusionXLPipeline, text: str) -> bool:
@@ -289,7 +280,7 @@ def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative:
             for left, right in zip(per_encoder[0], per_encoder[1], strict=True)
         ]
         pooler = encoders[1].conditioning_provider
-        pooled = [pooler.get_pooled_embeddings([_plain_text(t)]) for t in texts]
+        pooled = [pooler.get_pooled_embeddings([strip_weighting(t)]) for t in texts]
         pooled = [p.to(device=device, dtype=dtype) for p in pooled]
     if zero_negative:
         embeds.append(torch.zeros_like(embeds[0]))
