@@ -28,7 +28,10 @@ def main() -> None:
     import torch
 
     from inference.device import make_runtime
+    from inference.quiet import silence_library_output
     from inference.registry import load_backend
+
+    silence_library_output()
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     config = load_config(None)
