@@ -13,7 +13,7 @@ CATALOG: dict[str, dict[str, str]] = {
         "bad_artist": "Artist names must be 1 to {limit} characters.",
         "unknown_model": "There is no model named {value!r}. Available: {options}.",
         "unknown_aspect": "Aspect {value!r} is not W:H (for example 13:19) nor a bucket of {model} ({options}).",
-        "bad_size": "Size {value!r} must be WxH, each a multiple of 8 from {low} to {high}.",
+        "bad_size": "Size {value!r} must be WxH, each a multiple of {multiple} from {low} to {high}.",
         "aspect_and_size": "Give an aspect or a size, not both.",
         "out_of_range": "{name} must be from {low} to {high} (got {value}).",
         "unknown_sampler": "{model} has no sampler {value!r}. Available: {options}.",

@@ -21,7 +21,9 @@ CFG_RANGE = (0.0, 30.0)
 COUNT_RANGE = (1, 8)
 SIZE_RANGE = (256, 2048)  # for full-size models; scaled by the model's size_scale
 SEED_MAX = 2**32 - 1
-SIZE_MULTIPLE = 8
+# Width and height must be multiples of this: SDXL's VAE downscales by 8; Anima's VAE by 8 and its DiT
+# patches 2x2 latents.
+SIZE_MULTIPLE = {"sdxl": 8, "anima": 16}
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,13 @@ def resolve_size(request: GenerationRequest, spec: ModelSpec, dialect: Dialect) 
     if request.size:
         match = re.fullmatch(r"\s*(\d+)\s*[xX×*]\s*(\d+)\s*", request.size)
         low, high = (scaled(v, spec.size_scale) for v in SIZE_RANGE)
+        multiple = SIZE_MULTIPLE[spec.family]
         if not match:
-            raise UserError("bad_size", value=request.size, low=low, high=high)
+            raise UserError("bad_size", value=request.size, low=low, high=high, multiple=multiple)
         width, height = int(match.group(1)), int(match.group(2))
         for v in (width, height):
-            if not low <= v <= high or v % SIZE_MULTIPLE:
-                raise UserError("bad_size", value=request.size, low=low, high=high)
+            if not low <= v <= high or v % multiple:
+                raise UserError("bad_size", value=request.size, low=low, high=high, multiple=multiple)
         return width, height
     if request.aspect:
         aspect = request.aspect.strip()

@@ -63,6 +63,7 @@ def test_exact_size() -> None:
         ({"size": "100x100"}, "bad_size"),
         ({"size": "huge"}, "bad_size"),
         ({"size": "4096x64"}, "bad_size"),
+        ({"size": "72x64", "model": "tiny-anima"}, "bad_size"),
         ({"aspect": "wide"}, "unknown_aspect"),
         ({"aspect": "0:1"}, "unknown_aspect"),
         ({"aspect": "1:1", "size": "64x64"}, "aspect_and_size"),
