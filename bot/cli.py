@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import shutil
 import sys
-import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from bot.config import Config, ConfigError, load_config
 from bot.errors import UserError
+from bot.jobs import JobState
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest, ResolvedRequest, resolve_request
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
+    sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
 
     tags = sub.add_parser("tags", help="the Danbooru tag database used for autocomplete and tag order")
     tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION")
@@ -90,7 +92,7 @@ def _open_tags(config: Config) -> object | None:
     return TagDatabase.open(config.tags_db)
 
 
-def _resolve(args: argparse.Namespace, config: Config) -> ResolvedRequest:
+def _request(args: argparse.Namespace, config: Config) -> GenerationRequest:
     choices = PromptChoices(
         prompt=args.prompt,
         negative=args.negative,
@@ -100,7 +102,7 @@ def _resolve(args: argparse.Namespace, config: Config) -> ResolvedRequest:
         artist=args.artist,
         default_negative=not args.no_default_negative,
     )
-    request = GenerationRequest(
+    return GenerationRequest(
         model=args.model or config.inference.default_model,
         choices=choices,
         seed=args.seed,
@@ -111,7 +113,6 @@ def _resolve(args: argparse.Namespace, config: Config) -> ResolvedRequest:
         count=args.count,
         sampler=args.sampler,
     )
-    return resolve_request(request, config.models, _open_tags(config))  # type: ignore[arg-type]
 
 
 def dry_run_json(resolved: ResolvedRequest) -> dict[str, object]:
@@ -148,50 +149,74 @@ class _TerminalProgress:
 
 
 def _generate(args: argparse.Namespace, config: Config) -> int:
-    resolved = _resolve(args, config)
+    request = _request(args, config)
     if args.dry_run:
+        resolved = resolve_request(request, config.models, _open_tags(config))  # type: ignore[arg-type]
         print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
         return 0
+    return asyncio.run(_generate_through_queue(request, args.out, config))
 
-    from inference.cache import ModelCache
-    from inference.device import make_runtime
-    from inference.png import a1111_parameters, encode_png, write_png
-    from inference.quiet import silence_library_output
-    from inference.types import LoadProgress, ModelLoadError, StepProgress
 
-    silence_library_output()
+async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
+    """Submit to the same durable queue the bot uses, run the worker until this job is finished, and
+    print the image paths. If the process dies, the job stays queued and runs at the next start."""
+    from bot.events import JobFinished, JobProgress, JobStarted, ModelLoading
+    from bot.service import GenerationService, cli_user
 
     status = _TerminalProgress(sys.stderr)
-    inf = config.inference
+    service = GenerationService(config)
+    await service.start()
     try:
-        runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    cache = ModelCache(runtime, capacity=1, location=inf.cache_location)
-    spec = resolved.spec
+        events = service.events.subscribe()
+        job = await service.submit(request, cli_user(), exempt=True)
+        if service.interrupted:
+            status.line(f"resuming {len(service.interrupted)} interrupted job(s) first", final=True)
+        while True:
+            event = await events.get()
+            if isinstance(event, ModelLoading):
+                status.line(f"loading {event.model}: {event.stage} ({event.done}/{event.total})",
+                            final=event.done == event.total)
+            elif isinstance(event, JobStarted) and event.job_id == job.id:
+                status.line(f"job #{job.id} started on {event.model}", final=True)
+            elif isinstance(event, JobProgress) and event.job_id == job.id:
+                status.line(f"job #{job.id}: step {event.step}/{event.total}, ETA {event.eta:.1f}s",
+                            final=event.step == event.total)
+            elif isinstance(event, JobFinished) and event.job_id == job.id:
+                break
+        finished = await service.wait(job.id)
+        if finished.state != JobState.DONE:
+            raise CliError(f"job #{job.id} {finished.state.value}: {finished.error or ''}".rstrip(": "), EXIT_FAILURE)
+        for image in await service.queue.jobs.images(job.id):
+            path = service.image_path(image.path)
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                path = Path(shutil.copy2(path, out / path.name))
+            print(path)
+        await service.queue.jobs.mark_delivered(job.id, "cli")
+        return 0
+    finally:
+        await service.close()
 
-    def on_load(p: LoadProgress) -> None:
-        status.line(f"loading {spec.name}: {p.stage} ({p.done}/{p.total})", final=p.done == p.total)
 
-    def on_step(p: StepProgress) -> None:
-        status.line(f"{spec.name}: step {p.step}/{p.total}, ETA {p.eta:.1f}s", final=p.step == p.total)
+def _work(config: Config) -> int:
+    """Run the worker until the queue is empty (jobs left by a crash or submitted elsewhere)."""
 
-    started = time.perf_counter()
-    try:
-        backend = cache.get(spec, on_load)
-    except ModelLoadError as e:
-        raise CliError(f"could not load {spec.name}: {e}", EXIT_FAILURE) from None
-    status.line(f"loaded {spec.name} on {runtime.device} in {time.perf_counter() - started:.1f}s", final=True)
-    images = backend.generate(resolved.params, on_step)
+    async def run() -> int:
+        from bot.service import GenerationService
 
-    out_dir = args.out or (config.data_dir / "outputs")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for index, image in enumerate(images):
-        seed = resolved.params.seeds[index]
-        path = out_dir / f"{stamp}-{spec.name}-{seed}.png"
-        write_png(path, encode_png(image, a1111_parameters(resolved.params, index, spec.name)))
-        print(path)
-    return 0
+        service = GenerationService(config)
+        await service.start()
+        try:
+            waiting = len(service.queue)
+            print(f"{waiting} job(s) waiting ({len(service.interrupted)} interrupted)", file=sys.stderr)
+            await service.drain()
+            for job in await service.queue.jobs.undelivered():
+                print(f"job #{job.id}: {job.state.value}" + (f" ({job.error})" if job.error else ""))
+            return 0
+        finally:
+            await service.close()
+
+    return asyncio.run(run())
 
 
 def _models(config: Config) -> int:
@@ -250,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args, config)
         if args.command == "models":
             return _models(config)
+        if args.command == "work":
+            return _work(config)
         return _tags(args, config)
     except (ConfigError, UserError) as e:
         print(f"animebot: error: {e}", file=sys.stderr)

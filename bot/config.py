@@ -92,10 +92,17 @@ class TagSettings(_Section):
     database: str = "tags.sqlite"
 
 
+class QuotaSettings(_Section):
+    images_per_day: int = Field(default=100, ge=0)  # 0: unlimited
+    max_queued_jobs: int = Field(default=3, ge=0)  # 0: unlimited
+    cooldown_seconds: float = Field(default=0.0, ge=0)
+
+
 class Settings(_Section):
     data_dir: str = "var"
     inference: InferenceSettings = InferenceSettings()
     tags: TagSettings = TagSettings()
+    quotas: QuotaSettings = QuotaSettings()
     models: dict[str, ModelSettings] = {}
 
 
@@ -108,6 +115,8 @@ class Config:
         self.data_dir = _resolve(base_dir, settings.data_dir)
         self.inference = settings.inference
         self.tags_db = _resolve(self.data_dir, settings.tags.database)
+        self.database = self.data_dir / "animebot.sqlite"
+        self.quotas = settings.quotas
         self.models = _model_specs(settings.models, base_dir)
         if self.inference.default_model not in self.models:
             raise ConfigError(

@@ -17,6 +17,14 @@ CATALOG: dict[str, dict[str, str]] = {
         "aspect_and_size": "Give an aspect or a size, not both.",
         "out_of_range": "{name} must be from {low} to {high} (got {value}).",
         "unknown_sampler": "{model} has no sampler {value!r}. Available: {options}.",
+        "quota_daily": "You have used {used} of your {limit} images for the last 24 hours ({remaining} left). "
+        "More in {wait}.",
+        "quota_queued": "You already have {limit} job(s) waiting. Wait for one to finish.",
+        "quota_cooldown": "Please wait {wait} before your next request.",
+        "job_not_found": "There is no job #{job_id}.",
+        "not_your_job": "Job #{job_id} is not yours.",
+        "job_finished": "Job #{job_id} has already finished.",
+        "model_load_failed": "Could not load {model}: {reason}. {active} stays active.",
     },
 }
 

@@ -76,3 +76,7 @@ class GenerationCancelled(Exception):
 
 class ModelLoadError(Exception):
     """A model could not be loaded; the message is meant for the person who configured it."""
+
+
+class InvalidOutputError(Exception):
+    """The model produced unusable output (NaN/inf pixels: overflow in half precision, broken weights)."""

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ComfyUIFiles, ConfigError, InferenceSettings, ModelSettings, Settings, TagSettings, load_config
+from bot.config import (
+    ComfyUIFiles,
+    ConfigError,
+    InferenceSettings,
+    ModelSettings,
+    QuotaSettings,
+    Settings,
+    TagSettings,
+    load_config,
+)
 from inference.specs import BuiltinSource, ComfyUISource, DirSource, HubSource, SingleFileSource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,9 +38,9 @@ def test_example_config_loads_and_documents_every_key() -> None:
     config = load_config(REPO / "config.example.toml")
     assert {"animagine-xl-4", "animagine-xl-3", "anima"} <= set(config.models)
     text = (REPO / "config.example.toml").read_text(encoding="utf-8")
-    for section in (Settings, InferenceSettings, TagSettings, ModelSettings, ComfyUIFiles):
+    for section in (Settings, InferenceSettings, TagSettings, QuotaSettings, ModelSettings, ComfyUIFiles):
         for key in section.model_fields:
-            if section is Settings and key in ("inference", "tags", "models"):
+            if section is Settings and key in ("inference", "tags", "quotas", "models"):
                 continue
             assert re.search(rf"\b{key}\b", text), f"config.example.toml does not mention {key}"
 

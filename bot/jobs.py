@@ -1,0 +1,246 @@
+"""Job records in the store: the lifecycle queued → running → done | failed | cancelled, images,
+deliveries and history. Every state change is a conditional UPDATE, so it happens at most once."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest, ResolvedRequest
+from bot.store import Store
+from inference.types import GenerationParams
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    job_id: int
+    index: int
+    seed: int
+    path: str  # relative to the data directory
+    width: int
+    height: int
+    parameters: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    owner_id: str
+    guild_id: str | None
+    channel_id: str | None
+    model: str
+    request: GenerationRequest
+    params: GenerationParams
+    state: JobState
+    error: str | None
+    attempts: int
+    reroll_of: int | None
+    cancelled_by: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    delivered: bool
+
+
+def request_to_json(request: GenerationRequest) -> str:
+    return json.dumps(asdict(request), ensure_ascii=False)
+
+
+def request_from_json(text: str) -> GenerationRequest:
+    data = json.loads(text)
+    data["choices"] = PromptChoices(**data["choices"])
+    return GenerationRequest(**data)
+
+
+def params_to_json(params: GenerationParams) -> str:
+    return json.dumps(asdict(params), ensure_ascii=False)
+
+
+def params_from_json(text: str) -> GenerationParams:
+    data = json.loads(text)
+    data["seeds"] = tuple(data["seeds"])
+    return GenerationParams(**data)
+
+
+_JOB_COLUMNS = """
+    j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
+    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at,
+    EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
+"""
+
+
+def _job(row: Any) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        model=row["model"],
+        request=request_from_json(row["request"]),
+        params=params_from_json(row["params"]),
+        state=JobState(row["state"]),
+        error=row["error"],
+        attempts=row["attempts"],
+        reroll_of=row["reroll_of"],
+        cancelled_by=row["cancelled_by"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        delivered=bool(row["delivered"]),
+    )
+
+
+def _image(row: Any) -> ImageRecord:
+    return ImageRecord(
+        row["job_id"], row["idx"], row["seed"], row["path"], row["width"], row["height"], row["parameters"]
+    )
+
+
+class JobRepository:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- writes (call inside store.transaction() when combined with other writes) -----------------
+
+    async def ensure_user(self, user_id: str, display_name: str = "") -> None:
+        await self.store.execute(
+            "INSERT INTO users (id, display_name, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name WHERE excluded.display_name != ''",
+            (user_id, display_name, time.time()),
+        )
+
+    async def insert(
+        self,
+        resolved: ResolvedRequest,
+        owner_id: str,
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+        reroll_of: int | None = None,
+    ) -> int:
+        return await self.store.execute(
+            "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
+            "reroll_of, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (
+                owner_id,
+                guild_id,
+                channel_id,
+                resolved.spec.name,
+                request_to_json(resolved.request),
+                params_to_json(resolved.params),
+                resolved.params.count,
+                reroll_of,
+                time.time(),
+            ),
+        )
+
+    async def claim(self, job_id: int) -> bool:
+        """queued → running. False if the job is no longer queued (cancelled meanwhile)."""
+        changed = await self.store.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? "
+            "WHERE id = ? AND state = 'queued'",
+            (time.time(), job_id),
+        )
+        return changed == 1
+
+    async def finish(self, job_id: int, images: list[ImageRecord]) -> bool:
+        """running → done with its images, once. False (and nothing written) if it was not running."""
+        async with self.store.transaction():
+            changed = await self.store.execute(
+                "UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ? AND state = 'running'",
+                (time.time(), job_id),
+            )
+            if changed != 1:
+                return False
+            for image in images:
+                await self.store.execute(
+                    "INSERT INTO images (job_id, idx, seed, path, width, height, parameters) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, image.index, image.seed, image.path, image.width, image.height, image.parameters),
+                )
+            return True
+
+    async def fail(self, job_id: int, message: str) -> bool:
+        """queued/running → failed, once; its quota usage is given back."""
+        async with self.store.transaction():
+            changed = await self.store.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
+                "WHERE id = ? AND state IN ('queued', 'running')",
+                (message, time.time(), job_id),
+            )
+            if changed == 1:
+                await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
+            return changed == 1
+
+    async def cancel(self, job_id: int, by: str) -> bool:
+        """queued/running → cancelled, once; its quota usage is given back."""
+        async with self.store.transaction():
+            changed = await self.store.execute(
+                "UPDATE jobs SET state = 'cancelled', cancelled_by = ?, finished_at = ? "
+                "WHERE id = ? AND state IN ('queued', 'running')",
+                (by, time.time(), job_id),
+            )
+            if changed == 1:
+                await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
+            return changed == 1
+
+    async def requeue_interrupted(self) -> list[int]:
+        """At start: jobs left running by a process that died go back to the queue (their order kept)."""
+        async with self.store.transaction():
+            rows = await self.store.fetchall("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")
+            await self.store.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'")
+        return [row["id"] for row in rows]
+
+    async def mark_delivered(self, job_id: int, target: str = "") -> bool:
+        """Record that the result reached the user. False if it already had (never deliver twice)."""
+        changed = await self.store.execute(
+            "INSERT INTO deliveries (job_id, delivered_at, target) VALUES (?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+            (job_id, time.time(), target),
+        )
+        return changed == 1
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, job_id: int) -> JobRecord | None:
+        row = await self.store.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = ?", (job_id,))
+        return None if row is None else _job(row)
+
+    async def queued(self) -> list[JobRecord]:
+        rows = await self.store.fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state = 'queued' ORDER BY j.id")
+        return [_job(row) for row in rows]
+
+    async def images(self, job_id: int) -> list[ImageRecord]:
+        rows = await self.store.fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [_image(row) for row in rows]
+
+    async def undelivered(self) -> list[JobRecord]:
+        """Finished jobs (done or failed) whose result has not reached the user yet."""
+        rows = await self.store.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('done', 'failed') "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) ORDER BY j.id"
+        )
+        return [_job(row) for row in rows]
+
+    async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
+        """A user's jobs, newest first, one page; and the total count."""
+        total = int(await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE owner_id = ?", (owner_id,)))
+        rows = await self.store.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.owner_id = ? ORDER BY j.id DESC LIMIT ? OFFSET ?",
+            (owner_id, per_page, page * per_page),
+        )
+        return [_job(row) for row in rows], total

@@ -1,0 +1,93 @@
+"""The database schema, as numbered migrations. Applied in order at start; PRAGMA user_version
+records how far a database has come. Never edit a released migration: add a new one."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: users, jobs, images, deliveries, usage, quota overrides, guild settings, audit log, bot state
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,                 -- "discord:<snowflake>" or "cli:<name>"
+        display_name TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner_id TEXT NOT NULL REFERENCES users(id),
+        guild_id TEXT,                       -- NULL for DMs and the CLI
+        channel_id TEXT,
+        model TEXT NOT NULL,                 -- the model the job was submitted for; it keeps it
+        request TEXT NOT NULL,               -- JSON: what the user asked for
+        params TEXT NOT NULL,                -- JSON: the resolved parameters (final prompt, seeds, size...)
+        image_count INTEGER NOT NULL CHECK (image_count > 0),
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        error TEXT,                          -- for failed jobs: a message a user can read
+        attempts INTEGER NOT NULL DEFAULT 0, -- times a worker started it (a crash leaves it to retry)
+        reroll_of INTEGER REFERENCES jobs(id),
+        cancelled_by TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, id);
+    CREATE INDEX jobs_by_owner ON jobs (owner_id, id DESC);
+
+    CREATE TABLE images (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        path TEXT NOT NULL,                  -- relative to the data directory
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        parameters TEXT NOT NULL,            -- the A1111 parameters text written into the PNG
+        PRIMARY KEY (job_id, idx)
+    );
+
+    CREATE TABLE deliveries (
+        job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        delivered_at REAL NOT NULL,
+        target TEXT NOT NULL DEFAULT ''      -- where it went (frontend-specific, e.g. a message id)
+    );
+
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        images INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX usage_by_user ON usage (user_id, at);
+
+    CREATE TABLE quota_overrides (
+        scope TEXT NOT NULL CHECK (scope IN ('user', 'role')),
+        target_id TEXT NOT NULL,
+        images_per_day INTEGER,              -- NULL: the configured default
+        max_queued INTEGER,
+        cooldown_seconds REAL,
+        set_by TEXT NOT NULL,
+        set_at REAL NOT NULL,
+        PRIMARY KEY (scope, target_id)
+    );
+
+    CREATE TABLE guild_settings (
+        guild_id TEXT PRIMARY KEY,           -- '*' holds the global default
+        active_model TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor_id TEXT NOT NULL,
+        guild_id TEXT,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL                 -- JSON
+    );
+
+    CREATE TABLE bot_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)

@@ -1,0 +1,214 @@
+"""Everything between "a user asked for images" and "images exist", for the CLI and Discord alike:
+the store, quotas, the queue, the GPU worker and the model cache, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from bot.config import Config
+from bot.errors import UserError
+from bot.events import EventBus, JobFinished
+from bot.jobs import JobRecord, JobState
+from bot.prompt_builder import TagLookup
+from bot.queue import JobQueue
+from bot.quotas import QuotaLimits, Quotas, QuotaStatus
+from bot.requests import GenerationRequest, resolve_request
+from bot.store import Store
+from inference.cache import ModelCache
+from inference.types import ModelLoadError
+from inference.worker import GpuWorker
+
+log = logging.getLogger(__name__)
+GLOBAL = "*"  # guild_settings row of the global default model
+
+
+def cli_user() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli:local"
+
+
+class GenerationService:
+    def __init__(self, config: Config, cache: ModelCache | None = None) -> None:
+        self.config = config
+        self.events = EventBus()
+        self._cache = cache
+        self.tags: TagLookup | None = None
+        self._store: Store | None = None
+        self._queue: JobQueue | None = None
+        self._worker: GpuWorker | None = None
+        self.interrupted: list[int] = []  # jobs a dead process left running, queued again at start
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from inference.device import make_runtime
+        from inference.quiet import silence_library_output
+
+        silence_library_output()
+        config = self.config
+        self._store = await Store.open(config.database)
+        q = config.quotas
+        defaults = QuotaLimits(
+            images_per_day=q.images_per_day or None,
+            max_queued=q.max_queued_jobs or None,
+            cooldown_seconds=q.cooldown_seconds,
+        )
+        self.quotas = Quotas(self._store, defaults)
+        self._queue = JobQueue(self._store, self.quotas, config.models, self.events, config.data_dir)
+        if self._cache is None:
+            inf = config.inference
+            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
+            self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
+        if config.tags_db.is_file():
+            from bot.tags import TagDatabase
+
+            self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
+        self.interrupted = await self._queue.start()
+        self._worker = GpuWorker(self._queue, self._cache)
+        self._worker.start()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+        if self._store is not None:
+            await self._store.close()
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    @property
+    def queue(self) -> JobQueue:
+        assert self._queue is not None, "start() first"
+        return self._queue
+
+    @property
+    def worker(self) -> GpuWorker:
+        assert self._worker is not None, "start() first"
+        return self._worker
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: GenerationRequest,
+        owner_id: str,
+        *,
+        owner_name: str = "",
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+        role_ids: Sequence[str] = (),
+        reroll_of: int | None = None,
+        exempt: bool = False,
+    ) -> JobRecord:
+        """Validate, check quotas, persist and queue. Raises UserError; nothing changes then."""
+        resolved = resolve_request(request, self.config.models, self.tags)
+        return await self.queue.submit(
+            resolved,
+            owner_id,
+            owner_name=owner_name,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            role_ids=role_ids,
+            reroll_of=reroll_of,
+            exempt=exempt,
+        )
+
+    async def reroll(self, job_id: int, by: str, *, role_ids: Sequence[str] = (), admin: bool = False) -> JobRecord:
+        """The same request with a new random seed, for the same model. Counts against the quota."""
+        job = await self.queue.jobs.get(job_id)
+        if job is None:
+            raise UserError("job_not_found", job_id=job_id)
+        request = replace(job.request, model=job.model, seed=None)
+        return await self.submit(
+            request,
+            by,
+            guild_id=job.guild_id,
+            channel_id=job.channel_id,
+            role_ids=role_ids,
+            reroll_of=job_id,
+        )
+
+    async def wait(self, job_id: int) -> JobRecord:
+        """Wait until the job is done, failed or cancelled (and its images are recorded)."""
+        events = self.events.subscribe()
+        try:
+            while True:
+                job = await self.queue.jobs.get(job_id)
+                if job is None:
+                    raise UserError("job_not_found", job_id=job_id)
+                if job.state.finished:
+                    return job
+                event = await events.get()
+                while not (isinstance(event, JobFinished) and event.job_id == job_id):
+                    event = await events.get()
+        finally:
+            self.events.unsubscribe(events)
+
+    async def cancel(self, job_id: int, by: str, *, admin: bool = False) -> JobRecord:
+        job = await self.queue.cancel(job_id, by, admin=admin)
+        if job.state == JobState.RUNNING:
+            self.worker.cancel(job_id)
+        return job
+
+    async def drain(self) -> None:
+        """Wait until nothing is waiting or running and every result is recorded."""
+        while len(self.queue) or self.queue.running is not None or self.worker.running_job is not None:
+            await asyncio.sleep(0.05)
+        await self.worker.idle()
+
+    async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
+        return await self.queue.jobs.history(owner_id, page, per_page)
+
+    async def quota(self, owner_id: str, role_ids: Sequence[str] = ()) -> QuotaStatus:
+        return await self.quotas.status(owner_id, role_ids)
+
+    def image_path(self, relative: str) -> Path:
+        return self.config.data_dir / relative
+
+    # -- models ----------------------------------------------------------------------------------
+
+    async def active_model(self, guild_id: str | None = None) -> str:
+        for key in ([guild_id] if guild_id else []) + [GLOBAL]:
+            name = await self.store.scalar("SELECT active_model FROM guild_settings WHERE guild_id = ?", (key,))
+            if name in self.config.models:
+                return str(name)
+        return self.config.inference.default_model
+
+    async def switch_model(self, name: str, actor: str, guild_id: str | None = None) -> None:
+        """Load `name` in the worker (after the job running now; the queue keeps its order and every
+        job keeps the model it was submitted for), then make it the active model of the guild (or the
+        global default). A failed load leaves the previous model active: UserError says why."""
+        spec = self.config.models.get(name)
+        if spec is None:
+            raise UserError("unknown_model", value=name, options=", ".join(self.config.models))
+        previous = await self.active_model(guild_id)
+        try:
+            await self.worker.load_model(spec)
+        except ModelLoadError as e:
+            await self.audit(actor, guild_id, "model.switch_failed", {"model": name, "error": str(e)})
+            raise UserError("model_load_failed", model=name, reason=str(e), active=previous) from None
+        async with self.store.transaction():
+            await self.store.execute(
+                "INSERT INTO guild_settings (guild_id, active_model, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET active_model = excluded.active_model, "
+                "updated_at = excluded.updated_at",
+                (guild_id or GLOBAL, name, time.time()),
+            )
+            await self.audit(actor, guild_id, "model.switch", {"model": name, "previous": previous})
+
+    async def audit(self, actor: str, guild_id: str | None, action: str, detail: dict[str, object]) -> None:
+        await self.store.execute(
+            "INSERT INTO audit_log (at, actor_id, guild_id, action, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), actor, guild_id, action, json.dumps(detail, ensure_ascii=False)),
+        )
