@@ -133,7 +133,7 @@ class JobRepository:
         channel_id: str | None = None,
         reroll_of: int | None = None,
     ) -> int:
-        return await self.store.execute(
+        return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
             "reroll_of, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
             (

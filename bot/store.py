@@ -95,18 +95,14 @@ class Store:
     # slip into (and be rolled back with) another coroutine's open transaction on the shared connection.
 
     async def execute(self, sql: str, args: Iterable[Any] = ()) -> int:
-        """Run one statement; returns lastrowid for INSERT, rowcount otherwise."""
-        async with self.transaction():
-            return await self._execute(sql, args)
-
-    async def _execute(self, sql: str, args: Iterable[Any]) -> int:
-        cursor = await self._db.execute(sql, tuple(args))
-        try:
-            if sql.lstrip().upper().startswith("INSERT"):
-                return int(cursor.lastrowid or 0)
+        """Run one statement; returns the number of rows it changed."""
+        async with self.transaction(), self._db.execute(sql, tuple(args)) as cursor:
             return int(cursor.rowcount)
-        finally:
-            await cursor.close()
+
+    async def insert(self, sql: str, args: Iterable[Any] = ()) -> int:
+        """Run one INSERT; returns the new row's id."""
+        async with self.transaction(), self._db.execute(sql, tuple(args)) as cursor:
+            return int(cursor.lastrowid or 0)
 
     async def fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         async with self._db.execute(sql, tuple(args)) as cursor:

@@ -109,6 +109,7 @@ class GpuWorker:
         self._save_slots = asyncio.Semaphore(save_queue)
         self._task: asyncio.Task[None] | None = None
         self._running: tuple[int, CancelToken] | None = None
+        self._stopping = False
         # duty cycle: seconds the pipeline was running, since start()
         self.busy_seconds = 0.0
         self.started_at = 0.0
@@ -121,8 +122,10 @@ class GpuWorker:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gpu-worker")
 
     async def stop(self) -> None:
-        """Stop taking jobs, cancel the running one (it goes back to the queue at the next start if the
-        process ends before it is recorded), and wait for pending saves."""
+        """Stop taking jobs and interrupt the running one between two steps without recording it as
+        cancelled: it is still "running" in the store, so the next start queues it again. Pending saves
+        are finished."""
+        self._stopping = True
         if self._running is not None:
             self._running[1].cancel()
         if self._task is not None:
@@ -196,7 +199,8 @@ class GpuWorker:
             try:
                 images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token))
             except GenerationCancelled:
-                await self.source.on_cancelled(item.job_id)
+                if not self._stopping:  # a shutdown is not the user's cancellation
+                    await self.source.on_cancelled(item.job_id)
                 return
             except InvalidOutputError as e:
                 await self.source.on_failed(

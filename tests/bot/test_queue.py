@@ -1,0 +1,302 @@
+"""The queue and GPU worker through the real service with the tiny models: order, events,
+cancellation, failure isolation, model switching, history and delivery records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.errors import UserError
+from bot.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
+from bot.jobs import JobState
+from bot.service import GenerationService
+from inference.backends.base import Backend
+from inference.png import read_parameters
+from inference.registry import load_backend
+from inference.specs import ModelSpec, RuntimeOptions
+from inference.types import CancelToken, GenerationParams, LoadProgressCallback, ProgressCallback
+from tests.bot.conftest import ServiceFactory, request
+
+UNLIMITED = "[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n"
+
+
+async def collect_until_done(service: GenerationService, job_ids: list[int]) -> list[Event]:
+    events = service.events.subscribe()
+    seen: list[Event] = []
+    pending = set(job_ids)
+    try:
+        while pending:
+            event = await asyncio.wait_for(events.get(), timeout=120)
+            seen.append(event)
+            if isinstance(event, JobFinished):
+                pending.discard(event.job_id)
+    finally:
+        service.events.unsubscribe(events)
+    return seen
+
+
+async def test_submitted_job_runs_and_its_images_are_recorded(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    job = await service.submit(request(seed=11, count=2), "u", guild_id="g", channel_id="c")
+    assert job.state == JobState.QUEUED  # persisted before the caller hears back
+    done = await service.wait(job.id)
+    assert done.state == JobState.DONE and done.attempts == 1 and done.finished_at is not None
+    images = await service.queue.jobs.images(job.id)
+    assert [(i.index, i.seed) for i in images] == [(0, 11), (1, 12)]
+    for image in images:
+        path = service.image_path(image.path)
+        assert read_parameters(path) == image.parameters
+        assert "Seed: " + str(image.seed) in image.parameters
+        with Image.open(path) as png:
+            assert png.size == (64, 64)
+
+
+async def test_fair_round_robin_between_users(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    heavy = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(6)]
+    light = await service.submit(request(seed=99, steps=1), "light")
+    other = await service.submit(request(seed=98, steps=1), "other")
+    order = service.queue.order()
+    assert order[:4] == [heavy[0].id, light.id, other.id, heavy[1].id]
+    assert service.queue.position(light.id) == 2
+
+    watcher = asyncio.create_task(collect_until_done(service, [j.id for j in [*heavy, light, other]]))
+    await asyncio.sleep(0)
+    await service.queue.set_paused(False)
+    events = await watcher
+    started = [e.job_id for e in events if isinstance(e, JobStarted)]
+    assert started[:3] == [heavy[0].id, light.id, other.id]
+    assert started[3:] == [j.id for j in heavy[1:]]
+
+
+async def test_a_user_who_was_served_goes_behind_a_newcomer(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    heavy = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(5)]
+    await service.wait(heavy[0].id)
+    await service.queue.set_paused(True)
+    late = await service.submit(request(seed=7, steps=1), "late")
+    assert service.queue.position(late.id) == 1
+
+
+async def test_progress_and_position_events(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    first = await service.submit(request(steps=3), "a")
+    second = await service.submit(request(steps=3), "b")
+    watcher = asyncio.create_task(collect_until_done(service, [first.id, second.id]))
+    await asyncio.sleep(0)
+    await service.queue.set_paused(False)
+    events = await watcher
+    progress = [e for e in events if isinstance(e, JobProgress) and e.job_id == first.id]
+    assert [(p.step, p.total) for p in progress] == [(1, 3), (2, 3), (3, 3)]
+    assert all(p.elapsed >= 0 and p.eta >= 0 for p in progress) and progress[-1].eta == 0
+    positions = [e.position for e in events if isinstance(e, JobQueued) and e.job_id == second.id]
+    assert positions and positions[-1] == 1  # moved up to "next" when the first started
+
+
+async def test_cancel_queued_by_owner_or_admin_only(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    job = await service.submit(request(), "owner")
+    with pytest.raises(UserError) as err:
+        await service.cancel(job.id, "stranger")
+    assert err.value.key == "not_your_job"
+    cancelled = await service.cancel(job.id, "an admin", admin=True)
+    assert cancelled.state == JobState.CANCELLED and cancelled.cancelled_by == "an admin"
+    assert len(service.queue) == 0
+    with pytest.raises(UserError) as err:
+        await service.cancel(job.id, "owner")
+    assert err.value.key == "job_finished"
+    with pytest.raises(UserError):
+        await service.cancel(424242, "owner")
+    await service.queue.set_paused(False)
+    await service.drain()
+    assert (await service.queue.jobs.get(job.id)).state == JobState.CANCELLED  # type: ignore[union-attr]
+    assert await service.queue.jobs.images(job.id) == []
+
+
+async def test_cancel_running_job_between_steps(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    events = service.events.subscribe()
+    job = await service.submit(request(steps=40), "owner")
+    follower = await service.submit(request(steps=1), "owner")
+    while True:
+        event = await asyncio.wait_for(events.get(), timeout=60)
+        if isinstance(event, JobProgress) and event.job_id == job.id and event.step >= 2:
+            break
+    await service.cancel(job.id, "owner")
+    final = await service.wait(job.id)
+    assert final.state == JobState.CANCELLED and final.cancelled_by == "owner"
+    assert (await service.wait(follower.id)).state == JobState.DONE  # the worker goes on
+    steps = [e.step for e in _drain(events) if isinstance(e, JobProgress) and e.job_id == job.id]
+    assert not steps or max(steps) < 40
+
+
+def _drain(queue: asyncio.Queue[Event]) -> list[Event]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+class FaultyBackend:
+    """A real tiny backend with faults injected by prompt: 'boom' raises, 'oom-once' runs out of
+    memory on its first batch call, 'oom-always' on every call, 'nan' decodes NaN latents."""
+
+    def __init__(self, real: Backend, calls: list[int]) -> None:
+        self.real = real
+        self.spec = real.spec
+        self.calls = calls  # the batch size of every generate call
+
+    def generate(
+        self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+    ) -> list[Image.Image]:
+        self.calls.append(params.count)
+        if "boom" in params.prompt:
+            raise ValueError("injected failure")
+        if "oom-always" in params.prompt or ("oom-once" in params.prompt and params.count > 1):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if "nan" in params.prompt:
+            vae = self.real.pipeline.vae  # type: ignore[attr-defined]
+            decode = vae.decode
+
+            def nan_decode(*args: Any, **kwargs: Any) -> Any:
+                sample = decode(*args, **kwargs)[0]
+                return (torch.full_like(sample, float("nan")),)
+
+            vae.decode = nan_decode
+            try:
+                with np.errstate(invalid="ignore"), contextlib.suppress(Warning):
+                    return self.real.generate(params, progress, cancel)
+            finally:
+                vae.decode = decode
+        return self.real.generate(params, progress, cancel)
+
+    def offload(self) -> None:
+        self.real.offload()
+
+    def activate(self) -> None:
+        self.real.activate()
+
+    def unload(self) -> None:
+        self.real.unload()
+
+
+@pytest.fixture
+def calls() -> list[int]:
+    return []
+
+
+@pytest.fixture
+def faulty_loader(calls: list[int]) -> Any:
+    def loader(spec: ModelSpec, runtime: RuntimeOptions, progress: LoadProgressCallback | None) -> Backend:
+        return FaultyBackend(load_backend(spec, runtime, progress), calls)
+
+    return loader
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+async def test_failures_stay_inside_their_job(make_service: ServiceFactory, faulty_loader: Any,
+                                              calls: list[int]) -> None:
+    service = await make_service(UNLIMITED, loader=faulty_loader)
+    await service.queue.set_paused(True)
+    boom = await service.submit(request("boom"), "u")
+    oom_once = await service.submit(request("oom-once", count=2), "u")
+    oom_always = await service.submit(request("oom-always"), "u")
+    nan = await service.submit(request("nan"), "u")
+    fine = await service.submit(request("fine"), "u")
+    await service.queue.set_paused(False)
+    results = {job.id: await service.wait(job.id) for job in (boom, oom_once, oom_always, nan, fine)}
+
+    assert results[boom.id].state == JobState.FAILED
+    assert results[boom.id].error == "Generation failed (ValueError)."
+    assert results[oom_once.id].state == JobState.DONE  # retried one image at a time
+    assert len(await service.queue.jobs.images(oom_once.id)) == 2
+    assert results[oom_always.id].state == JobState.FAILED
+    assert "Out of GPU memory" in (results[oom_always.id].error or "")
+    assert results[nan.id].state == JobState.FAILED
+    assert "unusable image" in (results[nan.id].error or "")
+    assert results[fine.id].state == JobState.DONE
+    # boom 1 call; oom-once: the batch of 2, then 1 + 1; oom-always: 1 then the single retry; nan 1; fine 1
+    assert calls == [1, 2, 1, 1, 1, 1, 1, 1]
+    # failed jobs gave their quota back; the worker is still alive
+    later = await service.submit(request("after"), "u")
+    assert (await service.wait(later.id)).state == JobState.DONE
+
+
+async def test_switching_models_keeps_the_queue_and_each_jobs_model(make_service: ServiceFactory,
+                                                                      tmp_path: Path) -> None:
+    service = await make_service(UNLIMITED + f'[models.broken]\nfamily = "sdxl"\npath = "{tmp_path}/nothing"\n')
+    assert await service.active_model("guild") == "tiny-sdxl"
+    await service.queue.set_paused(True)
+    before = [await service.submit(request(model="tiny-sdxl"), f"u{i}") for i in range(3)]
+    order = service.queue.order()
+
+    await service.switch_model("tiny-anima", "admin", guild_id="guild")
+    assert await service.active_model("guild") == "tiny-anima"
+    assert await service.active_model("another guild") == "tiny-sdxl"
+    assert service.queue.order() == order  # nothing lost or reordered
+
+    with pytest.raises(UserError) as err:
+        await service.switch_model("broken", "admin", guild_id="guild")
+    assert err.value.key == "model_load_failed" and "tiny-anima stays active" in str(err.value)
+    assert await service.active_model("guild") == "tiny-anima"
+
+    after = await service.submit(request(model=await service.active_model("guild")), "u9")
+    await service.queue.set_paused(False)
+    for job in before:
+        assert (await service.wait(job.id)).model == "tiny-sdxl"
+    assert (await service.wait(after.id)).model == "tiny-anima"
+    audit = await service.store.fetchall("SELECT actor_id, action, guild_id FROM audit_log ORDER BY id")
+    assert [(r["actor_id"], r["action"], r["guild_id"]) for r in audit] == [
+        ("admin", "model.switch", "guild"), ("admin", "model.switch_failed", "guild"),
+    ]
+    await service.switch_model("tiny-anima", "owner")  # the global default
+    assert await service.active_model(None) == "tiny-anima"
+    assert await service.active_model("another guild") == "tiny-anima"
+
+
+async def test_history_is_paged_newest_first(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    jobs = [await service.submit(request(f"prompt {i}", seed=i), "u") for i in range(5)]
+    await service.submit(request(), "someone else")
+    page0, total = await service.history("u", page=0, per_page=2)
+    page2, _ = await service.history("u", page=2, per_page=2)
+    assert total == 5
+    assert [j.id for j in page0] == [jobs[4].id, jobs[3].id]
+    assert [j.id for j in page2] == [jobs[0].id]
+    assert page0[0].params.prompt == "prompt 4" and page0[0].params.seeds == (4,) and page0[0].model == "tiny-sdxl"
+
+
+async def test_delivery_is_recorded_once(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    job = await service.submit(request(), "u")
+    await service.wait(job.id)
+    assert [j.id for j in await service.queue.jobs.undelivered()] == [job.id]
+    assert await service.queue.jobs.mark_delivered(job.id, "message 1")
+    assert not await service.queue.jobs.mark_delivered(job.id, "message 2")  # never twice
+    assert await service.queue.jobs.undelivered() == []
+    record = await service.queue.jobs.get(job.id)
+    assert record is not None and record.delivered
+
+
+async def test_shutdown_mid_job_leaves_it_for_the_next_start(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    events = service.events.subscribe()
+    job = await service.submit(request(steps=40), "u")
+    while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobProgress) and event.job_id == job.id):
+        pass
+    await service.close()  # e.g. the bot is stopped while it generates
+    restarted = await make_service(UNLIMITED)  # same data_dir
+    assert restarted.interrupted == [job.id]
+    final = await restarted.wait(job.id)
+    assert final.state == JobState.DONE and final.attempts == 2
