@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
-    sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
+    work = sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
+    work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
 
     tags = sub.add_parser("tags", help="the Danbooru tag database used for autocomplete and tag order")
     tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION")
@@ -198,7 +199,7 @@ async def _generate_through_queue(request: GenerationRequest, out: Path | None, 
         await service.close()
 
 
-def _work(config: Config) -> int:
+def _work(config: Config, resume: bool = False) -> int:
     """Run the worker until the queue is empty (jobs left by a crash or submitted elsewhere)."""
 
     async def run() -> int:
@@ -207,8 +208,12 @@ def _work(config: Config) -> int:
         service = GenerationService(config)
         await service.start()
         try:
+            if resume:
+                await service.queue.set_paused(False)
             waiting = len(service.queue)
             print(f"{waiting} job(s) waiting ({len(service.interrupted)} interrupted)", file=sys.stderr)
+            if service.queue.paused and waiting:
+                raise CliError("the queue is paused: run `animebot work --resume` to unpause it and run them")
             await service.drain()
             for job in await service.queue.jobs.undelivered():
                 print(f"job #{job.id}: {job.state.value}" + (f" ({job.error})" if job.error else ""))
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _models(config)
         if args.command == "work":
-            return _work(config)
+            return _work(config, args.resume)
         return _tags(args, config)
     except (ConfigError, UserError) as e:
         print(f"animebot: error: {e}", file=sys.stderr)

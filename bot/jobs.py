@@ -14,6 +14,8 @@ from bot.requests import GenerationRequest, ResolvedRequest
 from bot.store import Store
 from inference.types import GenerationParams
 
+MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -200,11 +202,21 @@ class JobRepository:
             return changed == 1
 
     async def requeue_interrupted(self) -> list[int]:
-        """At start: jobs left running by a process that died go back to the queue (their order kept)."""
+        """At start: jobs left running by a process that died go back to the queue (their order kept).
+        A job that was already started MAX_ATTEMPTS times is failed instead: it may be what kills the
+        process (driver crash, the kernel's OOM killer), and must not crash-loop the bot."""
         async with self.store.transaction():
-            rows = await self.store.fetchall("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")
-            await self.store.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'")
-        return [row["id"] for row in rows]
+            rows = await self.store.fetchall("SELECT id, attempts FROM jobs WHERE state = 'running' ORDER BY id")
+            requeued = []
+            for row in rows:
+                if row["attempts"] >= MAX_ATTEMPTS:
+                    await self.fail(row["id"], "This job stopped the bot every time it ran, so it was given up.")
+                else:
+                    await self.store.execute(
+                        "UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = ?", (row["id"],)
+                    )
+                    requeued.append(row["id"])
+        return requeued
 
     async def mark_delivered(self, job_id: int, target: str = "") -> bool:
         """Record that the result reached the user. False if it already had (never deliver twice)."""

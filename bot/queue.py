@@ -181,7 +181,9 @@ class JobQueue:
 
     async def _claim(self, job_id: int) -> WorkItem | None:
         waiting = self._waiting.pop(job_id)
+        self.running = job_id  # before the first await: the job is never neither waiting nor running
         if not await self.jobs.claim(job_id):
+            self.running = None
             return None  # cancelled elsewhere meanwhile
         self._served[waiting.owner_id] += 1
         if not any(w.owner_id == waiting.owner_id for w in self._waiting.values()):
@@ -208,26 +210,31 @@ class JobQueue:
     def on_model_loading(self, model: str, progress: LoadProgress) -> None:
         self.events.publish(ModelLoading(model, progress.stage, progress.done, progress.total))
 
+    def _release(self, job_id: int) -> None:
+        if self.running == job_id:
+            self.running = None
+
     async def on_done(self, job_id: int, images: list[SavedImage]) -> None:
+        self._release(job_id)
         records = [
             ImageRecord(job_id, s.index, s.seed, self._relative(s.path), s.width, s.height, s.parameters)
             for s in images
         ]
-        await self.jobs.finish(job_id, records)
-        self._finished(job_id, JobState.DONE)
+        if await self.jobs.finish(job_id, records):
+            self._finished(job_id, JobState.DONE)
 
     async def on_failed(self, job_id: int, message: str) -> None:
-        await self.jobs.fail(job_id, message)
-        self._finished(job_id, JobState.FAILED, message)
+        self._release(job_id)
+        if await self.jobs.fail(job_id, message):
+            self._finished(job_id, JobState.FAILED, message)
 
     async def on_cancelled(self, job_id: int) -> None:
+        self._release(job_id)
         job = await self.jobs.get(job_id)
-        await self.jobs.cancel(job_id, job.cancelled_by if job and job.cancelled_by else "system")
-        self._finished(job_id, JobState.CANCELLED)
+        if await self.jobs.cancel(job_id, job.cancelled_by if job and job.cancelled_by else "system"):
+            self._finished(job_id, JobState.CANCELLED)
 
     def _finished(self, job_id: int, state: JobState, error: str | None = None) -> None:
-        if self.running == job_id:
-            self.running = None
         self.events.publish(JobFinished(job_id, state.value, error))
 
     def _relative(self, path: Path) -> str:

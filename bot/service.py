@@ -53,7 +53,7 @@ class GenerationService:
         from inference.device import make_runtime
         from inference.quiet import silence_library_output
 
-        silence_library_output()
+        await asyncio.to_thread(silence_library_output)  # imports diffusers: seconds, off the loop
         config = self.config
         self._store = await Store.open(config.database)
         q = config.quotas
@@ -162,8 +162,13 @@ class GenerationService:
         return job
 
     async def drain(self) -> None:
-        """Wait until nothing is waiting or running and every result is recorded."""
-        while len(self.queue) or self.queue.running is not None or self.worker.running_job is not None:
+        """Wait until nothing is running, nothing waits (unless the queue is paused: then waiting jobs
+        stay) and every result is recorded."""
+        while (
+            (len(self.queue) and not self.queue.paused)
+            or self.queue.running is not None
+            or self.worker.running_job is not None
+        ):
             await asyncio.sleep(0.05)
         await self.worker.idle()
 

@@ -150,3 +150,30 @@ def test_console_script_entry_point() -> None:
     )
     assert result.returncode == 0
     assert json.loads(result.stdout)["seed"] == 1
+
+
+def test_work_refuses_a_paused_queue_until_resumed(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    import asyncio
+
+    from bot.config import load_config
+    from bot.prompt_builder import PromptChoices
+    from bot.requests import GenerationRequest
+    from bot.service import GenerationService
+
+    async def submit_paused() -> int:
+        service = GenerationService(load_config(config))
+        await service.start()
+        try:
+            await service.queue.set_paused(True)
+            job = await service.submit(
+                GenerationRequest("tiny-anima", PromptChoices("1girl"), size="64x64", steps=1), "cli:test", exempt=True
+            )
+            return job.id
+        finally:
+            await service.close()
+
+    job_id = asyncio.run(submit_paused())
+    code, _, err = run(capsys, "work", "--config", str(config))
+    assert code == 2 and "work --resume" in err
+    code, out, _ = run(capsys, "work", "--resume", "--config", str(config))
+    assert code == 0 and f"job #{job_id}: done" in out

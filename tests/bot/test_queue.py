@@ -300,3 +300,19 @@ async def test_shutdown_mid_job_leaves_it_for_the_next_start(make_service: Servi
     assert restarted.interrupted == [job.id]
     final = await restarted.wait(job.id)
     assert final.state == JobState.DONE and final.attempts == 2
+
+
+async def test_a_job_that_keeps_killing_the_process_is_given_up(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    job = await service.submit(request(), "u")
+    survivor = await service.submit(request(), "u")
+    # As if two processes died while running the first job and one while running the second.
+    await service.store.execute("UPDATE jobs SET state = 'running', attempts = 3 WHERE id = ?", (job.id,))
+    await service.store.execute("UPDATE jobs SET state = 'running', attempts = 1 WHERE id = ?", (survivor.id,))
+    await service.close()
+    restarted = await make_service(UNLIMITED)
+    assert restarted.interrupted == [survivor.id]
+    given_up = await restarted.queue.jobs.get(job.id)
+    assert given_up is not None and given_up.state == JobState.FAILED and "given up" in (given_up.error or "")
+    assert (await restarted.quota("u")).used == 1  # its images were given back
