@@ -194,7 +194,6 @@ class JobQueue:
         if spec is None:
             await self.on_failed(job_id, f"The model {job.model} is no longer configured.")
             return None
-        self.running = job_id
         self.events.publish(JobStarted(job_id, job.model))
         self._publish_positions()
         return WorkItem(job_id, spec, job.params, self._image_paths(job))
