@@ -8,9 +8,10 @@ import getpass
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from bot.config import Config
 from bot.errors import UserError
@@ -178,6 +179,30 @@ class GenerationService:
     async def quota(self, owner_id: str, role_ids: Sequence[str] = ()) -> QuotaStatus:
         return await self.quotas.status(owner_id, role_ids)
 
+    async def set_quota(
+        self,
+        scope: Literal["user", "role"],
+        target_id: str,
+        actor: str,
+        *,
+        images_per_day: int | None = None,
+        max_queued: int | None = None,
+        cooldown_seconds: float | None = None,
+        guild_id: str | None = None,
+    ) -> None:
+        """An admin's override of a user's or role's limits (None: the configured default; 0 counts:
+        unlimited), written to the audit log with it."""
+        async with self.store.transaction():
+            await self.quotas.set_override(scope, target_id, images_per_day, max_queued, cooldown_seconds, set_by=actor)
+            detail = {
+                "scope": scope,
+                "target": target_id,
+                "images_per_day": images_per_day,
+                "max_queued": max_queued,
+                "cooldown_seconds": cooldown_seconds,
+            }
+            await self.audit(actor, guild_id, "quota.set", detail)
+
     def image_path(self, relative: str) -> Path:
         return self.config.data_dir / relative
 
@@ -212,7 +237,7 @@ class GenerationService:
             )
             await self.audit(actor, guild_id, "model.switch", {"model": name, "previous": previous})
 
-    async def audit(self, actor: str, guild_id: str | None, action: str, detail: dict[str, object]) -> None:
+    async def audit(self, actor: str, guild_id: str | None, action: str, detail: Mapping[str, object]) -> None:
         await self.store.execute(
             "INSERT INTO audit_log (at, actor_id, guild_id, action, detail) VALUES (?, ?, ?, ?, ?)",
             (time.time(), actor, guild_id, action, json.dumps(detail, ensure_ascii=False)),

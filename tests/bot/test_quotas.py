@@ -103,3 +103,16 @@ async def test_rerolls_count_as_generations(make_service: ServiceFactory) -> Non
     with pytest.raises(UserError):
         await service.reroll(job.id, "u")
     assert (await service.quota("u")).used == 2
+
+
+async def test_admin_quota_override_is_audited(make_service: ServiceFactory) -> None:
+    service = await make_service("[quotas]\nimages_per_day = 1\nmax_queued_jobs = 0\n")
+    await service.queue.set_paused(True)
+    await service.set_quota("user", "u", "admin", images_per_day=3, guild_id="g")
+    for _ in range(3):
+        await service.submit(request(), "u")
+    status = await service.quota("u")
+    assert (status.limits.images_per_day, status.remaining) == (3, 0)
+    row = await service.store.fetchone("SELECT actor_id, guild_id, action, detail FROM audit_log")
+    assert row is not None and (row["actor_id"], row["guild_id"], row["action"]) == ("admin", "g", "quota.set")
+    assert '"images_per_day": 3' in row["detail"]
