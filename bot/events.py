@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -46,10 +47,17 @@ Event = JobQueued | JobStarted | JobProgress | JobFinished | ModelLoading
 
 
 class EventBus:
-    """Fan-out of events to subscribers; publishing never blocks (each subscriber has its own queue)."""
+    """Fan-out of events to subscribers; publishing never blocks (each subscriber has its own queue,
+    each listener is a plain callback)."""
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def listen(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback(event)` for every event, on the event loop; returns the undo."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def subscribe(self) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -62,3 +70,5 @@ class EventBus:
     def publish(self, event: Event) -> None:
         for queue in self._subscribers:
             queue.put_nowait(event)
+        for callback in list(self._listeners):
+            callback(event)

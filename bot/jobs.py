@@ -236,6 +236,13 @@ class JobRepository:
         rows = await self.store.fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state = 'queued' ORDER BY j.id")
         return [_job(row) for row in rows]
 
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs waiting or running, oldest first."""
+        rows = await self.store.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('queued', 'running') ORDER BY j.id"
+        )
+        return [_job(row) for row in rows]
+
     async def images(self, job_id: int) -> list[ImageRecord]:
         rows = await self.store.fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
         return [_image(row) for row in rows]

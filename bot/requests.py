@@ -6,7 +6,7 @@ import math
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.dialects import Bucket, Dialect, load_dialect
 from bot.errors import UserError
@@ -39,6 +39,10 @@ class GenerationRequest:
     size: str | None = None  # "WxH", exact
     count: int = 1
     sampler: str | None = None
+    # False where nsfw content is not allowed (Discord: channels that are not age-restricted, DMs):
+    # a questionable/explicit rating, chosen or typed in the prompt, is refused, and the model's nsfw
+    # tags go into the negative prompt.
+    nsfw_allowed: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,11 @@ def resolve_request(
     if request.seed is not None:
         _check_range("seed", request.seed, (0, SEED_MAX))
     width, height = resolve_size(request, spec, dialect)
-    built = build_prompt(dialect, request.choices, tags)
+    choices = request.choices if request.nsfw_allowed else replace(request.choices, sfw=True)
+    built = build_prompt(dialect, choices, tags)
+    refused = built.ratings & dialect.choices.nsfw_ratings
+    if refused and not request.nsfw_allowed:
+        raise UserError("nsfw_not_allowed", value=", ".join(sorted(refused)))
 
     seed = secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed
     seeds = tuple((seed + i) % (SEED_MAX + 1) for i in range(request.count))

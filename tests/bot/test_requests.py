@@ -76,3 +76,14 @@ def test_bad_requests_are_refused(kw: dict[str, object], key: str) -> None:
     with pytest.raises(UserError) as err:
         resolve_request(req(**kw), MODELS)
     assert err.value.key == key
+
+
+def test_nsfw_is_refused_where_not_allowed_even_typed_in_the_prompt() -> None:
+    for choices in (PromptChoices("1girl", rating="explicit"), PromptChoices("1girl, nsfw")):
+        with pytest.raises(UserError) as err:
+            resolve_request(GenerationRequest("tiny-sdxl", choices, nsfw_allowed=False), MODELS)
+        assert err.value.key == "nsfw_not_allowed"
+    safe = resolve_request(GenerationRequest("tiny-sdxl", PromptChoices("1girl"), nsfw_allowed=False), MODELS)
+    assert safe.params.negative_prompt.endswith("nsfw, explicit")
+    allowed = resolve_request(GenerationRequest("tiny-sdxl", PromptChoices("1girl, explicit")), MODELS)
+    assert "explicit" in allowed.params.prompt
