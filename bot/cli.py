@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
+    sub.add_parser("run", parents=[common], help="run the Discord bot (token: DISCORD_TOKEN or [discord] token)")
     work = sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
     work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
 
@@ -271,6 +272,29 @@ def _tags(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+NO_TOKEN_HELP = """animebot: error: no Discord bot token.
+Get one: https://discord.com/developers/applications -> your application (or New Application) -> Bot
+-> Reset Token, and copy it. Then set it in the environment (preferred):
+    export DISCORD_TOKEN=...
+or put `token = "..."` in the [discord] section of the config file."""
+
+
+def _run(config: Config) -> int:
+    import logging
+    import os
+
+    token = os.environ.get("DISCORD_TOKEN") or config.discord.token
+    if not token:
+        print(NO_TOKEN_HELP, file=sys.stderr)
+        return EXIT_USAGE
+    from bot.app import create_bot
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bot = create_bot(config)
+    bot.run(token, log_handler=None)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -280,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args, config)
         if args.command == "models":
             return _models(config)
+        if args.command == "run":
+            return _run(config)
         if args.command == "work":
             return _work(config, args.resume)
         return _tags(args, config)

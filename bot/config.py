@@ -98,11 +98,22 @@ class QuotaSettings(_Section):
     cooldown_seconds: float = Field(default=0.0, ge=0)
 
 
+class DiscordSettings(_Section):
+    token: str | None = None  # DISCORD_TOKEN in the environment wins
+    guild_ids: list[int] = []  # sync commands to these guilds (instant) instead of globally
+    admin_user_ids: list[int] = []
+    admin_role_ids: list[int] = []
+    reroll_by_anyone: bool = False
+    banned_words: list[str] = []
+    spoiler_sensitive: bool = False
+
+
 class Settings(_Section):
     data_dir: str = "var"
     inference: InferenceSettings = InferenceSettings()
     tags: TagSettings = TagSettings()
     quotas: QuotaSettings = QuotaSettings()
+    discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
 
 
@@ -117,6 +128,7 @@ class Config:
         self.tags_db = _resolve(self.data_dir, settings.tags.database)
         self.database = self.data_dir / "animebot.sqlite"
         self.quotas = settings.quotas
+        self.discord = settings.discord
         self.models = _model_specs(settings.models, base_dir)
         if self.inference.default_model not in self.models:
             raise ConfigError(

@@ -25,6 +25,22 @@ CATALOG: dict[str, dict[str, str]] = {
         "not_your_job": "Job #{job_id} is not yours.",
         "job_finished": "Job #{job_id} has already finished.",
         "model_load_failed": "Could not load {model}: {reason}. {active} stays active.",
+        "nsfw_not_allowed": "The rating {value!r} is only allowed in age-restricted channels. "
+        "Nothing was queued.",
+        "banned_word": "Your prompt contains a word that is not allowed here ({word!r}). Nothing was queued.",
+        "queued": "#{job_id} queued (position {position}): {prompt}",
+        "running": "#{job_id} generating with {model}…",
+        "progress": "#{job_id} step {step}/{total}, about {eta}s left",
+        "result": "#{job_id} {model} · seed {seed} · {width}x{height} · {steps} steps · cfg {cfg}",
+        "result_for": "{mention} your images are ready. {summary}",
+        "job_failed": "{mention} job #{job_id} failed: {error}",
+        "job_cancelled": "{mention} job #{job_id} was cancelled.",
+        "parameters": "Job #{job_id} ({model})\nPrompt: {prompt}\nNegative: {negative}\nSize: {width}x{height}"
+        " · steps {steps} · cfg {cfg} · sampler {sampler} · seeds {seeds}",
+        "rerolled": "Rerolling job #{job_id} as #{new_id} (position {position}).",
+        "deleted": "Deleted.",
+        "not_allowed": "Only the owner of job #{job_id} or an admin can do that.",
+        "generic_error": "Something went wrong. The error was logged; please try again later.",
     },
 }
 

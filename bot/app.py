@@ -1,0 +1,109 @@
+"""The Discord bot: a commands.Bot around the GenerationService. Constructing it does no network I/O;
+setup_hook starts the service, loads the cogs, registers the persistent buttons and syncs the command
+tree only when it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from bot.config import Config
+from bot.delivery import Delivery, bridge_events
+from bot.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+COGS = ("cogs.errors", "cogs.generate", "cogs.results")
+SYNC_KEY = "command_tree_hash"
+
+
+def intents() -> discord.Intents:
+    """Guilds (channels, roles) and guild reactions (🔄 rerolls); no message content, no members."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_reactions = True
+    return wanted
+
+
+class AnimeBot(commands.Bot):
+    def __init__(self, config: Config, service: GenerationService | None = None) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
+        self.config = config
+        self._owns_service = service is None
+        self.service = service or GenerationService(config)
+        self.delivery: Delivery | None = None  # set in setup_hook
+        self._unbridge: Any = None
+        self.synced = False  # whether the last setup_hook registered commands with Discord
+
+    @property
+    def deliveries(self) -> Delivery:
+        assert self.delivery is not None, "setup_hook first"
+        return self.delivery
+
+    async def setup_hook(self) -> None:
+        from cogs.results import BUTTONS, result_view
+
+        if self._owns_service:
+            await self.service.start()
+        self._unbridge = bridge_events(self, self.service)
+        self.delivery = Delivery(self, self.service, result_view)
+        for name in COGS:
+            await self.load_extension(name)
+        self.add_dynamic_items(*BUTTONS)
+        await self.sync_commands()
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s", self.user)
+        await self.deliveries.deliver_pending()
+
+    def tree_hash(self) -> str:
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        text = json.dumps({"guilds": self.config.discord.guild_ids, "commands": payload}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def sync_commands(self) -> bool:
+        """Register the commands with Discord if they changed since the last registration."""
+        digest = self.tree_hash()
+        store = self.service.store
+        if await store.scalar("SELECT value FROM bot_state WHERE key = ?", (SYNC_KEY,)) == digest:
+            self.synced = False
+            return False
+        guild_ids = self.config.discord.guild_ids
+        if guild_ids:
+            for guild_id in guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        await store.execute(
+            "INSERT INTO bot_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (SYNC_KEY, digest),
+        )
+        self.synced = True
+        return True
+
+    async def close(self) -> None:
+        if self.delivery is not None:
+            for task in list(self.delivery.tasks):
+                task.cancel()  # the result is delivered at the next start (jobs.undelivered)
+        try:
+            await super().close()
+        finally:
+            if self._unbridge is not None:
+                self._unbridge()
+                self._unbridge = None
+            if self._owns_service:
+                await self.service.close()
+                self._owns_service = False
+
+
+def create_bot(config: Config, service: GenerationService | None = None) -> AnimeBot:
+    """The bot, ready for `bot.start(token)`; nothing touches the network before that. A service
+    passed in belongs to the caller (started and closed by it); otherwise the bot owns one."""
+    return AnimeBot(config, service)

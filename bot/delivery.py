@@ -1,0 +1,277 @@
+"""Bringing a job's result to Discord: queue position, throttled progress, then the images with their
+buttons, by editing the original response, or by a channel post that mentions the user when the
+interaction token has expired or the edit failed. Each job is delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import discord
+
+from bot.dialects import load_dialect
+from bot.events import Event, JobProgress, JobQueued, JobStarted
+from bot.jobs import JobRecord, JobState
+from bot.messages import render
+from bot.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+JOB_EVENT = "animebot_job_event"  # bot.dispatch name: wait with bot.wait_for(JOB_EVENT, ...)
+PROGRESS_INTERVAL = 1.5  # seconds between two progress edits of one message
+TOKEN_LIFETIME = timedelta(minutes=15)
+TOKEN_MARGIN = timedelta(seconds=30)  # do not start an edit that may outlive the token
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+RECHECK_SECONDS = 5.0
+
+ViewFactory = Callable[[JobRecord], discord.ui.View]
+
+
+class Unreachable(Exception):
+    """The original response can no longer be edited."""
+
+
+def bridge_events(bot: discord.Client, service: GenerationService) -> Callable[[], None]:
+    """Forward the service's job events to `bot.dispatch(JOB_EVENT, event)`, so waiters use wait_for;
+    returns the undo."""
+    return service.events.listen(lambda event: bot.dispatch(JOB_EVENT, event))
+
+
+@dataclass
+class Target:
+    """Where a job's messages go: the interaction's original response while its token lives, else a
+    message the bot posted, else a new channel post."""
+
+    channel_id: int
+    user_id: int
+    interaction: discord.Interaction | None = None
+    message: discord.Message | None = None
+    locale: str = "en"
+    failed: bool = field(default=False)
+
+    @property
+    def mention(self) -> str:
+        return f"<@{self.user_id}>"
+
+
+def fit_image(data: bytes, limit: int, name: str) -> tuple[bytes, str]:
+    """The PNG if it fits in `limit` bytes, else a JPEG re-encoding, at lower quality and then smaller,
+    that does (blocking: run it in a thread)."""
+    if len(data) <= limit:
+        return data, name
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    stem = name.rsplit(".", 1)[0]
+    scale = 1.0
+    while True:
+        resized = image
+        if scale < 1.0:
+            size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+            resized = image.resize(size, Image.Resampling.LANCZOS)
+        for quality in (90, 75, 60, 45):
+            out = io.BytesIO()
+            resized.save(out, "JPEG", quality=quality, optimize=True)
+            if out.tell() <= limit or (resized.width <= 16 and quality == 45):
+                return out.getvalue(), f"{stem}.jpg"
+        scale *= 0.7
+
+
+class Delivery:
+    def __init__(self, bot: discord.Client, service: GenerationService, view_factory: ViewFactory) -> None:
+        self.bot = bot
+        self.service = service
+        self.view_factory = view_factory
+        self._delivering: set[int] = set()
+        self._followed: set[int] = set()  # jobs a task follows now
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.progress_interval = PROGRESS_INTERVAL
+
+    def start(self, job: JobRecord, target: Target) -> None:
+        """Follow the job in the background until its result is delivered (once per job)."""
+        if job.id in self._followed:
+            return
+        self._followed.add(job.id)
+        task = asyncio.create_task(self.follow(job.id, target), name=f"deliver-{job.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _: self._followed.discard(job.id))
+
+    async def follow(self, job_id: int, target: Target) -> None:
+        try:
+            job = await self._wait(job_id, target)
+            await self.deliver(job, target)
+        except Exception:
+            log.exception("delivering job %s failed", job_id)
+
+    async def _wait(self, job_id: int, target: Target) -> JobRecord:
+        last_edit = -self.progress_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self.service.queue.jobs.get(job_id)
+            assert job is not None
+            if job.state.finished:
+                return job
+            try:
+                event = await self.bot.wait_for(
+                    JOB_EVENT, check=lambda e: getattr(e, "job_id", None) == job_id, timeout=RECHECK_SECONDS
+                )
+            except TimeoutError:
+                continue  # an event may have come between reading the job and listening: read again
+            text = self._progress_text(event, job, target.locale)
+            if text is not None and loop.time() - last_edit >= self.progress_interval:
+                last_edit = loop.time()
+                await self._edit_progress(target, text)
+
+    @staticmethod
+    def _progress_text(event: Event, job: JobRecord, locale: str) -> str | None:
+        if isinstance(event, JobQueued):
+            prompt = job.request.choices.prompt[:200]
+            return render("queued", locale, job_id=job.id, position=event.position, prompt=prompt)
+        if isinstance(event, JobStarted):
+            return render("running", locale, job_id=job.id, model=event.model)
+        if isinstance(event, JobProgress):
+            eta = max(0, round(event.eta))
+            return render("progress", locale, job_id=job.id, step=event.step, total=event.total, eta=eta)
+        return None
+
+    async def _edit_progress(self, target: Target, text: str) -> None:
+        if target.failed:
+            return
+        try:
+            await self._edit(target, content=text)
+        except (discord.HTTPException, Unreachable):
+            target.failed = True  # the final result goes to the channel instead
+
+    async def _edit(self, target: Target, **kwargs: Any) -> discord.Message:
+        interaction = target.interaction
+        if interaction is not None and token_alive(interaction):
+            return await interaction.edit_original_response(**kwargs)
+        if target.message is not None:
+            return await target.message.edit(**kwargs)
+        raise Unreachable("the interaction token has expired")
+
+    async def deliver(self, job: JobRecord, target: Target) -> None:
+        """Send the final result (images, or the error) exactly once."""
+        if job.id in self._delivering:
+            return
+        self._delivering.add(job.id)
+        try:
+            fresh = await self.service.queue.jobs.get(job.id)
+            if fresh is None or fresh.delivered:
+                return
+            message = await self._send_result(job, target)
+            if message is not None:
+                await self.service.queue.jobs.mark_delivered(job.id, f"{message.channel.id}:{message.id}")
+        finally:
+            self._delivering.discard(job.id)
+
+    async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
+        if job.state == JobState.DONE:
+            files = await self._files(job, target)
+            summary = self._summary(job, target.locale)
+            kwargs: dict[str, Any] = {"view": self.view_factory(job)}
+            edit_ok = not target.failed and (target.interaction is not None or target.message is not None)
+            if edit_ok:
+                try:
+                    return await self._edit(target, content=summary, attachments=files, **kwargs)
+                except (discord.HTTPException, Unreachable):
+                    files = await self._files(job, target)  # a File is consumed by a failed upload
+            content = render("result_for", target.locale, mention=target.mention, summary=summary)
+            return await self.post(target, content=content, files=files, **kwargs)
+        key = "job_cancelled" if job.state == JobState.CANCELLED else "job_failed"
+        content = render(key, target.locale, mention=target.mention, job_id=job.id, error=job.error or "")
+        if not target.failed and (target.interaction is not None or target.message is not None):
+            try:
+                return await self._edit(target, content=content)
+            except (discord.HTTPException, Unreachable):
+                pass
+        return await self.post(target, content=content)
+
+    async def post(self, target: Target, **kwargs: Any) -> discord.Message | None:
+        channel = self.bot.get_channel(target.channel_id)
+        if channel is None:
+            try:
+                channel = await self.bot.fetch_channel(target.channel_id)
+            except discord.HTTPException:
+                log.warning("cannot reach channel %s to deliver a result", target.channel_id)
+                return None
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        mentions = discord.AllowedMentions(users=[discord.Object(target.user_id)], roles=False, everyone=False)
+        return await channel.send(allowed_mentions=mentions, **kwargs)
+
+    def _summary(self, job: JobRecord, locale: str) -> str:
+        p = job.params
+        seed = p.seeds[0] if len(p.seeds) == 1 else f"{p.seeds[0]}–{p.seeds[-1]}"
+        return render(
+            "result", locale, job_id=job.id, model=job.model, seed=seed, width=p.width, height=p.height,
+            steps=p.steps, cfg=p.cfg,
+        )
+
+    def upload_limit(self, target: Target) -> int:
+        if target.interaction is not None:
+            return target.interaction.filesize_limit
+        channel = self.bot.get_channel(target.channel_id)
+        guild = getattr(channel, "guild", None)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def _files(self, job: JobRecord, target: Target) -> list[discord.File]:
+        limit = self.upload_limit(target)
+        spoiler = self.sensitive(job)
+        files = []
+        for image in await self.service.queue.jobs.images(job.id):
+            path = self.service.image_path(image.path)
+            data = await asyncio.to_thread(path.read_bytes)
+            data, name = await asyncio.to_thread(fit_image, data, limit, path.name)
+            files.append(discord.File(io.BytesIO(data), filename=name, spoiler=spoiler))
+        return files
+
+    def sensitive(self, job: JobRecord) -> bool:
+        if not self.service.config.discord.spoiler_sensitive or not job.request.choices.rating:
+            return False
+        spec = self.service.config.models.get(job.model)
+        if spec is None:
+            return False
+        choices = load_dialect(spec.dialect).choices
+        return choices.canonical_rating(job.request.choices.rating) in choices.nsfw_ratings
+
+    async def deliver_pending(self) -> None:
+        """After a start: results that finished while the bot was away are posted in their channel
+        (mentioning the owner), and jobs still waiting or running from before the restart are followed,
+        so theirs are posted when they finish."""
+        jobs = self.service.queue.jobs
+        for job in await jobs.undelivered():
+            target = self._channel_target(job)
+            if target is None:
+                continue
+            try:
+                await self.deliver(job, target)
+            except discord.HTTPException:
+                log.exception("could not deliver job %s after restart", job.id)
+        for job in await jobs.unfinished():
+            target = self._channel_target(job)
+            if target is not None:
+                self.start(job, target)
+
+    @staticmethod
+    def _channel_target(job: JobRecord) -> Target | None:
+        if not job.owner_id.startswith("discord:") or job.channel_id is None:
+            return None  # another frontend's job
+        return Target(int(job.channel_id), int(job.owner_id.removeprefix("discord:")))
+
+    async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
+        """The job whose result is the given message."""
+        value = await self.service.store.scalar(
+            "SELECT job_id FROM deliveries WHERE target = ?", (f"{channel_id}:{message_id}",)
+        )
+        return None if value is None else int(value)
+
+
+def token_alive(interaction: discord.Interaction) -> bool:
+    return discord.utils.utcnow() - interaction.created_at < TOKEN_LIFETIME - TOKEN_MARGIN

@@ -1,0 +1,63 @@
+"""The one error handler of the command tree: UserError → its message, ephemeral; anything else →
+logged with detail, and a short generic ephemeral message."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import UserError
+from bot.messages import render
+
+if TYPE_CHECKING:
+    from bot.app import AnimeBot
+
+log = logging.getLogger(__name__)
+
+
+def locale_of(interaction: discord.Interaction) -> str:
+    """The catalog language for the user's Discord locale ("ja", "en-US" → "en", …)."""
+    return str(interaction.locale.value).split("-")[0]
+
+
+def error_text(interaction: discord.Interaction, error: BaseException) -> str:
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, UserError):
+        return render(error.key, locale_of(interaction), **error.params)
+    command = interaction.command.qualified_name if interaction.command else "?"
+    log.error("interaction %s (%s) failed", interaction.id, command, exc_info=error)
+    return render("generic_error", locale_of(interaction))
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """Tell the user what went wrong (and log what they need not see)."""
+    try:
+        await send_ephemeral(interaction, error_text(interaction, error))
+    except discord.HTTPException:
+        log.warning("could not report an error to the user of interaction %s", interaction.id)
+
+
+class Errors(commands.Cog):
+    def __init__(self, bot: AnimeBot) -> None:
+        self.bot = bot
+        self._previous = bot.tree.on_error
+        bot.tree.on_error = report_error  # type: ignore[method-assign]
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.on_error = self._previous  # type: ignore[method-assign]
+
+
+async def setup(bot: AnimeBot) -> None:
+    await bot.add_cog(Errors(bot))

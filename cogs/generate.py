@@ -1,0 +1,186 @@
+"""/generate: parse, check (channel rating, banned words), submit, acknowledge with the queue position,
+hand the job to delivery. Autocomplete from the active model's dialect and the tag database."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.delivery import Target
+from bot.dialects import Dialect, load_dialect
+from bot.errors import UserError
+from bot.messages import render
+from bot.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest
+from bot.tags import TagCategory, TagDatabase
+from cogs.errors import locale_of
+from cogs.results import role_ids
+
+if TYPE_CHECKING:
+    from bot.app import AnimeBot
+
+MAX_CHOICES = 25
+MAX_NAME = 100
+
+Choice = app_commands.Choice[str]
+
+
+def _bot(interaction: discord.Interaction) -> AnimeBot:
+    return cast("AnimeBot", interaction.client)
+
+
+def choice(name: str, value: str) -> Choice:
+    """A choice within Discord's limits (name and value 1–100 characters)."""
+    return app_commands.Choice(name=(name or value)[:MAX_NAME], value=value[:MAX_NAME])
+
+
+def filter_choices(pairs: list[tuple[str, str]], current: str) -> list[Choice]:
+    """Pairs (name, value) whose name or value contains the typed text, first those that start with it."""
+    text = current.strip().lower()
+    hits = [(n, v) for n, v in pairs if text in n.lower() or text in v.lower()]
+    hits.sort(key=lambda p: not (p[0].lower().startswith(text) or p[1].lower().startswith(text)))
+    return [choice(n, v) for n, v in hits[:MAX_CHOICES]]
+
+
+async def dialect_for(interaction: discord.Interaction) -> Dialect:
+    bot = _bot(interaction)
+    guild = str(interaction.guild_id) if interaction.guild_id else None
+    name = await bot.service.active_model(guild)
+    return load_dialect(bot.config.models[name].dialect)
+
+
+def quality_pairs(dialect: Dialect) -> list[tuple[str, str]]:
+    return [(f"{key} — {terms}", key) for key, terms in dialect.quality_choices.items()]
+
+
+def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
+    periods = [(f"{key} — {terms}", key) for key, terms in dialect.period_choices.items()]
+    years = [(str(y), str(y)) for y in range(dialect.year_max, dialect.year_min - 1, -1)]
+    return periods + years
+
+
+def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
+    nsfw = dialect.choices.nsfw_ratings
+    return [
+        (f"{key} — {terms}", key)
+        for key, terms in dialect.rating_choices.items()
+        if nsfw_allowed or dialect.choices.canonical_rating(key) not in nsfw
+    ]
+
+
+def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:
+    return [(bucket.label, bucket.aspect) for bucket in dialect.buckets]
+
+
+class Generate(commands.Cog):
+    def __init__(self, bot: AnimeBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="generate", description="Make anime images from a prompt")
+    @app_commands.describe(
+        prompt="Danbooru tags and/or a description",
+        negative="What to avoid",
+        quality="Quality tags of the model",
+        year="A year or period",
+        rating="Content rating (nsfw ratings only in age-restricted channels)",
+        artist="Artist style (comma-separated for several)",
+        aspect="Aspect ratio / resolution bucket",
+        seed="Seed for reproducible images",
+        steps="Sampling steps",
+        cfg="Guidance scale",
+        count="How many images",
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        negative: str | None = None,
+        quality: str | None = None,
+        year: str | None = None,
+        rating: str | None = None,
+        artist: str | None = None,
+        aspect: str | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        count: int = 1,
+    ) -> None:
+        bot = self.bot
+        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        model = await bot.service.active_model(guild_id)
+        nsfw_allowed = channel_allows_nsfw(interaction.channel)
+        dialect = load_dialect(bot.config.models[model].dialect)
+        nsfw_rating = bool(rating) and dialect.choices.canonical_rating(rating or "") in dialect.choices.nsfw_ratings
+        word = banned_word(bot.config.discord, prompt, artist or "")
+        if word is not None:
+            raise UserError("banned_word", word=word)
+        choices = PromptChoices(
+            prompt,
+            negative or "",
+            quality=quality,
+            year=year,
+            rating=rating,
+            artist=artist,
+            # An explicit SFW rating keeps nsfw out even in age-restricted channels: its tags go negative.
+            sfw=not nsfw_allowed or (rating is not None and not nsfw_rating),
+        )
+        request = GenerationRequest(
+            model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
+        )
+        user = interaction.user
+        job = await bot.service.submit(
+            request,
+            owner_key(user),
+            owner_name=user.display_name,
+            guild_id=guild_id,
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            role_ids=role_ids(user),
+            exempt=is_admin(bot.config.discord, user),
+        )
+        locale = locale_of(interaction)
+        position = bot.service.queue.position(job.id) or 1
+        await interaction.response.send_message(
+            render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
+        )
+        target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
+        bot.deliveries.start(job, target)
+
+    @generate.autocomplete("quality")
+    async def _quality(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        return filter_choices(quality_pairs(await dialect_for(interaction)), current)
+
+    @generate.autocomplete("year")
+    async def _year(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        return filter_choices(year_pairs(await dialect_for(interaction)), current)
+
+    @generate.autocomplete("rating")
+    async def _rating(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        pairs = rating_pairs(await dialect_for(interaction), channel_allows_nsfw(interaction.channel))
+        return filter_choices(pairs, current)
+
+    @generate.autocomplete("aspect")
+    async def _aspect(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        return filter_choices(aspect_pairs(await dialect_for(interaction)), current)
+
+    @generate.autocomplete("artist")
+    async def _artist(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        dialect = await dialect_for(interaction)
+        head, _, last = current.rpartition(",")
+        prefix = f"{head}, " if head else ""
+        tags = self.bot.service.tags
+        typed = last.strip().removeprefix(dialect.artist_prefix) if dialect.artist_prefix else last.strip()
+        names: list[str] = []
+        if isinstance(tags, TagDatabase):
+            names = [m.name for m in tags.search(typed, TagCategory.ARTIST, MAX_CHOICES)]
+        elif typed:
+            names = [typed]
+        pairs = [(prefix + dialect.format_artist(n), prefix + n) for n in names]
+        return [choice(n, v) for n, v in pairs if v.strip()][:MAX_CHOICES]
+
+
+async def setup(bot: AnimeBot) -> None:
+    await bot.add_cog(Generate(bot))

@@ -1,0 +1,163 @@
+"""The buttons under a result (🔄 reroll, 🗑 delete, ℹ️ parameters) and the 🔄 reaction. The buttons are
+DynamicItems whose custom_id carries the job id, so they work after a restart."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord.ext import commands
+
+from bot.delivery import Target
+from bot.errors import UserError
+from bot.jobs import JobRecord
+from bot.messages import render
+from bot.permissions import is_admin, may_manage, may_reroll, owner_key
+from cogs.errors import locale_of, report_error, send_ephemeral
+
+if TYPE_CHECKING:
+    from bot.app import AnimeBot
+
+log = logging.getLogger(__name__)
+REROLL_EMOJI = "🔄"
+
+
+def _bot(interaction: discord.Interaction) -> AnimeBot:
+    return cast("AnimeBot", interaction.client)
+
+
+def role_ids(user: discord.abc.User | None) -> list[str]:
+    return [str(role.id) for role in user.roles] if isinstance(user, discord.Member) else []
+
+
+async def _job(bot: AnimeBot, job_id: int) -> JobRecord:
+    job = await bot.service.queue.jobs.get(job_id)
+    if job is None:
+        raise UserError("job_not_found", job_id=job_id)
+    return job
+
+
+class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animebot:(?P<action>\w+):(?P<job>\d+)"):
+    action = ""
+    emoji = ""
+
+    def __init__(self, job_id: int) -> None:
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            emoji=self.emoji, style=discord.ButtonStyle.secondary, custom_id=f"animebot:{self.action}:{job_id}"
+        )
+        super().__init__(button)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> _JobButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction, _bot(interaction))
+        except Exception as error:  # buttons have no tree error handler: the same report
+            await report_error(interaction, error)
+
+    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+        raise NotImplementedError
+
+
+class RerollButton(_JobButton, template=r"animebot:reroll:(?P<job>\d+)"):
+    action = "reroll"
+    emoji = REROLL_EMOJI
+
+    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+        await reroll(bot, self.job_id, interaction.user, interaction.channel_id, interaction)
+
+
+class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
+    action = "delete"
+    emoji = "🗑️"
+
+    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+        job = await _job(bot, self.job_id)
+        if not may_manage(bot.config.discord, interaction.user, job.owner_id):
+            raise UserError("not_allowed", job_id=job.id)
+        await interaction.response.send_message(render("deleted", locale_of(interaction)), ephemeral=True)
+        if interaction.message is not None:
+            await interaction.message.delete()
+
+
+class InfoButton(_JobButton, template=r"animebot:info:(?P<job>\d+)"):
+    action = "info"
+    emoji = "ℹ️"
+
+    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+        job = await _job(bot, self.job_id)
+        await send_ephemeral(interaction, parameters_text(job, locale_of(interaction)))
+
+
+BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, DeleteButton, InfoButton)
+
+
+def parameters_text(job: JobRecord, locale: str) -> str:
+    p = job.params
+    return render(
+        "parameters", locale, job_id=job.id, model=job.model, prompt=p.prompt, negative=p.negative_prompt or "-",
+        width=p.width, height=p.height, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        seeds=", ".join(str(s) for s in p.seeds),
+    )[:2000]
+
+
+def result_view(job: JobRecord) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for button in BUTTONS:
+        view.add_item(button(job.id))
+    return view
+
+
+async def reroll(
+    bot: AnimeBot,
+    job_id: int,
+    user: discord.abc.User,
+    channel_id: int | None,
+    interaction: discord.Interaction | None = None,
+) -> None:
+    """Queue the job again with a new seed for `user`, and deliver it like a new request."""
+    job = await _job(bot, job_id)
+    settings = bot.config.discord
+    if not may_reroll(settings, user, job.owner_id):
+        raise UserError("not_allowed", job_id=job.id)
+    admin = is_admin(settings, user)
+    new = await bot.service.reroll(job.id, owner_key(user), role_ids=role_ids(user), admin=admin)
+    locale = locale_of(interaction) if interaction is not None else "en"
+    position = bot.service.queue.position(new.id) or 1
+    text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
+    target = Target(channel_id or int(new.channel_id or 0), user.id, locale=locale)
+    if interaction is not None:
+        await interaction.response.send_message(text)
+        target.interaction = interaction
+    else:
+        target.message = await bot.deliveries.post(target, content=f"{target.mention} {text}")
+    bot.deliveries.start(new, target)
+
+
+class Results(commands.Cog):
+    def __init__(self, bot: AnimeBot) -> None:
+        self.bot = bot
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        if str(payload.emoji) != REROLL_EMOJI or self.bot.user is None or payload.user_id == self.bot.user.id:
+            return
+        job_id = await self.bot.deliveries.job_for_message(payload.channel_id, payload.message_id)
+        if job_id is None:
+            return
+        user = payload.member or self.bot.get_user(payload.user_id) or discord.Object(payload.user_id)
+        try:
+            await reroll(self.bot, job_id, cast(discord.abc.User, user), payload.channel_id)
+        except UserError as e:
+            log.info("reaction reroll of job %s by %s refused: %s", job_id, payload.user_id, e)
+
+
+async def setup(bot: AnimeBot) -> None:
+    await bot.add_cog(Results(bot))

@@ -1,0 +1,81 @@
+"""Fixtures for driving the real bot through simcord: a started GenerationService on the tiny models
+(64x64, 1–2 steps; built once per session) and a bot around it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from bot.app import AnimeBot, create_bot
+from bot.config import load_config
+from bot.service import GenerationService
+from inference.cache import ModelCache
+from inference.registry import load_backend
+from inference.specs import RuntimeOptions
+from tests.bot.conftest import models_dir  # noqa: F401  (the session's tiny models)
+
+BotFactory = Callable[..., Awaitable[AnimeBot]]
+
+TAGS_CSV = "\n".join(
+    ["name,category,count,aliases", "1girl,0,1000,", "smile,0,900,"]
+    + [f"artist_{i:02d},1,{500 - i},artist_alias_{i:02d}" for i in range(40)]
+    + [f"{'long_artist_' * 12}{i},1,{10 + i}," for i in range(2)]
+)
+
+
+# Tiny models at 64x64 (the built-ins' buckets scaled down) and 2 steps by default, no quotas.
+BASE_CONFIG = """data_dir = "data"
+[inference]
+default_model = "tiny"
+[quotas]
+images_per_day = 0
+max_queued_jobs = 0
+[models.tiny]
+builtin = "tiny-sdxl"
+size_scale = 0.0625
+[models.tiny-anima64]
+builtin = "tiny-anima"
+size_scale = 0.0625
+"""
+
+
+@pytest.fixture
+async def make_bot(tmp_path: Path, models_dir: Path) -> AsyncIterator[BotFactory]:  # noqa: F811
+    """A bot and its service on `tmp_path/data`. The test's service is started outside the bot (the
+    worker's idle wait must not count as the bot's unfinished work for simcord) and closed here."""
+    services: list[GenerationService] = []
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+
+    async def make(config_text: str = "", *, tags: bool = True) -> AnimeBot:
+        from bot.tags import import_csv
+
+        path = tmp_path / "config.toml"
+        path.write_text(BASE_CONFIG + config_text, encoding="utf-8")
+        config = load_config(path)
+        if tags and not config.tags_db.exists():
+            csv = tmp_path / "tags.csv"
+            csv.write_text(TAGS_CSV, encoding="utf-8")
+            import_csv(csv, config.tags_db)
+        cache = ModelCache(RuntimeOptions("cpu", None, models_dir), capacity=2, location="cpu", loader=load_backend)
+        service = GenerationService(config, cache)
+        await service.start()
+        services.append(service)
+        return create_bot(config, service)
+
+    yield make
+    for service in services:
+        if service in closed:
+            continue
+        await service.close()
+
+
+closed: set[GenerationService] = set()
+
+
+async def retire(bot: AnimeBot) -> None:
+    """Close a bot's test-owned service now (e.g. before a restart on the same data dir)."""
+    await bot.service.close()
+    closed.add(bot.service)

@@ -1,0 +1,212 @@
+"""/generate through the real command tree (simcord) with a real service on the tiny models."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import discord
+import pytest
+import simcord
+from PIL import Image
+
+from bot.app import AnimeBot
+from bot.jobs import JobRecord
+from tests.cogs.conftest import BotFactory
+
+STEPS = 2
+
+
+async def jobs_of(bot: AnimeBot, user_id: int) -> list[JobRecord]:
+    jobs, _ = await bot.service.history(f"discord:{user_id}", 0, 50)
+    return jobs
+
+
+async def finish(env: simcord.Env, bot: AnimeBot, job_id: int) -> JobRecord:
+    await bot.service.wait(job_id)
+    await env.settle()
+    job = await bot.service.queue.jobs.get(job_id)
+    assert job is not None
+    return job
+
+
+def requests(env: simcord.Env, method: str, fragment: str) -> list[Any]:
+    return [r for r in env.http_requests if r.method == method and fragment in r.path]
+
+
+async def test_generate_end_to_end(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        bot.deliveries.progress_interval = 0.0  # show every step
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+
+        result = await alice.slash(channel, "generate", prompt="1girl, smile", steps=STEPS, seed=42, aspect="1:1")
+        assert result.acknowledged and not result.ephemeral
+        (job,) = await jobs_of(bot, alice.id)
+        first = requests(env, "POST", "/callback")[0]
+        assert "queued" in str(first.json) and f"#{job.id}" in str(first.json)
+
+        job = await finish(env, bot, job.id)
+        assert job.state == "done" and job.delivered
+        edits = [str(r.json) for r in requests(env, "PATCH", "@original")]
+        assert any(f"step {STEPS}/{STEPS}" in e for e in edits), edits
+        response = result.response
+        assert response is not None
+        assert "seed 42" in response.content and "tiny" in response.content and "64x64" in response.content
+        (attachment,) = response.attachments
+        assert attachment.filename.endswith(".png")
+        data = await attachment.read()
+        image = Image.open(io.BytesIO(data))
+        assert image.size == (64, 64)
+        assert "Seed: 42" in image.info["parameters"] and "Steps: 2" in image.info["parameters"]
+        ids = [c["custom_id"] for row in response.components for c in row["components"]]
+        assert ids == [f"animebot:reroll:{job.id}", f"animebot:delete:{job.id}", f"animebot:info:{job.id}"]
+        target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (job.id,))
+        assert target == f"{channel.id}:{response.id}"
+
+
+async def test_autocomplete_caps_and_model_dialect(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        for option in ("quality", "year", "rating", "artist", "aspect"):
+            choices = await alice.autocomplete(channel, "generate", option, "")
+            assert 1 <= len(choices) <= 25, option
+            assert all(1 <= len(c["name"]) <= 100 and 1 <= len(c["value"]) <= 100 for c in choices), option
+        years = await alice.autocomplete(channel, "generate", "year", "")
+        assert len(years) == 25  # periods + every year: capped
+        artists = await alice.autocomplete(channel, "generate", "artist", "long_artist")
+        assert artists and all(len(c["name"]) <= 100 for c in artists)
+        sdxl = await alice.autocomplete(channel, "generate", "artist", "artist_0")
+        assert sdxl[0]["name"] == "artist 00" and sdxl[0]["value"] == "artist_00"
+
+        await bot.service.switch_model("tiny-anima64", "test", str(guild.id))
+        anima = await alice.autocomplete(channel, "generate", "artist", "artist_0")
+        assert anima[0]["name"] == "@artist 00" and anima[0]["value"] == "artist_00"
+        several = await alice.autocomplete(channel, "generate", "artist", "artist_00, artist_1")
+        assert several[0]["name"] == "artist_00, @artist 10"
+        aspects = await alice.autocomplete(channel, "generate", "aspect", "")
+        assert {c["value"] for c in aspects} >= {"1:1"} and "square" in aspects[0]["name"]
+
+
+def _nsfw_channels(monkeypatch: pytest.MonkeyPatch, ids: set[int]) -> None:
+    """simcord has no age-restricted flag on channels: mark these channel ids as such."""
+    monkeypatch.setattr(discord.TextChannel, "is_nsfw", lambda self: self.id in ids)
+
+
+async def test_nsfw_rating_only_in_age_restricted_channels(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        general = guild.create_text_channel("general")
+        adult = guild.create_text_channel("adult")
+        _nsfw_channels(monkeypatch, {adult.id})
+        user = env.create_user("alice")
+        alice = guild.add_member(user)
+
+        offered = {c["value"] for c in await alice.autocomplete(general, "generate", "rating", "")}
+        assert offered == {"general", "sensitive"}
+        offered = {c["value"] for c in await alice.autocomplete(adult, "generate", "rating", "")}
+        assert offered == {"general", "sensitive", "questionable", "explicit"}
+
+        refused = await alice.slash(general, "generate", prompt="1girl", rating="explicit", steps=1)
+        assert refused.ephemeral and "age-restricted" in refused.response.content
+        assert await jobs_of(bot, alice.id) == []
+        refused = await alice.slash(general, "generate", prompt="1girl, explicit", steps=1)  # typed, not chosen
+        assert refused.ephemeral and "age-restricted" in refused.response.content
+        refused = await user.slash("generate", prompt="1girl", rating="questionable", steps=1)  # a DM
+        assert refused.ephemeral and "age-restricted" in refused.response.content
+        assert await jobs_of(bot, alice.id) == []
+
+        allowed = await alice.slash(adult, "generate", prompt="1girl", rating="explicit", steps=1)
+        assert not allowed.ephemeral
+        safe = await alice.slash(general, "generate", prompt="1girl", rating="general", steps=1)
+        assert not safe.ephemeral
+        new, old = await jobs_of(bot, alice.id)  # newest first
+        assert old.request.choices.sfw is False and old.request.choices.rating == "explicit"
+        assert new.request.choices.sfw is True
+        for job in (old, new):
+            await finish(env, bot, job.id)
+
+
+async def test_banned_word_and_bad_input_change_nothing(make_bot: BotFactory) -> None:
+    bot = await make_bot('[discord]\nbanned_words = ["forbidden"]\n')
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"prompt": "1girl, Forbidden thing"}, "not allowed"),
+            ({"prompt": "1girl", "steps": 500}, "steps must be from 1 to 150"),
+            ({"prompt": "1girl", "quality": "bogus"}, "no quality 'bogus'"),
+            ({"prompt": "1girl", "aspect": "wide"}, "Aspect 'wide'"),
+        ]
+        for options, text in cases:
+            result = await alice.slash(channel, "generate", **options)
+            assert result.ephemeral, options
+            assert result.response is not None and text in result.response.content, result.response.content
+        assert await jobs_of(bot, alice.id) == []
+        assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
+
+
+async def test_sensitive_results_are_spoilers_when_configured(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = await make_bot("[discord]\nspoiler_sensitive = true\n")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        adult = guild.create_text_channel("adult")
+        _nsfw_channels(monkeypatch, {adult.id})
+        alice = guild.add_member(env.create_user("alice"))
+        for rating, spoiler in (("explicit", True), ("general", False)):
+            result = await alice.slash(adult, "generate", prompt="1girl", rating=rating, steps=1, aspect="1:1")
+            job = (await jobs_of(bot, alice.id))[0]
+            assert job.request.choices.sfw is not spoiler  # a general rating is SFW even here
+            await finish(env, bot, job.id)
+            assert result.response is not None
+            (attachment,) = result.response.attachments
+            assert attachment.filename.startswith("SPOILER_") is spoiler
+
+
+async def test_unexpected_error_is_logged_and_answered_briefly(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await make_bot()
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("database on fire")
+
+    async with simcord.run(bot, settle_timeout=60) as env:
+        monkeypatch.setattr(bot.service, "submit", broken)
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        result = await alice.slash(channel, "generate", prompt="1girl")
+        assert result.ephemeral and result.response is not None
+        assert "Something went wrong" in result.response.content and "fire" not in result.response.content
+        assert "database on fire" in caplog.text
+
+
+async def test_ack_shows_the_queue_position_and_dm_works(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        user = env.create_user("alice")
+        alice = guild.add_member(user)
+        await bot.service.queue.set_paused(True)
+        first = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        second = await user.slash("generate", prompt="1boy", steps=1, aspect="1:1")  # in a DM
+        callbacks = [str(r.json) for r in requests(env, "POST", "/callback")]
+        assert "(position 1)" in callbacks[0] and "(position 2)" in callbacks[1]
+        await bot.service.queue.set_paused(False)
+        for job in await jobs_of(bot, alice.id):
+            await finish(env, bot, job.id)
+        for result in (first, second):
+            assert result.response is not None and result.response.attachments

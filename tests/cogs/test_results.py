@@ -1,0 +1,293 @@
+"""The buttons and the 🔄 reaction under a result, restarts, expired tokens, big files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+from PIL import Image
+
+from bot.app import AnimeBot
+from bot.delivery import Delivery, fit_image
+from bot.jobs import JobRecord
+from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.test_generate import finish, jobs_of
+
+
+async def all_jobs(bot: AnimeBot) -> int:
+    return int(await bot.service.store.scalar("SELECT COUNT(*) FROM jobs"))
+
+
+async def generated(
+    env: simcord.Env, bot: AnimeBot, member: simcord.MemberActor, channel: simcord.ChannelHandle
+) -> tuple[JobRecord, simcord.ResponseMessage]:
+    result = await member.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+    job = (await jobs_of(bot, member.id))[0]
+    job = await finish(env, bot, job.id)
+    assert result.response is not None and result.response.attachments
+    return job, result.response
+
+
+async def test_reroll_button_owner_and_stranger(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        bob = guild.add_member(env.create_user("bob"))
+        job, message = await generated(env, bot, alice, channel)
+
+        refused = await bob.click(message, custom_id=f"animebot:reroll:{job.id}")
+        assert refused.ephemeral and "Only the owner" in refused.response.content
+        assert await all_jobs(bot) == 1
+
+        clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+        assert not clicked.ephemeral
+        callbacks = [str(r.json) for r in env.http_requests if r.method == "POST" and "/callback" in r.path]
+        assert f"Rerolling job #{job.id}" in callbacks[-1]
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id and new.params.seeds != job.params.seeds
+        new = await finish(env, bot, new.id)
+        assert new.delivered and clicked.response.attachments
+
+        info = await bob.click(message, custom_id=f"animebot:info:{job.id}")
+        assert info.ephemeral and f"seeds {job.params.seeds[0]}" in info.response.content
+
+
+async def test_reroll_reaction(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        bob = guild.add_member(env.create_user("bob"))
+        job, message = await generated(env, bot, alice, channel)
+
+        await bob.react(message.message, "🔄")
+        assert await all_jobs(bot) == 1
+        own = await bot.get_partial_messageable(channel.id).fetch_message(message.id)
+        await own.add_reaction("🔄")
+        await env.settle()
+        assert await all_jobs(bot) == 1
+
+        await alice.react(message.message, "🔄")
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id
+        new = await finish(env, bot, new.id)
+        assert new.delivered
+        last = channel.last_message  # a channel post mentioning the user, edited into the result
+        assert last is not None and last.attachments and f"#{new.id}" in last.content
+        posts = [str(r.json) for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+        assert f"<@{alice.id}> Rerolling job #{job.id}" in posts[-1]
+
+
+async def test_reroll_reaction_by_anyone_when_configured(make_bot: BotFactory) -> None:
+    bot = await make_bot("[discord]\nreroll_by_anyone = true\n")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        bob = guild.add_member(env.create_user("bob"))
+        job, message = await generated(env, bot, alice, channel)
+        await bob.react(message.message, "🔄")
+        (new,) = await jobs_of(bot, bob.id)
+        assert new.reroll_of == job.id
+        await finish(env, bot, new.id)
+
+
+async def test_delete_button_owner_or_admin(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        bob = guild.add_member(env.create_user("bob"))
+        job, message = await generated(env, bot, alice, channel)
+        refused = await bob.click(message, custom_id=f"animebot:delete:{job.id}")
+        assert refused.ephemeral and "Only the owner" in refused.response.content
+        assert any(m.id == message.id for m in channel.history())
+        deleted = await alice.click(message, custom_id=f"animebot:delete:{job.id}")
+        assert deleted.ephemeral
+        assert not any(m.id == message.id for m in channel.history())
+
+
+async def test_buttons_work_after_restart(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        job, message = await generated(env, bot, alice, channel)
+
+        await retire(bot)
+        again = await make_bot()  # a new service and bot on the same data dir
+        await env.restart_bot(again)
+        info = await alice.click(message, custom_id=f"animebot:info:{job.id}")
+        assert info.ephemeral and f"Job #{job.id}" in info.response.content
+        clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+        assert not clicked.ephemeral
+        new = (await jobs_of(again, alice.id))[0]
+        assert new.reroll_of == job.id
+        await finish(env, again, new.id)
+
+
+async def test_expired_token_falls_back_to_a_channel_post(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert result.acknowledged
+        (job,) = await jobs_of(bot, alice.id)
+        await env.advance_time(16 * 60)  # the interaction token is dead now
+        await bot.service.queue.set_paused(False)
+        job = await finish(env, bot, job.id)
+        assert job.delivered
+        assert result.response is not None and not result.response.attachments
+        last = channel.last_message
+        assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
+        target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (job.id,))
+        assert target == f"{channel.id}:{last.id}"
+
+
+async def test_results_finished_while_away_are_delivered_at_start(make_bot: BotFactory) -> None:
+    from bot.prompt_builder import PromptChoices
+    from bot.requests import GenerationRequest
+
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await retire(bot)
+        again = await make_bot()
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        job = await again.service.submit(request, f"discord:{alice.id}", channel_id=str(channel.id))
+        await again.service.wait(job.id)
+        await env.restart_bot(again)
+        await env.settle()
+        record = await again.service.queue.jobs.get(job.id)
+        assert record is not None and record.delivered
+        last = channel.last_message
+        assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
+
+
+async def test_jobs_still_queued_at_start_are_delivered_when_they_finish(make_bot: BotFactory) -> None:
+    from bot.prompt_builder import PromptChoices
+    from bot.requests import GenerationRequest
+
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await retire(bot)
+        again = await make_bot()
+        await again.service.queue.set_paused(True)  # submitted before the restart, not run yet
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        job = await again.service.submit(request, f"discord:{alice.id}", channel_id=str(channel.id))
+        await env.restart_bot(again)
+        await env.settle()
+        await again.service.queue.set_paused(False)
+        await again.service.wait(job.id)
+        await env.settle()
+        record = await again.service.queue.jobs.get(job.id)
+        assert record is not None and record.delivered
+        last = channel.last_message
+        assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
+
+
+def test_fit_image_reencodes_to_fit() -> None:
+    image = Image.effect_noise((256, 256), 80).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    png = out.getvalue()
+    assert fit_image(png, len(png), "a.png") == (png, "a.png")
+    small, name = fit_image(png, 8000, "a.png")
+    assert name == "a.jpg" and len(small) <= 8000
+    assert Image.open(io.BytesIO(small)).format == "JPEG"
+    tiny, _ = fit_image(png, 1500, "a.png")
+    assert len(tiny) <= 1500
+
+
+async def test_oversize_file_is_reencoded_on_delivery(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Delivery, "upload_limit", lambda self, target: 1500)  # simcord has no upload limits
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        _, message = await generated(env, bot, alice, channel)
+        (attachment,) = message.attachments
+        assert attachment.filename.endswith(".jpg")
+        assert len(await attachment.read()) <= 1500
+
+
+def test_thread_and_dm_nsfw_rules() -> None:
+    from unittest.mock import Mock
+
+    from bot.permissions import channel_allows_nsfw
+
+    adult = Mock(spec=discord.TextChannel)
+    adult.is_nsfw.return_value = True
+    normal = Mock(spec=discord.TextChannel)
+    normal.is_nsfw.return_value = False
+    thread = Mock(spec=discord.Thread)
+    thread.parent = adult
+    assert channel_allows_nsfw(adult) and channel_allows_nsfw(thread)
+    thread.parent = normal
+    assert not channel_allows_nsfw(thread) and not channel_allows_nsfw(normal)
+    assert not channel_allows_nsfw(Mock(spec=discord.DMChannel)) and not channel_allows_nsfw(None)
+
+
+async def test_admin_may_delete_anyones_result(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+        mod = guild.add_member(env.create_user("mod"), roles=[mods])
+        job, message = await generated(env, bot, alice, channel)
+        deleted = await mod.click(message, custom_id=f"animebot:delete:{job.id}")
+        assert deleted.ephemeral and deleted.response is not None and "Deleted" in deleted.response.content
+        assert not any(m.id == message.id for m in channel.history())
+
+
+async def test_failed_job_tells_the_user(make_bot: BotFactory, tmp_path: Path) -> None:
+    bot = await make_bot(f'[models.broken]\nfamily = "sdxl"\npath = "{tmp_path / "missing"}"\n')
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.store.execute(
+            "INSERT INTO guild_settings (guild_id, active_model, updated_at) VALUES (?, 'broken', 0)", (str(guild.id),)
+        )
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1)
+        (job,) = await jobs_of(bot, alice.id)
+        job = await finish(env, bot, job.id)
+        assert job.state == "failed" and job.delivered
+        assert result.response is not None and f"job #{job.id} failed" in result.response.content
+
+
+async def test_failed_edit_falls_back_to_a_channel_post(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        env.inject_error("PATCH", "/webhooks/*/messages/@original", status=404, code=10008, times=None)
+        await bot.service.queue.set_paused(False)
+        job = await finish(env, bot, job.id)
+        assert job.delivered and result.response is not None and not result.response.attachments
+        last = channel.last_message
+        assert last is not None and last.id != result.response.id
+        assert f"<@{alice.id}>" in last.content and last.attachments
