@@ -18,7 +18,7 @@ from bot.service import GenerationService
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.errors", "cogs.generate", "cogs.results")
+COGS = ("cogs.errors", "cogs.generate", "cogs.results", "cogs.account", "cogs.queue", "cogs.models")
 SYNC_KEY = "command_tree_hash"
 
 

@@ -1,0 +1,168 @@
+"""/model list, /model info, and the admin commands /model switch (load, then make active; a failed
+load leaves the previous model active) and /model quota (a user's images per 24 hours). Admin rights
+are checked here in code; the service writes every admin action to the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import UserError
+from bot.events import Event, ModelLoading
+from bot.messages import render
+from bot.permissions import is_admin, owner_key
+from cogs.errors import locale_of
+from cogs.generate import Choice, filter_choices
+from inference.sources import SourceState, describe_source
+
+if TYPE_CHECKING:
+    from bot.app import AnimeBot
+
+log = logging.getLogger(__name__)
+LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message
+
+
+def _bot(interaction: discord.Interaction) -> AnimeBot:
+    return cast("AnimeBot", interaction.client)
+
+
+def _guild(interaction: discord.Interaction) -> str | None:
+    return str(interaction.guild_id) if interaction.guild_id else None
+
+
+def require_admin(interaction: discord.Interaction) -> None:
+    if not is_admin(_bot(interaction).config.discord, interaction.user):
+        raise UserError("admin_only")
+
+
+class Models(commands.GroupCog, group_name="model", group_description="The image models"):
+    def __init__(self, bot: AnimeBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def _state(self, name: str) -> SourceState:
+        spec = self.bot.config.models[name]
+        return await asyncio.to_thread(describe_source, spec.source, self.bot.config.cache_dir)
+
+    @app_commands.command(name="list", description="The configured models and which one is active")
+    async def list_models(self, interaction: discord.Interaction) -> None:
+        locale = locale_of(interaction)
+        active = await self.bot.service.active_model(_guild(interaction))
+        lines = [render("model_list_header", locale, active=active)]
+        for name, spec in self.bot.config.models.items():
+            state = await self._state(name)
+            marker = "▶" if name == active else "·"
+            lines.append(
+                render("model_list_line", locale, marker=marker, name=name, family=spec.family, state=state.state)
+            )
+        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+
+    @app_commands.command(name="info", description="Where a model comes from and whether it is ready")
+    @app_commands.describe(name="Model (default: the active one)")
+    async def info(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        locale = locale_of(interaction)
+        models = self.bot.config.models
+        active = await self.bot.service.active_model(_guild(interaction))
+        name = name or active
+        if name not in models:
+            raise UserError("unknown_model", value=name, options=", ".join(models))
+        spec = models[name]
+        state = await self._state(name)
+        text = render(
+            "model_info",
+            locale,
+            name=name,
+            family=spec.family,
+            dialect=spec.dialect,
+            source=state.description,
+            state=state.state,
+            active=render("model_yes" if name == active else "model_no", locale),
+        )
+        await interaction.response.send_message(text[:2000], ephemeral=True)
+
+    @app_commands.command(name="switch", description="Admins: load a model and make it the active one")
+    @app_commands.describe(name="Model to switch to")
+    async def switch(self, interaction: discord.Interaction, name: str) -> None:
+        require_admin(interaction)
+        models = self.bot.config.models
+        if name not in models:
+            raise UserError("unknown_model", value=name, options=", ".join(models))
+        locale = locale_of(interaction)
+        guild_id = _guild(interaction)
+        previous = await self.bot.service.active_model(guild_id)
+        if name == previous:
+            await interaction.response.send_message(render("model_already_active", locale, model=name), ephemeral=True)
+            return
+        await interaction.response.send_message(render("model_loading", locale, model=name), ephemeral=True)
+        stages: asyncio.Queue[ModelLoading | None] = asyncio.Queue()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, ModelLoading) and event.model == name:
+                stages.put_nowait(event)
+
+        unlisten = self.bot.service.events.listen(on_event)
+        reporter = asyncio.create_task(self._report_loading(interaction, stages, locale))
+        try:
+            await self.bot.service.switch_model(name, owner_key(interaction.user), guild_id)
+        except UserError as error:
+            text = render(error.key, locale, **error.params)
+        else:
+            text = render("model_switched", locale, model=name, previous=previous)
+        finally:
+            unlisten()
+            stages.put_nowait(None)
+            await reporter
+        await interaction.edit_original_response(content=text)
+
+    async def _report_loading(
+        self, interaction: discord.Interaction, stages: asyncio.Queue[ModelLoading | None], locale: str
+    ) -> None:
+        """Edit the loading message with the load's stages (at most one edit per LOADING_EDIT_INTERVAL)
+        until None arrives."""
+        last: float | None = None
+        while (event := await stages.get()) is not None:
+            now = time.monotonic()
+            if last is not None and now - last < LOADING_EDIT_INTERVAL:
+                continue
+            last = now
+            text = render(
+                "model_loading_stage", locale, model=event.model, stage=event.stage, done=event.done, total=event.total
+            )
+            try:
+                await interaction.edit_original_response(content=text)
+            except discord.HTTPException:
+                log.warning("could not show the loading progress of %s", event.model)
+
+    @switch.autocomplete("name")
+    @info.autocomplete("name")
+    async def _model_names(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        return filter_choices([(name, name) for name in self.bot.config.models], current)
+
+    @app_commands.command(name="quota", description="Admins: set a user's images per 24 hours")
+    @app_commands.describe(user="Whose quota", images_per_day="Images per rolling 24 hours (0: unlimited)")
+    async def quota(
+        self, interaction: discord.Interaction, user: discord.User, images_per_day: app_commands.Range[int, 0, 100000]
+    ) -> None:
+        require_admin(interaction)
+        locale = locale_of(interaction)
+        await self.bot.service.set_quota(
+            "user",
+            owner_key(user),
+            owner_key(interaction.user),
+            images_per_day=images_per_day,
+            guild_id=_guild(interaction),
+        )
+        limit = images_per_day or render("quota_unlimited", locale)
+        await interaction.response.send_message(
+            render("quota_set", locale, user=user.mention, limit=limit), ephemeral=True
+        )
+
+
+async def setup(bot: AnimeBot) -> None:
+    await bot.add_cog(Models(bot))

@@ -1,0 +1,111 @@
+"""/queue: length, your positions, the running job's progress; admins can pause, resume and clear, and
+cancel any job (owners their own). Admin rights are checked here in code, and every admin action is
+written to the audit log."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import UserError
+from bot.events import Event, JobFinished, JobProgress
+from bot.jobs import JobState
+from bot.messages import render
+from bot.permissions import is_admin, owner_key
+from cogs.errors import locale_of
+
+if TYPE_CHECKING:
+    from bot.app import AnimeBot
+
+Action = Literal["show", "pause", "resume", "clear", "cancel"]
+OWN_JOBS_SCANNED = 100
+
+
+class Queue(commands.Cog):
+    def __init__(self, bot: AnimeBot) -> None:
+        self.bot = bot
+        self.progress: dict[int, JobProgress] = {}  # the last progress seen of running jobs
+        self._unlisten = bot.service.events.listen(self._on_event)
+
+    async def cog_unload(self) -> None:
+        self._unlisten()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, JobProgress):
+            self.progress[event.job_id] = event
+        elif isinstance(event, JobFinished):
+            self.progress.pop(event.job_id, None)
+
+    async def status_text(self, user: discord.abc.User, locale: str) -> str:
+        queue = self.bot.service.queue
+        lines = [render("queue_status", locale, length=len(queue))]
+        if queue.paused:
+            lines.append(render("queue_is_paused", locale))
+        jobs, _ = await self.bot.service.history(owner_key(user), 0, OWN_JOBS_SCANNED)
+        positions = sorted(
+            (position, job.id)
+            for job in jobs
+            if job.state == JobState.QUEUED and (position := queue.position(job.id)) is not None
+        )
+        if positions:
+            mine = ", ".join(render("queue_your_position", locale, job_id=j, position=p) for p, j in positions)
+            lines.append(render("queue_yours", locale, positions=mine))
+        else:
+            lines.append(render("queue_none_yours", locale))
+        running = queue.running if queue.running is not None else self.bot.service.worker.running_job
+        if running is None:
+            lines.append(render("queue_idle", locale))
+        elif (progress := self.progress.get(running)) is not None:
+            lines.append(
+                render(
+                    "queue_running_step",
+                    locale,
+                    job_id=running,
+                    step=progress.step,
+                    total=progress.total,
+                    eta=round(progress.eta),
+                )
+            )
+        else:
+            lines.append(render("queue_running_start", locale, job_id=running))
+        return "\n".join(lines)
+
+    @app_commands.command(name="queue", description="The queue: length, your position, the running job")
+    @app_commands.describe(action="Admins: pause, resume, clear; anyone: cancel (your own job)", job="Job id to cancel")
+    async def queue(self, interaction: discord.Interaction, action: Action = "show", job: int | None = None) -> None:
+        bot = self.bot
+        locale = locale_of(interaction)
+        user = interaction.user
+        actor = owner_key(user)
+        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        admin = is_admin(bot.config.discord, user)
+        queue = bot.service.queue
+        if action == "show":
+            text = await self.status_text(user, locale)
+        elif action == "cancel":
+            if job is None:
+                raise UserError("queue_job_needed")
+            record = await bot.service.cancel(job, actor, admin=admin)
+            if record.owner_id != actor:
+                await bot.service.audit(actor, guild_id, "queue.cancel", {"job": job, "owner": record.owner_id})
+            key = "queue_cancelled" if record.state == JobState.CANCELLED else "queue_cancel_requested"
+            text = render(key, locale, job_id=job)
+        elif not admin:
+            raise UserError("admin_only")
+        elif action == "clear":
+            count = await queue.clear(actor)
+            await bot.service.audit(actor, guild_id, "queue.clear", {"cancelled": count})
+            text = render("queue_cleared", locale, count=count)
+        else:
+            paused = action == "pause"
+            await queue.set_paused(paused)
+            await bot.service.audit(actor, guild_id, f"queue.{action}", {})
+            text = render("queue_paused_now" if paused else "queue_resumed_now", locale)
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: AnimeBot) -> None:
+    await bot.add_cog(Queue(bot))

@@ -1,0 +1,105 @@
+"""/quota and /history through the real command tree (simcord)."""
+
+from __future__ import annotations
+
+import simcord
+
+from bot.app import AnimeBot
+from bot.jobs import JobRecord
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest
+from tests.cogs.conftest import BotFactory
+from tests.cogs.test_generate import jobs_of
+
+
+async def queue_jobs(bot: AnimeBot, user_id: int, count: int) -> list[JobRecord]:
+    """Jobs waiting in a paused queue (nothing runs)."""
+    await bot.service.queue.set_paused(True)
+    request = GenerationRequest("tiny", PromptChoices(f"1girl, prompt of user {user_id}"), steps=1, aspect="1:1")
+    return [await bot.service.submit(request, f"discord:{user_id}") for _ in range(count)]
+
+
+async def test_quota_shows_remaining_reset_and_queued(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=10)
+
+        empty = await alice.slash(channel, "quota")
+        assert empty.ephemeral and empty.response is not None
+        assert "0 of 10 (10 left)" in empty.response.content and "<t:" not in empty.response.content
+
+        await queue_jobs(bot, alice.id, 2)
+        result = await alice.slash(channel, "quota")
+        assert result.ephemeral and result.response is not None
+        text = result.response.content
+        assert "2 of 10 (8 left)" in text and "<t:" in text and ":R>" in text
+        assert "Jobs waiting or running: 2" in text
+
+
+async def test_quota_unlimited(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        result = await alice.slash(channel, "quota")
+        assert result.ephemeral and result.response is not None and "unlimited" in result.response.content
+
+
+async def test_history_paging_owner_only_and_rerun(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        bob = guild.add_member(env.create_user("bob"))
+
+        empty = await alice.slash(channel, "history")
+        assert empty.ephemeral and empty.response is not None and "no jobs" in empty.response.content
+
+        jobs = await queue_jobs(bot, alice.id, 7)
+        await queue_jobs(bot, bob.id, 1)
+        result = await alice.slash(channel, "history")
+        assert result.ephemeral and result.response is not None
+        text = result.response.content
+        assert "page 1 of 2, 7 in all" in text
+        newest_first = [f"#{job.id} " for job in reversed(jobs)]
+        assert all(ref in text for ref in newest_first[:5]) and newest_first[5] not in text
+        assert "tiny" in text and "queued" in text and f"seed {jobs[-1].params.seeds[0]}" in text
+        assert f"user {bob.id}" not in text
+
+        # Ephemeral: nobody else can even see the buttons (simcord refuses it like Discord); the view's
+        # own check is a second line.
+        await alice.click(result.response, custom_id="history:next")
+        text = result.response.content
+        assert "page 2 of 2" in text and f"#{jobs[0].id} " in text and f"#{jobs[-1].id} " not in text
+        await alice.click(result.response, custom_id="history:previous")
+        assert "page 1 of 2" in result.response.content
+
+        second = await alice.slash(channel, "history", page=2)
+        assert second.response is not None and "page 2 of 2" in second.response.content
+
+        before = len(await jobs_of(bot, alice.id))
+        rerun = await alice.select(result.response, [str(jobs[-1].id)], custom_id="history:rerun")
+        assert rerun.response is not None and f"Rerolling job #{jobs[-1].id}" in rerun.response.content
+        newest = (await jobs_of(bot, alice.id))[0]
+        assert newest.reroll_of == jobs[-1].id and len(await jobs_of(bot, alice.id)) == before + 1
+
+
+async def test_history_rerun_counts_against_the_quota(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=2)
+        jobs = await queue_jobs(bot, alice.id, 2)
+        result = await alice.slash(channel, "history")
+        assert result.response is not None
+        refused = await alice.select(result.response, [str(jobs[0].id)], custom_id="history:rerun")
+        assert refused.ephemeral and refused.response is not None
+        assert "used 2 of your 2 images" in refused.response.content
+        assert len(await jobs_of(bot, alice.id)) == 2
