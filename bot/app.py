@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.delivery import Delivery, bridge_events
 from bot.service import GenerationService
+from bot.translator import CommandTranslator
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,28 @@ class AnimeBot(commands.Bot):
         for name in COGS:
             await self.load_extension(name)
         self.add_dynamic_items(*BUTTONS)
+        await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions
         await self.sync_commands()
 
     async def on_ready(self) -> None:
         log.info("logged in as %s", self.user)
         await self.deliveries.deliver_pending()
 
-    def tree_hash(self) -> str:
-        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+    async def tree_payload(self) -> list[dict[str, Any]]:
+        """The global commands as Discord receives them (with the translator's localizations)."""
+        translator = self.tree.translator
+        if translator is None:
+            return [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        return [await command.get_translated_payload(self.tree, translator) for command in self.tree.get_commands()]
+
+    async def tree_hash(self) -> str:
+        payload = await self.tree_payload()
         text = json.dumps({"guilds": self.config.discord.guild_ids, "commands": payload}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     async def sync_commands(self) -> bool:
         """Register the commands with Discord if they changed since the last registration."""
-        digest = self.tree_hash()
+        digest = await self.tree_hash()
         store = self.service.store
         if await store.scalar("SELECT value FROM bot_state WHERE key = ?", (SYNC_KEY,)) == digest:
             self.synced = False

@@ -79,11 +79,105 @@ CATALOG: dict[str, dict[str, str]] = {
         "model_already_active": "{model} is already active.",
         "quota_set": "Quota of {user}: {limit} images per 24 hours.",
         "generic_error": "Something went wrong. The error was logged; please try again later.",
+        "state_queued": "queued",
+        "state_running": "running",
+        "state_done": "done",
+        "state_failed": "failed",
+        "state_cancelled": "cancelled",
+    },
+    "ja": {
+        "empty_prompt": "プロンプトが空です。",
+        "prompt_too_long": "プロンプトが長すぎます（{length}文字、上限は{limit}文字です）。",
+        "unknown_quality": "{model}には品質 {value!r} がありません。次から選んでください: {options}",
+        "unknown_rating": "不明なレーティング {value!r} です。次から選んでください: {options}",
+        "unknown_year": "{value!r} は年でも時期（{options}）でもありません。",
+        "year_out_of_range": "{model}が対応している年は{low}〜{high}年です（{value}年は対象外です）。",
+        "bad_artist": "アーティスト名は1〜{limit}文字で指定してください。",
+        "unknown_model": "{value!r} というモデルはありません。利用できるモデル: {options}",
+        "unknown_aspect": "アスペクト比 {value!r} は W:H 形式（例: 13:19）でも、"
+        "{model}のバケット（{options}）でもありません。",
+        "bad_size": "サイズ {value!r} は WxH 形式で、各辺を{low}〜{high}の{multiple}の倍数にしてください。",
+        "aspect_and_size": "アスペクト比とサイズは、どちらか一方だけ指定してください。",
+        "out_of_range": "{name}は{low}〜{high}の範囲で指定してください（指定値: {value}）。",
+        "unknown_sampler": "{model}にはサンプラー {value!r} がありません。利用できるサンプラー: {options}",
+        "quota_daily": "過去24時間で{limit}枚中{used}枚を使用済みです（残り{remaining}枚）。"
+        "次の枠は{wait}後に空きます。",
+        "quota_queued": "待機中のジョブがすでに{limit}件あります。完了するまでお待ちください。",
+        "quota_cooldown": "次のリクエストまで{wait}お待ちください。",
+        "job_not_found": "ジョブ #{job_id} は見つかりません。",
+        "not_your_job": "ジョブ #{job_id} はあなたのジョブではありません。",
+        "job_finished": "ジョブ #{job_id} はすでに完了しています。",
+        "model_load_failed": "{model}を読み込めませんでした: {reason}。引き続き{active}を使用します。",
+        "nsfw_not_allowed": "レーティング {value!r} は年齢制限チャンネルでのみ使用できます。"
+        "キューには追加していません。",
+        "banned_word": "プロンプトに使用できない語句が含まれています（{word!r}）。キューには追加していません。",
+        "queued": "#{job_id} をキューに追加しました（{position}番目）: {prompt}",
+        "running": "#{job_id} を{model}で生成中です…",
+        "progress": "#{job_id} ステップ {step}/{total}、残り約{eta}秒",
+        "result": "#{job_id} {model} · シード {seed} · {width}x{height} · {steps}ステップ · cfg {cfg}",
+        "result_for": "{mention} 画像ができました。{summary}",
+        "job_failed": "{mention} ジョブ #{job_id} は失敗しました: {error}",
+        "job_cancelled": "{mention} ジョブ #{job_id} はキャンセルされました。",
+        "parameters": "ジョブ #{job_id}（{model}）\nプロンプト: {prompt}\nネガティブ: {negative}\n"
+        "サイズ: {width}x{height} · ステップ {steps} · cfg {cfg} · サンプラー {sampler} · シード {seeds}",
+        "rerolled": "ジョブ #{job_id} を #{new_id} として再生成します（{position}番目）。",
+        "deleted": "削除しました。",
+        "not_allowed": "この操作はジョブ #{job_id} の作成者か管理者のみ行えます。",
+        "quota_status": "過去24時間の画像: {used} / {limit}（残り: {remaining}）。{reset}"
+        "待機中・実行中のジョブ: {queued}件。",
+        "quota_reset": "最も古い画像の枠は<t:{at}:R>に空きます。",
+        "quota_unlimited": "無制限",
+        "history_empty": "まだジョブはありません。",
+        "history_header": "あなたのジョブ（{page}/{pages}ページ、全{total}件）:",
+        "history_line": "#{job_id} <t:{at}:f> · {state} · {model} · シード {seed} · {prompt}",
+        "history_previous": "前へ",
+        "history_next": "次へ",
+        "history_rerun": "ジョブを再実行（使用枠を消費します）",
+        "history_rerun_option": "#{job_id} を再実行",
+        "not_your_menu": "このリストは開いた本人だけが操作できます。",
+        "queue_status": "キュー: 待機中のジョブは{length}件です。",
+        "queue_is_paused": "キューは一時停止中です。新しいジョブは開始されません。",
+        "queue_yours": "あなたのジョブ: {positions}。",
+        "queue_your_position": "#{job_id}（{position}番目）",
+        "queue_none_yours": "待機中のあなたのジョブはありません。",
+        "queue_running_step": "実行中: #{job_id}、ステップ {step}/{total}、残り約{eta}秒。",
+        "queue_running_start": "実行中: #{job_id}（開始中）。",
+        "queue_idle": "実行中のジョブはありません。",
+        "admin_only": "この操作は管理者のみ行えます。変更はありません。",
+        "queue_paused_now": "キューを一時停止しました。実行中のジョブは最後まで続き、新しいジョブは開始されません。",
+        "queue_resumed_now": "キューを再開しました。",
+        "queue_cleared": "待機中のジョブを{count}件キャンセルしました。",
+        "queue_cancelled": "ジョブ #{job_id} をキャンセルしました。",
+        "queue_cancel_requested": "ジョブ #{job_id} は現在のステップが終わり次第停止します。",
+        "queue_job_needed": "キャンセルするジョブのIDを指定してください。",
+        "model_list_line": "{marker} {name} · {family} · {state}",
+        "model_list_header": "モデル一覧（ここでは{active}を使用中）:",
+        "model_info": "{name}\nファミリー: {family} · プロンプト方言: {dialect}\n重み: {source}\n状態: {state}\n"
+        "ここで使用中: {active}",
+        "model_yes": "はい",
+        "model_no": "いいえ",
+        "model_loading": "{model}を読み込み中です…（実行中のジョブの完了後）",
+        "model_loading_stage": "{model}を読み込み中: {stage}（{done}/{total}）…",
+        "model_switched": "{model}に切り替えました（以前: {previous}）。",
+        "model_already_active": "{model}はすでに使用中です。",
+        "quota_set": "{user}の24時間あたりの画像上限: {limit}",
+        "generic_error": "エラーが発生しました。内容は記録済みです。しばらくしてからもう一度お試しください。",
+        "state_queued": "待機中",
+        "state_running": "実行中",
+        "state_done": "完了",
+        "state_failed": "失敗",
+        "state_cancelled": "キャンセル",
     },
 }
 
 
+def language(locale: str) -> str:
+    """The catalog language of a Discord locale ("ja" → "ja", "en-US" → "en", unknown → "en")."""
+    base = str(locale).split("-")[0].lower()
+    return base if base in CATALOG else "en"
+
+
 def render(key: str, locale: str = "en", **params: object) -> str:
-    table = CATALOG.get(locale) or CATALOG["en"]
+    table = CATALOG[language(locale)]
     template = table.get(key) or CATALOG["en"][key]
     return template.format(**params)

@@ -36,7 +36,7 @@ def history_line(job: JobRecord, locale: str) -> str:
         locale,
         job_id=job.id,
         at=int(job.created_at),
-        state=job.state.value,
+        state=render(f"state_{job.state.value}", locale),
         model=job.model,
         seed=seed,
         prompt=shorten(job.request.choices.prompt),

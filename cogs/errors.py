@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.messages import render
+from bot.messages import language, render
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def locale_of(interaction: discord.Interaction) -> str:
-    """The catalog language for the user's Discord locale ("ja", "en-US" → "en", …)."""
-    return str(interaction.locale.value).split("-")[0]
+    """The catalog language for the user's Discord locale ("ja", "en-US" → "en", unknown → "en")."""
+    return language(str(interaction.locale.value))
 
 
 def error_text(interaction: discord.Interaction, error: BaseException) -> str:

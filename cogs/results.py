@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot.delivery import Target
 from bot.errors import UserError
 from bot.jobs import JobRecord
-from bot.messages import render
+from bot.messages import language, render
 from bot.permissions import is_admin, may_manage, may_reroll, owner_key
 from cogs.errors import locale_of, report_error, send_ephemeral
 
@@ -121,15 +121,17 @@ async def reroll(
     user: discord.abc.User,
     channel_id: int | None,
     interaction: discord.Interaction | None = None,
+    locale: str = "en",
 ) -> None:
-    """Queue the job again with a new seed for `user`, and deliver it like a new request."""
+    """Queue the job again with a new seed for `user`, and deliver it like a new request. The reply is in
+    the interaction's locale, or (a reaction has none) in `locale`."""
     job = await _job(bot, job_id)
     settings = bot.config.discord
     if not may_reroll(settings, user, job.owner_id):
         raise UserError("not_allowed", job_id=job.id)
     admin = is_admin(settings, user)
     new = await bot.service.reroll(job.id, owner_key(user), role_ids=role_ids(user), admin=admin)
-    locale = locale_of(interaction) if interaction is not None else "en"
+    locale = locale_of(interaction) if interaction is not None else locale
     position = bot.service.queue.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(channel_id or int(new.channel_id or 0), user.id, locale=locale)
@@ -153,8 +155,10 @@ class Results(commands.Cog):
         if job_id is None:
             return
         user = payload.member or self.bot.get_user(payload.user_id) or discord.Object(payload.user_id)
+        guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
+        locale = language(guild.preferred_locale.value) if guild is not None else "en"  # the server's language
         try:
-            await reroll(self.bot, job_id, cast(discord.abc.User, user), payload.channel_id)
+            await reroll(self.bot, job_id, cast(discord.abc.User, user), payload.channel_id, locale=locale)
         except UserError as e:
             log.info("reaction reroll of job %s by %s refused: %s", job_id, payload.user_id, e)
 

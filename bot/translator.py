@@ -1,0 +1,58 @@
+"""Japanese command texts for Discord: a discord.py Translator reading data/i18n/<lang>.toml.
+
+Descriptions (of commands, groups and options) and the names of fixed choices are translated;
+command, group and option NAMES stay English. Discord would accept Japanese names, but users type
+the English ones (/generate steps:500), the docs and other members' messages use them, and a
+Japanese-only name would make the same command look different to each member of a mixed server."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import discord
+from discord import app_commands
+from discord.app_commands import TranslationContextLocation as Where
+
+I18N_DIR = Path(__file__).resolve().parent.parent / "data" / "i18n"
+
+# Discord locales served by each table file.
+LOCALES: dict[discord.Locale, str] = {discord.Locale.japanese: "ja"}
+
+_SECTIONS: dict[Where, str] = {
+    Where.command_description: "descriptions",
+    Where.group_description: "descriptions",
+    Where.parameter_description: "descriptions",
+    Where.choice_name: "choices",
+}
+
+
+def load_table(language: str, directory: Path = I18N_DIR) -> dict[str, dict[str, str]]:
+    """The sections of data/i18n/<language>.toml ({"descriptions": {english: text}, "choices": …})."""
+    with (directory / f"{language}.toml").open("rb") as f:
+        data = tomllib.load(f)
+    return {section: {str(k): str(v) for k, v in values.items()} for section, values in data.items()}
+
+
+class CommandTranslator(app_commands.Translator):
+    def __init__(self, directory: Path = I18N_DIR) -> None:
+        self.directory = directory
+        self.tables: dict[str, dict[str, dict[str, str]]] = {}
+
+    async def load(self) -> None:
+        self.tables = {language: load_table(language, self.directory) for language in set(LOCALES.values())}
+
+    async def unload(self) -> None:
+        self.tables = {}
+
+    def lookup(self, message: str, locale: discord.Locale, location: Where) -> str | None:
+        language = LOCALES.get(locale)
+        section = _SECTIONS.get(location)
+        if language is None or section is None:
+            return None  # names (commands, groups, options) stay English
+        return self.tables.get(language, {}).get(section, {}).get(message)
+
+    async def translate(
+        self, string: app_commands.locale_str, locale: discord.Locale, context: app_commands.TranslationContext
+    ) -> str | None:
+        return self.lookup(string.message, locale, context.location)

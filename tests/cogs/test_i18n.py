@@ -1,0 +1,124 @@
+"""Japanese through the real command tree (simcord): localized command descriptions in the synced
+payload, and Japanese replies for a member whose Discord locale is Japanese."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import simcord
+import simcord.interactions
+
+from bot.translator import CommandTranslator, load_table
+from tests.cogs.conftest import BotFactory
+from tests.cogs.test_generate import finish, jobs_of
+from tests.cogs.test_results import generated
+
+JA = discord.Locale.japanese.value
+
+
+def options_of(command: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {option["name"]: option for option in command.get("options", [])}
+
+
+@pytest.fixture
+def japanese_users(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Users whose interactions carry the "ja" locale (simcord sends "en-US" for everyone)."""
+    users: set[int] = set()
+    original = simcord.interactions.base_payload
+
+    def base_payload(backend: Any, **kwargs: Any) -> Any:
+        record, payload = original(backend, **kwargs)
+        if kwargs["user_id"] in users:
+            payload["locale"] = JA
+        return record, payload
+
+    monkeypatch.setattr(simcord.interactions, "base_payload", base_payload)
+    return users
+
+
+async def test_synced_commands_carry_japanese_descriptions(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        assert isinstance(bot.tree.translator, CommandTranslator)
+        registered = {c["name"]: c for c in env.backend.commands[None].values()}
+        generate = registered["generate"]
+        assert generate["description_localizations"][JA] == "プロンプトからアニメ画像を生成します"
+        assert "name_localizations" not in generate or JA not in (generate["name_localizations"] or {})
+        options = options_of(generate)
+        assert set(options) >= {"prompt", "negative", "steps", "cfg", "count"}
+        for name, option in options.items():
+            assert option["description_localizations"][JA], name
+            assert not (option.get("name_localizations") or {}).get(JA), name  # names stay English
+        assert options["steps"]["description_localizations"][JA] == "サンプリングのステップ数"
+
+        model = registered["model"]
+        assert model["description_localizations"][JA] == "画像生成モデル"
+        assert options_of(model)["switch"]["description_localizations"][JA].startswith("管理者")
+        action = options_of(registered["queue"])["action"]
+        choices = {c["value"]: c["name_localizations"][JA] for c in action["choices"]}
+        assert choices["pause"] == "一時停止" and choices["cancel"] == "キャンセル"
+        for command in registered.values():
+            assert command["description_localizations"][JA]
+
+    # The same payload is what the sync hash covers.
+    payload = {c["name"]: c for c in await bot.tree_payload()}
+    assert payload["generate"]["description_localizations"][JA] == "プロンプトからアニメ画像を生成します"
+
+
+def test_every_command_text_has_a_japanese_translation() -> None:
+    descriptions = load_table("ja")["descriptions"]
+    texts: list[str] = []
+    for path in sorted(Path("cogs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant):
+                call_is_text = node.arg in ("description", "group_description")
+                if call_is_text and isinstance(node.value.value, str):
+                    texts.append(node.value.value)
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "describe":
+                texts += [k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)]
+    assert texts
+    assert [t for t in texts if t not in descriptions] == []
+
+
+async def test_japanese_member_gets_japanese_messages(make_bot: BotFactory, japanese_users: set[int]) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        hanako = guild.add_member(env.create_user("hanako"))
+        alice = guild.add_member(env.create_user("alice"))
+        japanese_users.add(hanako.id)
+        await bot.service.set_quota("user", f"discord:{hanako.id}", "test", images_per_day=10)
+
+        refused = await hanako.slash(channel, "generate", prompt="1girl", steps=500)
+        assert refused.ephemeral and refused.response is not None
+        assert refused.response.content == "stepsは1〜150の範囲で指定してください（指定値: 500）。"
+        assert await bot.service.queue.jobs.get(1) is None  # nothing was queued
+
+        quota = await hanako.slash(channel, "quota")
+        assert quota.ephemeral and quota.response is not None
+        assert "過去24時間の画像: 0 / 10（残り: 10）" in quota.response.content
+        assert "待機中・実行中のジョブ: 0件" in quota.response.content
+
+        english = await alice.slash(channel, "quota")
+        assert english.response is not None and "Images in the last 24 hours" in english.response.content
+
+
+async def test_reaction_reroll_in_a_japanese_server_answers_in_japanese(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild(preferred_locale=JA)  # a reaction carries no user locale: the server's
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        job, message = await generated(env, bot, alice, channel)
+
+        await alice.react(message.message, "🔄")
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id
+        await finish(env, bot, new.id)
+        posts = [str(r.json) for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+        assert any(f"<@{alice.id}> ジョブ #{job.id} を #{new.id} として再生成します" in post for post in posts)
