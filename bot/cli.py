@@ -9,13 +9,16 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.config import Config, ConfigError, load_config
 from bot.errors import UserError
 from bot.jobs import JobState
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest, ResolvedRequest, resolve_request
+
+if TYPE_CHECKING:
+    from bot.tags import TagDatabase
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -27,7 +30,7 @@ class CliError(Exception):
         self.code = code
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -58,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--artist", help="artist name(s), comma-separated")
     gen.add_argument("--negative", default="", help="added to the model's recommended negative prompt")
     gen.add_argument("--no-default-negative", action="store_true", help="leave out the recommended negative")
-    gen.add_argument("--seed", type=_positive_int)
-    gen.add_argument("--steps", type=_positive_int)
+    gen.add_argument("--seed", type=_whole_number)
+    gen.add_argument("--steps", type=_whole_number)
     gen.add_argument("--cfg", type=_number)
     gen.add_argument("--sampler", help="sampler id (euler_a, euler, dpmpp_2m, dpmpp_2m_karras; Anima: flow_euler)")
     size = gen.add_mutually_exclusive_group()
     size.add_argument("--aspect", help="W:H, e.g. 13:19 (nearest trained resolution)")
     size.add_argument("--size", help="exact WxH, e.g. 832x1216")
-    gen.add_argument("--count", type=_positive_int, default=1, help="images, one seed each (seed, seed+1, ...)")
+    gen.add_argument("--count", type=_whole_number, default=1, help="images, one seed each (seed, seed+1, ...)")
     gen.add_argument("--out", type=Path, help="output folder (default: <data_dir>/outputs)")
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_tags(config: Config) -> object | None:
+def _open_tags(config: Config) -> TagDatabase | None:
     """The tag database if one was imported, else None (the builder then keeps tag order as typed)."""
     if not config.tags_db.is_file():
         return None
@@ -153,7 +156,7 @@ class _TerminalProgress:
 def _generate(args: argparse.Namespace, config: Config) -> int:
     request = _request(args, config)
     if args.dry_run:
-        resolved = resolve_request(request, config.models, _open_tags(config))  # type: ignore[arg-type]
+        resolved = resolve_request(request, config.models, _open_tags(config))
         print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
         return 0
     return asyncio.run(_generate_through_queue(request, args.out, config))
