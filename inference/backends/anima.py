@@ -130,44 +130,46 @@ def _hook_input() -> InputParam:
     return InputParam(STEP_HOOK_INPUT, description="animebot: progress and cancellation between steps")
 
 
-class StepStartBlock(ModularPipelineBlocks):
+class _StepHookBlock(ModularPipelineBlocks):
+    """A loop block that hands each denoising step to the _StepHook passed in as a pipeline input."""
+
+    model_name = "anima"
+    summary = ""
+
+    @property
+    def description(self) -> str:
+        return f"animebot: {self.summary}"
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [_hook_input()]
+
+    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
+        hook = getattr(block_state, STEP_HOOK_INPUT, None)
+        if hook is not None:
+            self.step(hook, i, block_state)
+        return components, block_state
+
+    def step(self, hook: _StepHook, i: int, block_state: BlockState) -> None:
+        raise NotImplementedError
+
+
+class StepStartBlock(_StepHookBlock):
     """First block of every denoising step: starts the clock, stops if cancelled."""
 
-    model_name = "anima"
+    summary = "check for cancellation before each denoising step"
 
-    @property
-    def description(self) -> str:
-        return "animebot: check for cancellation before each denoising step"
-
-    @property
-    def inputs(self) -> list[InputParam]:
-        return [_hook_input()]
-
-    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
-        hook = getattr(block_state, STEP_HOOK_INPUT, None)
-        if hook is not None:
-            hook.before_step(i)
-        return components, block_state
+    def step(self, hook: _StepHook, i: int, block_state: BlockState) -> None:
+        hook.before_step(i)
 
 
-class StepEndBlock(ModularPipelineBlocks):
+class StepEndBlock(_StepHookBlock):
     """Last block of every denoising step: reports StepProgress, stops if cancelled."""
 
-    model_name = "anima"
+    summary = "report progress and check for cancellation after each denoising step"
 
-    @property
-    def description(self) -> str:
-        return "animebot: report progress and check for cancellation after each denoising step"
-
-    @property
-    def inputs(self) -> list[InputParam]:
-        return [_hook_input()]
-
-    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
-        hook = getattr(block_state, STEP_HOOK_INPUT, None)
-        if hook is not None:
-            hook.after_step(i, int(getattr(block_state, "num_inference_steps")))  # noqa: B009
-        return components, block_state
+    def step(self, hook: _StepHook, i: int, block_state: BlockState) -> None:
+        hook.after_step(i, int(getattr(block_state, "num_inference_steps")))  # noqa: B009
 
 
 # -------------------------------------------------------------------------------------- prompt weights
