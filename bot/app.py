@@ -1,5 +1,5 @@
 """The Discord bot: a commands.Bot around the GenerationService. Constructing it does no network I/O;
-setup_hook starts the service, loads the cogs, registers the persistent buttons and syncs the command
+setup_hook starts the service, loads the cogs (which register their persistent buttons) and syncs the command
 tree only when it changed."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class AnimeBot(commands.Bot):
         return self.delivery
 
     async def setup_hook(self) -> None:
-        from cogs.results import BUTTONS, result_view
+        from cogs.results import result_view
 
         if self._owns_service:
             await self.service.start()
@@ -55,7 +55,6 @@ class AnimeBot(commands.Bot):
         self.delivery = Delivery(self, self.service, result_view)
         for name in COGS:
             await self.load_extension(name)
-        self.add_dynamic_items(*BUTTONS)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions
         await self.sync_commands()
 

@@ -263,7 +263,8 @@ class Delivery:
     def _channel_target(job: JobRecord) -> Target | None:
         if not job.owner_id.startswith("discord:") or job.channel_id is None:
             return None  # another frontend's job
-        return Target(int(job.channel_id), int(job.owner_id.removeprefix("discord:")))
+        owner = int(job.owner_id.removeprefix("discord:"))
+        return Target(int(job.channel_id), owner, locale=job.locale or "en")
 
     async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
         """The job whose result is the given message."""

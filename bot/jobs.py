@@ -58,6 +58,7 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     delivered: bool
+    locale: str | None = None  # the asker's message language, for a delivery after a restart
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -82,7 +83,7 @@ def params_from_json(text: str) -> GenerationParams:
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
-    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at,
+    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
 """
 
@@ -105,6 +106,7 @@ def _job(row: Any) -> JobRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         delivered=bool(row["delivered"]),
+        locale=row["locale"],
     )
 
 
@@ -134,10 +136,11 @@ class JobRepository:
         guild_id: str | None = None,
         channel_id: str | None = None,
         reroll_of: int | None = None,
+        locale: str | None = None,
     ) -> int:
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
-            "reroll_of, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            "reroll_of, created_at, locale) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (
                 owner_id,
                 guild_id,
@@ -148,6 +151,7 @@ class JobRepository:
                 resolved.params.count,
                 reroll_of,
                 time.time(),
+                locale,
             ),
         )
 

@@ -90,4 +90,8 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: the language of the user who asked, so a result delivered after a restart speaks it
+    """
+    ALTER TABLE jobs ADD COLUMN locale TEXT;  -- catalog language ("en", "ja"); NULL: none known (the CLI)
+    """,
 )

@@ -20,7 +20,7 @@ def is_admin(settings: DiscordSettings, user: discord.abc.User) -> bool:
     return False
 
 
-def owner_key(user: discord.abc.User) -> str:
+def owner_key(user: discord.abc.Snowflake) -> str:
     """How the store names a Discord user."""
     return f"discord:{user.id}"
 

@@ -104,6 +104,7 @@ class JobQueue:
         role_ids: Sequence[str] = (),
         reroll_of: int | None = None,
         exempt: bool = False,
+        locale: str | None = None,
     ) -> JobRecord:
         """Persist the job (and its quota usage) in one transaction, then queue it. Raises UserError
         when a quota refuses it; nothing is written then."""
@@ -111,7 +112,7 @@ class JobQueue:
             await self.jobs.ensure_user(owner_id, owner_name)
             if not exempt:
                 await self.quotas.check(owner_id, resolved.params.count, role_ids)
-            job_id = await self.jobs.insert(resolved, owner_id, guild_id, channel_id, reroll_of)
+            job_id = await self.jobs.insert(resolved, owner_id, guild_id, channel_id, reroll_of, locale)
             await self.quotas.record(owner_id, job_id, resolved.params.count)
         self._waiting[job_id] = _Waiting(job_id, owner_id)
         self._wakeup.set()

@@ -4,7 +4,8 @@ newest first, paged, with a way to rerun one). Both ephemeral."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord import app_commands
@@ -21,7 +22,10 @@ if TYPE_CHECKING:
 
 PER_PAGE = 5
 PROMPT_CHARS = 60
-VIEW_TIMEOUT = 600.0
+
+
+def _bot(interaction: discord.Interaction) -> AnimeBot:
+    return cast("AnimeBot", interaction.client)
 
 
 def shorten(text: str, limit: int = PROMPT_CHARS) -> str:
@@ -52,77 +56,100 @@ def history_text(jobs: list[JobRecord], page: int, total: int, locale: str) -> s
     return "\n".join(lines)[:2000]
 
 
-class HistoryView(discord.ui.View):
-    """Previous/Next and a rerun menu for one page of one user's history; only that user may use it."""
+async def _owner_only(interaction: discord.Interaction, user_id: int) -> bool:
+    """The list is ephemeral, so only its owner sees it; this is the second line of defence."""
+    if interaction.user.id == user_id:
+        return True
+    await send_ephemeral(interaction, render("not_your_menu", locale_of(interaction)))
+    return False
 
-    def __init__(self, bot: AnimeBot, user_id: int, page: int, total: int, jobs: list[JobRecord], locale: str) -> None:
-        super().__init__(timeout=VIEW_TIMEOUT)
-        self.bot = bot
-        self.user_id = user_id
-        self.menu: discord.ui.Select[HistoryView] | None = None
-        self.show(page, total, jobs, locale)
 
-    def show(self, page: int, total: int, jobs: list[JobRecord], locale: str) -> None:
-        """(Re)build the buttons and the menu for one page."""
-        self.clear_items()
-        self.page = page
-        pages = max(1, math.ceil(total / PER_PAGE))
-        previous: discord.ui.Button[HistoryView] = discord.ui.Button(
-            label=render("history_previous", locale), custom_id="history:previous", disabled=page <= 0
-        )
-        following: discord.ui.Button[HistoryView] = discord.ui.Button(
-            label=render("history_next", locale), custom_id="history:next", disabled=page >= pages - 1
-        )
-        previous.callback = self._previous  # type: ignore[method-assign]
-        following.callback = self._next  # type: ignore[method-assign]
-        self.add_item(previous)
-        self.add_item(following)
-        self.menu = None
-        if jobs:
-            menu: discord.ui.Select[HistoryView] = discord.ui.Select(
-                custom_id="history:rerun",
-                placeholder=render("history_rerun", locale),
-                options=[
-                    discord.SelectOption(
-                        label=render("history_rerun_option", locale, job_id=job.id),
-                        value=str(job.id),
-                        description=shorten(job.request.choices.prompt, 100),
-                    )
-                    for job in jobs
-                ],
+class HistoryPageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"animebot:history:(?P<direction>previous|next):(?P<user>\d+):(?P<page>\d+)",
+):
+    """Previous/Next: the custom_id carries the list's owner and the page to show, so it works after a
+    restart."""
+
+    def __init__(self, direction: str, user_id: int, page: int, *, label: str = "", disabled: bool = False) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label or direction,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"animebot:history:{direction}:{user_id}:{page}",
+                disabled=disabled,
             )
-            menu.callback = self._rerun  # type: ignore[method-assign]
-            self.menu = menu
-            self.add_item(menu)
+        )
+        self.user_id = user_id
+        self.page = page
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id == self.user_id:
-            return True
-        await send_ephemeral(interaction, render("not_your_menu", locale_of(interaction)))
-        return False
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> HistoryPageButton:
+        return cls(match["direction"], int(match["user"]), int(match["page"]))
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
-        await report_error(interaction, error)
-
-    async def _show(self, interaction: discord.Interaction, page: int) -> None:
-        locale = locale_of(interaction)
-        page, jobs, total = await history_jobs(self.bot, interaction.user, page)
-        self.show(page, total, jobs, locale)
-        await interaction.response.edit_message(content=history_text(jobs, page, total, locale), view=self)
-
-    async def _previous(self, interaction: discord.Interaction) -> None:
-        await self._show(interaction, max(0, self.page - 1))
-
-    async def _next(self, interaction: discord.Interaction) -> None:
-        await self._show(interaction, self.page + 1)
-
-    async def _rerun(self, interaction: discord.Interaction) -> None:
-        assert self.menu is not None
-        job_id = int(self.menu.values[0])
+    async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await reroll(self.bot, job_id, interaction.user, interaction.channel_id, interaction)
+            if await _owner_only(interaction, self.user_id):
+                text, view = await history_page(_bot(interaction), interaction.user, self.page, locale_of(interaction))
+                await interaction.response.edit_message(content=text, view=view)
+        except Exception as error:  # components have no tree error handler: the same report
+            await report_error(interaction, error)
+
+
+class HistoryRerunMenu(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"animebot:rerun:(?P<user>\d+)"):
+    """Rerun one of the page's jobs (counts against the quota); works after a restart too."""
+
+    def __init__(self, user_id: int, menu: discord.ui.Select[Any]) -> None:
+        super().__init__(menu)
+        self.user_id = user_id
+
+    @classmethod
+    def build(cls, user_id: int, jobs: list[JobRecord], locale: str) -> HistoryRerunMenu:
+        options = [
+            discord.SelectOption(
+                label=render("history_rerun_option", locale, job_id=job.id),
+                value=str(job.id),
+                description=shorten(job.request.choices.prompt, 100),
+            )
+            for job in jobs
+        ]
+        menu: discord.ui.Select[Any] = discord.ui.Select(
+            custom_id=f"animebot:rerun:{user_id}", placeholder=render("history_rerun", locale), options=options
+        )
+        return cls(user_id, menu)
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> HistoryRerunMenu:
+        assert isinstance(item, discord.ui.Select)
+        return cls(int(match["user"]), item)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            if await _owner_only(interaction, self.user_id):
+                job_id = int(self.item.values[0])
+                await reroll(_bot(interaction), job_id, interaction.user, interaction.channel, interaction)
         except Exception as error:  # e.g. the quota: the same ephemeral report as the command tree's
             await report_error(interaction, error)
+
+
+HISTORY_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (HistoryPageButton, HistoryRerunMenu)
+
+
+def history_view(user_id: int, page: int, total: int, jobs: list[JobRecord], locale: str) -> discord.ui.View:
+    """Previous/Next and the rerun menu for one page of one user's history."""
+    pages = max(1, math.ceil(total / PER_PAGE))
+    view = discord.ui.View(timeout=None)
+    label = render("history_previous", locale)
+    view.add_item(HistoryPageButton("previous", user_id, max(0, page - 1), label=label, disabled=page <= 0))
+    label = render("history_next", locale)
+    view.add_item(HistoryPageButton("next", user_id, min(pages - 1, page + 1), label=label, disabled=page >= pages - 1))
+    if jobs:
+        view.add_item(HistoryRerunMenu.build(user_id, jobs, locale))
+    return view
 
 
 async def history_jobs(bot: AnimeBot, user: discord.abc.User, page: int) -> tuple[int, list[JobRecord], int]:
@@ -135,10 +162,12 @@ async def history_jobs(bot: AnimeBot, user: discord.abc.User, page: int) -> tupl
     return page, jobs, total
 
 
-async def history_page(bot: AnimeBot, user: discord.abc.User, page: int, locale: str) -> tuple[str, HistoryView | None]:
+async def history_page(
+    bot: AnimeBot, user: discord.abc.User, page: int, locale: str
+) -> tuple[str, discord.ui.View | None]:
     page, jobs, total = await history_jobs(bot, user, page)
     text = history_text(jobs, page, total, locale)
-    view = HistoryView(bot, user.id, page, total, jobs, locale) if total else None
+    view = history_view(user.id, page, total, jobs, locale) if total else None
     return text, view
 
 
@@ -176,4 +205,9 @@ class Account(commands.Cog):
 
 
 async def setup(bot: AnimeBot) -> None:
+    bot.add_dynamic_items(*HISTORY_ITEMS)  # lists opened before a restart keep working
     await bot.add_cog(Account(bot))
+
+
+async def teardown(bot: AnimeBot) -> None:
+    bot.remove_dynamic_items(*HISTORY_ITEMS)

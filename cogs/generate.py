@@ -140,6 +140,7 @@ class Generate(commands.Cog):
             channel_id=str(interaction.channel_id) if interaction.channel_id else None,
             role_ids=role_ids(user),
             exempt=is_admin(bot.config.discord, user),
+            locale=locale_of(interaction),
         )
         locale = locale_of(interaction)
         position = bot.service.queue.position(job.id) or 1

@@ -14,7 +14,7 @@ from bot.delivery import Target
 from bot.errors import UserError
 from bot.jobs import JobRecord
 from bot.messages import language, render
-from bot.permissions import is_admin, may_manage, may_reroll, owner_key
+from bot.permissions import channel_allows_nsfw, is_admin, may_manage, may_reroll, owner_key
 from cogs.errors import locale_of, report_error, send_ephemeral
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class RerollButton(_JobButton, template=r"animebot:reroll:(?P<job>\d+)"):
     emoji = REROLL_EMOJI
 
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
-        await reroll(bot, self.job_id, interaction.user, interaction.channel_id, interaction)
+        await reroll(bot, self.job_id, interaction.user, interaction.channel, interaction)
 
 
 class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
@@ -119,22 +119,31 @@ async def reroll(
     bot: AnimeBot,
     job_id: int,
     user: discord.abc.User,
-    channel_id: int | None,
+    channel: Any,
     interaction: discord.Interaction | None = None,
     locale: str = "en",
 ) -> None:
-    """Queue the job again with a new seed for `user`, and deliver it like a new request. The reply is in
-    the interaction's locale, or (a reaction has none) in `locale`."""
+    """Queue the job again with a new seed for `user`, in `channel` (under its nsfw rule), and deliver it
+    like a new request. The reply is in the interaction's locale, or (a reaction has none) in `locale`."""
     job = await _job(bot, job_id)
     settings = bot.config.discord
     if not may_reroll(settings, user, job.owner_id):
         raise UserError("not_allowed", job_id=job.id)
-    admin = is_admin(settings, user)
-    new = await bot.service.reroll(job.id, owner_key(user), role_ids=role_ids(user), admin=admin)
     locale = locale_of(interaction) if interaction is not None else locale
+    guild = getattr(channel, "guild", None)
+    new = await bot.service.reroll(
+        job.id,
+        owner_key(user),
+        role_ids=role_ids(user),
+        exempt=is_admin(settings, user),
+        guild_id=str(guild.id) if guild is not None else None,
+        channel_id=str(channel.id) if channel is not None else None,
+        nsfw_allowed=channel_allows_nsfw(channel),
+        locale=locale,
+    )
     position = bot.service.queue.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
-    target = Target(channel_id or int(new.channel_id or 0), user.id, locale=locale)
+    target = Target(int(new.channel_id or 0), user.id, locale=locale)
     if interaction is not None:
         await interaction.response.send_message(text)
         target.interaction = interaction
@@ -155,13 +164,26 @@ class Results(commands.Cog):
         if job_id is None:
             return
         user = payload.member or self.bot.get_user(payload.user_id) or discord.Object(payload.user_id)
-        guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
-        locale = language(guild.preferred_locale.value) if guild is not None else "en"  # the server's language
+        channel = self.bot.get_channel(payload.channel_id) or discord.Object(payload.channel_id)
         try:
-            await reroll(self.bot, job_id, cast(discord.abc.User, user), payload.channel_id, locale=locale)
+            job = await _job(self.bot, job_id)
+            await reroll(self.bot, job_id, cast(discord.abc.User, user), channel, locale=self.locale(job, payload))
         except UserError as e:
             log.info("reaction reroll of job %s by %s refused: %s", job_id, payload.user_id, e)
 
 
+    def locale(self, job: JobRecord, payload: discord.RawReactionActionEvent) -> str:
+        """A reaction carries no locale: the owner's from their request, else the server's language."""
+        if job.locale and job.owner_id == owner_key(discord.Object(payload.user_id)):
+            return job.locale
+        guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
+        return language(guild.preferred_locale.value) if guild is not None else "en"
+
+
 async def setup(bot: AnimeBot) -> None:
+    bot.add_dynamic_items(*BUTTONS)  # the buttons of results posted before this start work too
     await bot.add_cog(Results(bot))
+
+
+async def teardown(bot: AnimeBot) -> None:
+    bot.remove_dynamic_items(*BUTTONS)

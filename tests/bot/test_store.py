@@ -82,3 +82,29 @@ async def test_failed_transaction_rolls_back_and_others_wait(tmp_path: Path) -> 
         assert order == ["slow begins", "slow ends", "quick"]
     finally:
         await store.close()
+
+
+async def test_a_database_of_an_older_release_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from bot.jobs import JobRepository
+
+    path = tmp_path / "a.sqlite"
+    with sqlite3.connect(path) as raw:  # as release 1 left it: one job, no locale column
+        raw.executescript(MIGRATIONS[0])
+        raw.execute("INSERT INTO users (id, created_at) VALUES ('discord:1', 0)")
+        raw.execute(
+            "INSERT INTO jobs (owner_id, channel_id, model, request, params, image_count, state, created_at) "
+            "VALUES ('discord:1', '2', 'tiny', ?, ?, 1, 'queued', 0)",
+            (
+                '{"model": "tiny", "choices": {"prompt": "1girl"}}',
+                '{"prompt": "1girl", "negative_prompt": "", "width": 64, "height": 64, "steps": 1, "cfg": 5.0,'
+                ' "sampler": "euler_a", "seeds": [1]}',
+            ),
+        )
+        raw.execute("PRAGMA user_version = 1")
+    store = await Store.open(path)
+    try:
+        assert await store.scalar("PRAGMA user_version") == len(MIGRATIONS)
+        job = await JobRepository(store).get(1)
+        assert job is not None and job.request.choices.prompt == "1girl" and job.locale is None
+    finally:
+        await store.close()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import simcord
 
 from bot.app import AnimeBot
 from bot.jobs import JobRecord
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest
-from tests.cogs.conftest import BotFactory
-from tests.cogs.test_generate import jobs_of
+from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.test_generate import jobs_of, nsfw_channels
 
 
 async def queue_jobs(bot: AnimeBot, user_id: int, count: int) -> list[JobRecord]:
@@ -73,17 +74,17 @@ async def test_history_paging_owner_only_and_rerun(make_bot: BotFactory) -> None
 
         # Ephemeral: nobody else can even see the buttons (simcord refuses it like Discord); the view's
         # own check is a second line.
-        await alice.click(result.response, custom_id="history:next")
+        await alice.click(result.response, custom_id=f"animebot:history:next:{alice.id}:1")
         text = result.response.content
         assert "page 2 of 2" in text and f"#{jobs[0].id} " in text and f"#{jobs[-1].id} " not in text
-        await alice.click(result.response, custom_id="history:previous")
+        await alice.click(result.response, custom_id=f"animebot:history:previous:{alice.id}:0")
         assert "page 1 of 2" in result.response.content
 
         second = await alice.slash(channel, "history", page=2)
         assert second.response is not None and "page 2 of 2" in second.response.content
 
         before = len(await jobs_of(bot, alice.id))
-        rerun = await alice.select(result.response, [str(jobs[-1].id)], custom_id="history:rerun")
+        rerun = await alice.select(result.response, [str(jobs[-1].id)], custom_id=f"animebot:rerun:{alice.id}")
         assert rerun.response is not None and f"Rerolling job #{jobs[-1].id}" in rerun.response.content
         newest = (await jobs_of(bot, alice.id))[0]
         assert newest.reroll_of == jobs[-1].id and len(await jobs_of(bot, alice.id)) == before + 1
@@ -99,7 +100,57 @@ async def test_history_rerun_counts_against_the_quota(make_bot: BotFactory) -> N
         jobs = await queue_jobs(bot, alice.id, 2)
         result = await alice.slash(channel, "history")
         assert result.response is not None
-        refused = await alice.select(result.response, [str(jobs[0].id)], custom_id="history:rerun")
+        refused = await alice.select(result.response, [str(jobs[0].id)], custom_id=f"animebot:rerun:{alice.id}")
         assert refused.ephemeral and refused.response is not None
         assert "used 2 of your 2 images" in refused.response.content
         assert len(await jobs_of(bot, alice.id)) == 2
+
+
+async def test_history_buttons_work_after_restart(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        jobs = await queue_jobs(bot, alice.id, 7)
+        result = await alice.slash(channel, "history")
+        assert result.response is not None and "page 1 of 2" in result.response.content
+
+        await retire(bot)
+        again = await make_bot()  # a new service and bot on the same data dir
+        await again.service.queue.set_paused(True)
+        await env.restart_bot(again)
+        await alice.click(result.response, custom_id=f"animebot:history:next:{alice.id}:1")
+        assert "page 2 of 2" in result.response.content and f"#{jobs[0].id} " in result.response.content
+        rerun = await alice.select(result.response, [str(jobs[0].id)], custom_id=f"animebot:rerun:{alice.id}")
+        assert rerun.response is not None and f"Rerolling job #{jobs[0].id}" in rerun.response.content
+        assert (await jobs_of(again, alice.id))[0].reroll_of == jobs[0].id
+
+
+async def test_history_rerun_of_an_nsfw_job_is_refused_in_a_normal_channel(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        general = guild.create_text_channel("general")
+        adult = guild.create_text_channel("adult")
+        nsfw_channels(monkeypatch, {adult.id})
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        made = await alice.slash(adult, "generate", prompt="1girl", rating="explicit", steps=1)
+        assert not made.ephemeral
+        explicit = (await jobs_of(bot, alice.id))[0]
+
+        listing = await alice.slash(general, "history")
+        assert listing.response is not None
+        refused = await alice.select(listing.response, [str(explicit.id)], custom_id=f"animebot:rerun:{alice.id}")
+        assert refused.ephemeral and refused.response is not None and "age-restricted" in refused.response.content
+        assert len(await jobs_of(bot, alice.id)) == 1
+
+        listing = await alice.slash(adult, "history")
+        assert listing.response is not None
+        rerun = await alice.select(listing.response, [str(explicit.id)], custom_id=f"animebot:rerun:{alice.id}")
+        assert rerun.response is not None and not rerun.ephemeral
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == explicit.id and new.channel_id == str(adult.id)

@@ -93,7 +93,7 @@ async def test_autocomplete_caps_and_model_dialect(make_bot: BotFactory) -> None
         assert {c["value"] for c in aspects} >= {"1:1"} and "square" in aspects[0]["name"]
 
 
-def _nsfw_channels(monkeypatch: pytest.MonkeyPatch, ids: set[int]) -> None:
+def nsfw_channels(monkeypatch: pytest.MonkeyPatch, ids: set[int]) -> None:
     """simcord has no age-restricted flag on channels: mark these channel ids as such."""
     monkeypatch.setattr(discord.TextChannel, "is_nsfw", lambda self: self.id in ids)
 
@@ -106,7 +106,7 @@ async def test_nsfw_rating_only_in_age_restricted_channels(
         guild = env.create_guild()
         general = guild.create_text_channel("general")
         adult = guild.create_text_channel("adult")
-        _nsfw_channels(monkeypatch, {adult.id})
+        nsfw_channels(monkeypatch, {adult.id})
         user = env.create_user("alice")
         alice = guild.add_member(user)
 
@@ -162,7 +162,7 @@ async def test_sensitive_results_are_spoilers_when_configured(
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
         adult = guild.create_text_channel("adult")
-        _nsfw_channels(monkeypatch, {adult.id})
+        nsfw_channels(monkeypatch, {adult.id})
         alice = guild.add_member(env.create_user("alice"))
         for rating, spoiler in (("explicit", True), ("general", False)):
             result = await alice.slash(adult, "generate", prompt="1girl", rating=rating, steps=1, aspect="1:1")

@@ -13,7 +13,7 @@ import simcord
 import simcord.interactions
 
 from bot.translator import CommandTranslator, load_table
-from tests.cogs.conftest import BotFactory
+from tests.cogs.conftest import BotFactory, retire
 from tests.cogs.test_generate import finish, jobs_of
 from tests.cogs.test_results import generated
 
@@ -108,17 +108,55 @@ async def test_japanese_member_gets_japanese_messages(make_bot: BotFactory, japa
         assert english.response is not None and "Images in the last 24 hours" in english.response.content
 
 
-async def test_reaction_reroll_in_a_japanese_server_answers_in_japanese(make_bot: BotFactory) -> None:
-    bot = await make_bot()
+async def test_reaction_reroll_answers_in_the_owners_language_else_the_servers(make_bot: BotFactory) -> None:
+    bot = await make_bot("[discord]\nreroll_by_anyone = true\n")
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild(preferred_locale=JA)  # a reaction carries no user locale: the server's
+        guild = env.create_guild(preferred_locale=JA)  # a reaction carries no user locale
         channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        alice = guild.add_member(env.create_user("alice"))  # asked in English (simcord's en-US)
+        bob = guild.add_member(env.create_user("bob"))
         job, message = await generated(env, bot, alice, channel)
 
-        await alice.react(message.message, "🔄")
-        new = (await jobs_of(bot, alice.id))[0]
-        assert new.reroll_of == job.id
-        await finish(env, bot, new.id)
-        posts = [str(r.json) for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
-        assert any(f"<@{alice.id}> ジョブ #{job.id} を #{new.id} として再生成します" in post for post in posts)
+        def posted(text: str) -> bool:
+            posts = [str(r.json) for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+            return any(text in post for post in posts)
+
+        await alice.react(message.message, "🔄")  # the owner: the language of her request
+        mine = (await jobs_of(bot, alice.id))[0]
+        assert mine.reroll_of == job.id and mine.locale == "en"
+        await finish(env, bot, mine.id)
+        assert posted(f"<@{alice.id}> Rerolling job #{job.id} as #{mine.id}")
+
+        await bob.react(message.message, "🔄")  # someone else: the server's language
+        theirs = (await jobs_of(bot, bob.id))[0]
+        assert theirs.reroll_of == job.id and theirs.locale == "ja"
+        await finish(env, bot, theirs.id)
+        assert posted(f"<@{bob.id}> ジョブ #{job.id} を #{theirs.id} として再生成します")
+
+
+async def test_result_delivered_after_a_restart_speaks_the_users_language(
+    make_bot: BotFactory, japanese_users: set[int]
+) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        hanako = guild.add_member(env.create_user("hanako"))
+        alice = guild.add_member(env.create_user("alice"))
+        japanese_users.add(hanako.id)
+        await bot.service.queue.set_paused(True)  # asked before the restart, run after it
+        for member in (hanako, alice):
+            await member.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        japanese, english = (await jobs_of(bot, hanako.id))[0], (await jobs_of(bot, alice.id))[0]
+        assert (japanese.locale, english.locale) == ("ja", "en")
+
+        await retire(bot)
+        again = await make_bot()  # a new service and bot on the same data dir: the old tokens are gone
+        await env.restart_bot(again)
+        await again.service.queue.set_paused(False)  # a pause survives restarts
+        for job in (japanese, english):
+            await finish(env, again, job.id)
+        posts = [r.json for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+        texts = [str(post) for post in posts]
+        assert any(f"<@{hanako.id}> 画像ができました。#{japanese.id} tiny · シード" in t for t in texts)
+        assert any(f"<@{alice.id}> your images are ready. #{english.id} tiny · seed" in t for t in texts)
