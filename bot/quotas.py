@@ -64,7 +64,8 @@ class Quotas:
         self.default = default
         self.clock = clock
 
-    async def _override(self, scope: str, target: str) -> QuotaLimits | None:
+    async def override(self, scope: str, target: str) -> QuotaLimits | None:
+        """The limits one user's or role's override gives (unset fields: the defaults); None if none."""
         row = await self.store.fetchone(
             "SELECT images_per_day, max_queued, cooldown_seconds FROM quota_overrides "
             "WHERE scope = ? AND target_id = ?",
@@ -80,10 +81,10 @@ class Quotas:
         )
 
     async def limits_for(self, user_id: str, role_ids: Sequence[str] = ()) -> QuotaLimits:
-        own = await self._override("user", user_id)
+        own = await self.override("user", user_id)
         if own is not None:
             return own
-        roles = [o for o in [await self._override("role", r) for r in role_ids] if o is not None]
+        roles = [o for o in [await self.override("role", r) for r in role_ids] if o is not None]
         return _most_generous(roles, self.default) if roles else self.default
 
     async def set_override(
@@ -95,12 +96,15 @@ class Quotas:
         cooldown_seconds: float | None,
         set_by: str,
     ) -> None:
-        """Store an override; None keeps the default for that field, 0 (counts) means unlimited."""
+        """Store an override; 0 (counts) means unlimited. A field given as None keeps its value: the
+        configured default in a new override, what was set before in an existing one."""
         await self.store.execute(
             "INSERT INTO quota_overrides (scope, target_id, images_per_day, max_queued, cooldown_seconds, set_by,"
             " set_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, target_id) DO UPDATE SET"
-            " images_per_day = excluded.images_per_day, max_queued = excluded.max_queued,"
-            " cooldown_seconds = excluded.cooldown_seconds, set_by = excluded.set_by, set_at = excluded.set_at",
+            " images_per_day = COALESCE(excluded.images_per_day, images_per_day),"
+            " max_queued = COALESCE(excluded.max_queued, max_queued),"
+            " cooldown_seconds = COALESCE(excluded.cooldown_seconds, cooldown_seconds),"
+            " set_by = excluded.set_by, set_at = excluded.set_at",
             (scope, target_id, images_per_day, max_queued, cooldown_seconds, set_by, self.clock()),
         )
 

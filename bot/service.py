@@ -111,6 +111,7 @@ class GenerationService:
         role_ids: Sequence[str] = (),
         reroll_of: int | None = None,
         exempt: bool = False,
+        locale: str | None = None,
     ) -> JobRecord:
         """Validate, check quotas, persist and queue. Raises UserError; nothing changes then."""
         resolved = resolve_request(request, self.config.models, self.tags)
@@ -123,21 +124,39 @@ class GenerationService:
             role_ids=role_ids,
             reroll_of=reroll_of,
             exempt=exempt,
+            locale=locale,
         )
 
-    async def reroll(self, job_id: int, by: str, *, role_ids: Sequence[str] = (), admin: bool = False) -> JobRecord:
-        """The same request with a new random seed, for the same model. Counts against the quota."""
+    async def reroll(
+        self,
+        job_id: int,
+        by: str,
+        *,
+        role_ids: Sequence[str] = (),
+        exempt: bool = False,
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+        nsfw_allowed: bool | None = None,
+        locale: str | None = None,
+    ) -> JobRecord:
+        """The same request with a new random seed, for the same model. Counts against the quota unless
+        `exempt`. Asked from another channel (`guild_id`, `channel_id`), it goes there, under that channel's
+        `nsfw_allowed`: an nsfw job is not rerun where nsfw is refused."""
         job = await self.queue.jobs.get(job_id)
         if job is None:
             raise UserError("job_not_found", job_id=job_id)
         request = replace(job.request, model=job.model, seed=None)
+        if nsfw_allowed is not None:
+            request = replace(request, nsfw_allowed=nsfw_allowed and job.request.nsfw_allowed)
         return await self.submit(
             request,
             by,
-            guild_id=job.guild_id,
-            channel_id=job.channel_id,
+            guild_id=guild_id if channel_id else job.guild_id,
+            channel_id=channel_id or job.channel_id,
             role_ids=role_ids,
             reroll_of=job_id,
+            exempt=exempt,
+            locale=locale,
         )
 
     async def wait(self, job_id: int) -> JobRecord:
@@ -189,9 +208,10 @@ class GenerationService:
         max_queued: int | None = None,
         cooldown_seconds: float | None = None,
         guild_id: str | None = None,
-    ) -> None:
-        """An admin's override of a user's or role's limits (None: the configured default; 0 counts:
-        unlimited), written to the audit log with it."""
+    ) -> QuotaLimits:
+        """An admin's override of a user's or role's limits (0 counts: unlimited; None leaves a field as
+        it was, the configured default at first), written to the audit log with it. Returns the limits
+        the override now gives."""
         async with self.store.transaction():
             await self.quotas.set_override(scope, target_id, images_per_day, max_queued, cooldown_seconds, set_by=actor)
             detail = {
@@ -202,6 +222,22 @@ class GenerationService:
                 "cooldown_seconds": cooldown_seconds,
             }
             await self.audit(actor, guild_id, "quota.set", detail)
+            limits = await self.quotas.override(scope, target_id)
+        assert limits is not None
+        return limits
+
+    async def clear_quota(
+        self, scope: Literal["user", "role"], target_id: str, actor: str, *, guild_id: str | None = None
+    ) -> bool:
+        """Remove an override (back to the role's or the configured limits); audited. False if there was none."""
+        async with self.store.transaction():
+            cleared = await self.quotas.clear_override(scope, target_id)
+            if cleared:
+                await self.audit(actor, guild_id, "quota.clear", {"scope": scope, "target": target_id})
+        return cleared
+
+    async def quota_override(self, scope: Literal["user", "role"], target_id: str) -> QuotaLimits | None:
+        return await self.quotas.override(scope, target_id)
 
     def image_path(self, relative: str) -> Path:
         return self.config.data_dir / relative

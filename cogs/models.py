@@ -1,5 +1,5 @@
 """/model list, /model info, and the admin commands /model switch (load, then make active; a failed
-load leaves the previous model active) and /model quota (a user's images per 24 hours). Admin rights
+load leaves the previous model active) and /model quota (a user's or role's limits). Admin rights
 are checked here in code; the service writes every admin action to the audit log."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import discord
 from discord import app_commands
@@ -17,6 +17,7 @@ from bot.errors import UserError
 from bot.events import Event, ModelLoading
 from bot.messages import render
 from bot.permissions import is_admin, owner_key
+from bot.quotas import QuotaLimits, format_wait
 from cogs.errors import locale_of
 from cogs.generate import Choice, filter_choices
 from inference.sources import SourceState, describe_source
@@ -144,24 +145,67 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
     async def _model_names(self, interaction: discord.Interaction, current: str) -> list[Choice]:
         return filter_choices([(name, name) for name in self.bot.config.models], current)
 
-    @app_commands.command(name="quota", description="Admins: set a user's images per 24 hours")
-    @app_commands.describe(user="Whose quota", images_per_day="Images per rolling 24 hours (0: unlimited)")
+    @app_commands.command(name="quota", description="Admins: set, show or reset a user's or role's limits")
+    @app_commands.describe(
+        user="Whose limits (or give a role)",
+        role="Whose limits (or give a user)",
+        images_per_day="Images per rolling 24 hours (0: unlimited)",
+        max_queued="Jobs waiting at once (0: unlimited)",
+        cooldown="Seconds between two requests",
+        reset="Remove the override: the role's or configured limits apply again",
+    )
     async def quota(
-        self, interaction: discord.Interaction, user: discord.User, images_per_day: app_commands.Range[int, 0, 100000]
+        self,
+        interaction: discord.Interaction,
+        user: discord.User | None = None,
+        role: discord.Role | None = None,
+        images_per_day: app_commands.Range[int, 0, 100000] | None = None,
+        max_queued: app_commands.Range[int, 0, 1000] | None = None,
+        cooldown: app_commands.Range[int, 0, 86400] | None = None,
+        reset: bool = False,
     ) -> None:
         require_admin(interaction)
+        if (user is None) == (role is None):
+            raise UserError("quota_target")
         locale = locale_of(interaction)
-        await self.bot.service.set_quota(
-            "user",
-            owner_key(user),
-            owner_key(interaction.user),
-            images_per_day=images_per_day,
-            guild_id=_guild(interaction),
-        )
-        limit = images_per_day or render("quota_unlimited", locale)
-        await interaction.response.send_message(
-            render("quota_set", locale, user=user.mention, limit=limit), ephemeral=True
-        )
+        service = self.bot.service
+        scope: Literal["user", "role"] = "user" if user is not None else "role"
+        key = owner_key(user) if user is not None else str(cast(discord.Role, role).id)
+        target = cast("discord.User | discord.Role", user or role).mention
+        actor, guild_id = owner_key(interaction.user), _guild(interaction)
+        limits: QuotaLimits | None
+        if reset:
+            cleared = await service.clear_quota(scope, key, actor, guild_id=guild_id)
+            text = render("quota_cleared" if cleared else "quota_none", locale, target=target)
+        elif images_per_day is None and max_queued is None and cooldown is None:
+            limits = await service.quota_override(scope, key)
+            text = quota_text(limits, target, locale)
+        else:
+            limits = await service.set_quota(
+                scope,
+                key,
+                actor,
+                images_per_day=images_per_day,
+                max_queued=max_queued,
+                cooldown_seconds=None if cooldown is None else float(cooldown),
+                guild_id=guild_id,
+            )
+            text = quota_text(limits, target, locale)
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+
+def quota_text(limits: QuotaLimits | None, target: str, locale: str) -> str:
+    if limits is None:
+        return render("quota_none", locale, target=target)
+    unlimited = render("quota_unlimited", locale)
+    text = render(
+        "quota_limits",
+        locale,
+        images=unlimited if limits.images_per_day is None else limits.images_per_day,
+        queued=unlimited if limits.max_queued is None else limits.max_queued,
+        cooldown=format_wait(limits.cooldown_seconds),
+    )
+    return render("quota_set", locale, target=target, limits=text)
 
 
 async def setup(bot: AnimeBot) -> None:

@@ -94,8 +94,45 @@ async def test_model_quota_by_admin(make_bot: BotFactory) -> None:
     async with simcord.run(bot, settle_timeout=60) as env:
         guild, channel, mod = await admin(env)
         alice = guild.add_member(env.create_user("alice"))
-        result = await mod.slash(channel, "model quota", user=alice, images_per_day=3)
-        assert result.ephemeral and result.response is not None and "3 images per 24 hours" in result.response.content
-        assert await audit_actions(bot) == ["quota.set"]
+
+        async def reply(**options: object) -> str:
+            result = await mod.slash(channel, "model quota", **options)
+            assert result.ephemeral and result.response is not None
+            return result.response.content
+
+        assert "has no quota override" in await reply(user=alice)  # shows, changes nothing
+        text = await reply(user=alice, images_per_day=3)
+        assert "3 images per 24 hours, unlimited jobs waiting at once, 0s between requests" in text
+        text = await reply(user=alice, max_queued=1, cooldown=90)  # the images limit stays
+        assert "3 images per 24 hours, 1 jobs waiting at once, 1m 30s between requests" in text
+        assert text in await reply(user=alice)
         quota = await alice.slash(channel, "quota")
         assert quota.response is not None and "0 of 3 (3 left)" in quota.response.content
+
+        assert "Removed the quota override" in await reply(user=alice, reset=True)
+        assert "has no quota override" in await reply(user=alice, reset=True)
+        quota = await alice.slash(channel, "quota")
+        assert quota.response is not None and "unlimited" in quota.response.content
+        assert await audit_actions(bot) == ["quota.set", "quota.set", "quota.clear"]
+
+        assert "Name one user or one role" in await reply(images_per_day=1)
+        assert await audit_actions(bot) == ["quota.set", "quota.set", "quota.clear"]
+
+
+async def test_model_quota_for_a_role(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild, channel, mod = await admin(env)
+        artists = guild.create_role("artists")
+        carol = guild.add_member(env.create_user("carol"), roles=[artists])
+        dave = guild.add_member(env.create_user("dave"))
+        result = await mod.slash(channel, "model quota", role=artists, images_per_day=7)
+        assert result.response is not None and f"<@&{artists.id}>" in result.response.content
+        member_quota = await carol.slash(channel, "quota")
+        assert member_quota.response is not None and "0 of 7 (7 left)" in member_quota.response.content
+        other_quota = await dave.slash(channel, "quota")
+        assert other_quota.response is not None and "unlimited" in other_quota.response.content
+        both = await mod.slash(channel, "model quota", user=dave, role=artists, images_per_day=1)
+        assert both.response is not None and "Name one user or one role" in both.response.content
+
+
