@@ -3,13 +3,17 @@ and audited, owners cancelling their own jobs."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import discord
 import simcord
 
 from bot.app import AnimeBot
-from bot.events import JobProgress
+from bot.events import Event, JobProgress
 from tests.cogs.conftest import BotFactory
 from tests.cogs.test_account import queue_jobs
+from tests.cogs.test_generate import finish, jobs_of
 
 
 async def audit_actions(bot: AnimeBot) -> list[str]:
@@ -40,22 +44,61 @@ async def test_queue_shows_length_positions_and_idle(make_bot: BotFactory) -> No
         assert none.response is not None and "no jobs waiting" in none.response.content
 
 
-async def test_queue_reports_the_last_progress_of_the_running_job(make_bot: BotFactory) -> None:
+async def progressed(bot: AnimeBot, job_id: int, step: int) -> JobProgress:
+    """Wait for the worker to report `step` of the job (a real event of the running job)."""
+    reached: asyncio.Future[JobProgress] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, JobProgress) and event.job_id == job_id and event.step >= step and not reached.done():
+            reached.set_result(event)
+
+    unlisten = bot.service.events.listen(on_event)
+    try:
+        return await asyncio.wait_for(reached, timeout=60)
+    finally:
+        unlisten()
+
+
+async def test_queue_shows_and_cancels_the_running_job(make_bot: BotFactory) -> None:
+    """A real running job (150 steps): /queue shows its progress; a stranger cannot cancel it, its owner
+    can, and an admin can cancel anyone's (audited). It stops between steps, the user is told, and
+    its images are given back to the quota."""
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
         channel = guild.create_text_channel("general")
         alice = guild.add_member(env.create_user("alice"))
-        (job,) = await queue_jobs(bot, alice.id, 1)
-        bot.service.queue.running = job.id  # as the worker does when it claims the job
-        try:
-            starting = await alice.slash(channel, "queue")
-            assert starting.response is not None and f"Running: #{job.id} (starting)" in starting.response.content
-            bot.service.events.publish(JobProgress(job.id, 3, 8, 1.0, 4.2))
-            result = await alice.slash(channel, "queue")
-            assert result.response is not None and f"#{job.id}, step 3/8, about 4s left" in result.response.content
-        finally:
-            bot.service.queue.running = None
+        bob = guild.add_member(env.create_user("bob"))
+        mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+        mod = guild.add_member(env.create_user("mod"), roles=[mods])
+        await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=5)
+
+        asked = await alice.slash(channel, "generate", prompt="1girl", steps=150, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        await progressed(bot, job.id, 2)
+        shown = await alice.slash(channel, "queue")
+        assert shown.response is not None
+        assert re.search(rf"Running: #{job.id}, step \d+/150, about \d+s left", shown.response.content)
+
+        refused = await bob.slash(channel, "queue", action="cancel", job=job.id)
+        assert refused.response is not None and "not yours" in refused.response.content
+        own = await alice.slash(channel, "queue", action="cancel", job=job.id)
+        assert own.response is not None and f"Job #{job.id} stops after its current step" in own.response.content
+        job = await finish(env, bot, job.id)
+        assert job.state == "cancelled" and job.cancelled_by == f"discord:{alice.id}"
+        assert asked.response is not None and f"job #{job.id} was cancelled" in asked.response.content
+        assert await bot.service.queue.jobs.images(job.id) == []
+        quota = await alice.slash(channel, "quota")
+        assert quota.response is not None and "0 of 5 (5 left)" in quota.response.content
+
+        await alice.slash(channel, "generate", prompt="1girl", steps=150, aspect="1:1")
+        second = (await jobs_of(bot, alice.id))[0]
+        await progressed(bot, second.id, 2)
+        by_admin = await mod.slash(channel, "queue", action="cancel", job=second.id)
+        assert by_admin.response is not None and "stops after its current step" in by_admin.response.content
+        second = await finish(env, bot, second.id)
+        assert second.state == "cancelled" and second.cancelled_by == f"discord:{mod.id}"
+        assert await audit_actions(bot) == ["quota.set", "queue.cancel"]
 
 
 async def test_queue_admin_actions_refused_for_members(make_bot: BotFactory) -> None:
