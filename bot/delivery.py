@@ -28,6 +28,9 @@ TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_MARGIN = timedelta(seconds=30)  # do not start an edit that may outlive the token
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 RECHECK_SECONDS = 5.0
+# After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
+# the job undelivered for the next start (deliver_pending).
+RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0)
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
@@ -91,6 +94,7 @@ class Delivery:
         self._followed: set[int] = set()  # jobs a task follows now
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
+        self.retry_delays = RETRY_DELAYS
 
     def start(self, job: JobRecord, target: Target) -> None:
         """Follow the job in the background until its result is delivered (once per job)."""
@@ -105,9 +109,20 @@ class Delivery:
     async def follow(self, job_id: int, target: Target) -> None:
         try:
             job = await self._wait(job_id, target)
-            await self.deliver(job, target)
         except Exception:
-            log.exception("delivering job %s failed", job_id)
+            log.exception("following job %s failed; it is delivered at the next start", job_id)
+            return
+        for delay in (*self.retry_delays, None):
+            try:
+                await self.deliver(job, target)
+                return
+            except Exception as error:
+                if delay is None:
+                    log.exception("delivering job %s failed; it is delivered at the next start", job_id)
+                    return
+                log.warning("delivering job %s failed (%s); trying again in %.0f s", job_id, error, delay)
+                target.failed = True  # the next try posts in the channel
+                await asyncio.sleep(delay)
 
     async def _wait(self, job_id: int, target: Target) -> JobRecord:
         last_edit = -self.progress_interval
@@ -194,13 +209,7 @@ class Delivery:
         return await self.post(target, content=content)
 
     async def post(self, target: Target, **kwargs: Any) -> discord.Message | None:
-        channel = self.bot.get_channel(target.channel_id)
-        if channel is None:
-            try:
-                channel = await self.bot.fetch_channel(target.channel_id)
-            except discord.HTTPException:
-                log.warning("cannot reach channel %s to deliver a result", target.channel_id)
-                return None
+        channel = self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             return None
         mentions = discord.AllowedMentions(users=[discord.Object(target.user_id)], roles=False, everyone=False)

@@ -144,11 +144,16 @@ class Generate(commands.Cog):
         )
         locale = locale_of(interaction)
         position = bot.service.queue.position(job.id) or 1
-        await interaction.response.send_message(
-            render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
-        )
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-        bot.deliveries.start(job, target)
+        try:
+            await interaction.response.send_message(
+                render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
+            )
+        except discord.HTTPException:
+            target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
+            raise
+        finally:
+            bot.deliveries.start(job, target)  # the job is queued: its result comes in any case
 
     @generate.autocomplete("quality")
     async def _quality(self, interaction: discord.Interaction, current: str) -> list[Choice]:

@@ -144,12 +144,14 @@ async def reroll(
     position = bot.service.queue.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
-    if interaction is not None:
-        await interaction.response.send_message(text)
-        target.interaction = interaction
-    else:
-        target.message = await bot.deliveries.post(target, content=f"{target.mention} {text}")
-    bot.deliveries.start(new, target)
+    try:
+        if interaction is not None:
+            await interaction.response.send_message(text)
+            target.interaction = interaction
+        else:
+            target.message = await bot.deliveries.post(target, content=f"{target.mention} {text}")
+    finally:
+        bot.deliveries.start(new, target)  # queued: its result comes even if this notice did not
 
 
 class Results(commands.Cog):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -291,3 +292,48 @@ async def test_failed_edit_falls_back_to_a_channel_post(make_bot: BotFactory) ->
         last = channel.last_message
         assert last is not None and last.id != result.response.id
         assert f"<@{alice.id}>" in last.content and last.attachments
+
+
+async def test_unacknowledged_request_still_gets_its_result(make_bot: BotFactory) -> None:
+    """Discord failed the acknowledgement (a hiccup): the job is queued, so its result is posted."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        env.inject_error("POST", "/interactions/*/callback", status=404, code=10062, message="Unknown interaction")
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        job = await finish(env, bot, job.id)
+        assert job.delivered
+        last = channel.last_message
+        assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
+
+
+async def test_failed_delivery_is_tried_again(make_bot: BotFactory) -> None:
+    """The edit and the first channel post fail (e.g. a permission fixed a moment later): delivery
+    tries again and the result arrives, once."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        bot.deliveries.retry_delays = (0.05, 0.05)
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        env.inject_error("PATCH", "/webhooks/*/messages/@original", status=404, code=10008, times=None)
+        env.inject_error("POST", "/channels/*/messages", status=403, code=50013, message="Missing Permissions")
+        await bot.service.queue.set_paused(False)
+        await bot.service.wait(job.id)
+        for _ in range(100):
+            record = await bot.service.queue.jobs.get(job.id)
+            if record is not None and record.delivered:
+                break
+            await asyncio.sleep(0.02)  # the retry waits a pause first
+            await env.settle()
+        assert record is not None and record.delivered
+        posts = [r for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]
+        assert len(posts) == 2  # the refused one, then the delivered one
+        last = channel.last_message
+        assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
