@@ -1,9 +1,9 @@
 """Japanese command texts for Discord: a discord.py Translator reading data/i18n/<lang>.toml.
 
-Descriptions (of commands, groups and options) and the names of fixed choices are translated;
-command, group and option NAMES stay English. Discord would accept Japanese names, but users type
-the English ones (/generate steps:500), the docs and other members' messages use them, and a
-Japanese-only name would make the same command look different to each member of a mixed server."""
+Command, group and option names, their descriptions, and the names of fixed choices are translated.
+Discord shows each member the names of their own client language (a Japanese client shows /生成
+プロンプト:…), while the interaction the bot receives always carries the English names, so the code
+never sees a translated name. A text missing from the table stays English."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ I18N_DIR = Path(__file__).resolve().parent.parent / "data" / "i18n"
 LOCALES: dict[discord.Locale, str] = {discord.Locale.japanese: "ja"}
 
 _SECTIONS: dict[Where, str] = {
+    Where.command_name: "names",
+    Where.group_name: "names",
+    Where.parameter_name: "names",
     Where.command_description: "descriptions",
     Where.group_description: "descriptions",
     Where.parameter_description: "descriptions",
@@ -49,7 +52,7 @@ class CommandTranslator(app_commands.Translator):
         language = LOCALES.get(locale)
         section = _SECTIONS.get(location)
         if language is None or section is None:
-            return None  # names (commands, groups, options) stay English
+            return None
         return self.tables.get(language, {}).get(section, {}).get(message)
 
     async def translate(

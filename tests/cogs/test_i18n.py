@@ -1,9 +1,10 @@
-"""Japanese through the real command tree (simcord): localized command descriptions in the synced
-payload, and Japanese replies for a member whose Discord locale is Japanese."""
+"""Japanese through the real command tree (simcord): localized command names and descriptions in the
+synced payload, and Japanese replies for a member whose Discord locale is Japanese."""
 
 from __future__ import annotations
 
 import ast
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,15 @@ async def test_synced_commands_carry_japanese_descriptions(make_bot: BotFactory)
         registered = {c["name"]: c for c in env.backend.commands[None].values()}
         generate = registered["generate"]
         assert generate["description_localizations"][JA] == "プロンプトからアニメ画像を生成します"
-        assert "name_localizations" not in generate or JA not in (generate["name_localizations"] or {})
+        assert generate["name_localizations"][JA] == "生成"
         options = options_of(generate)
         assert set(options) >= {"prompt", "negative", "steps", "cfg", "count"}
         for name, option in options.items():
             assert option["description_localizations"][JA], name
-            assert not (option.get("name_localizations") or {}).get(JA), name  # names stay English
+            if name != "cfg":  # "cfg" is the same word in Japanese UIs
+                assert option["name_localizations"][JA], name
         assert options["steps"]["description_localizations"][JA] == "サンプリングのステップ数"
+        assert options["prompt"]["name_localizations"][JA] == "プロンプト"
 
         model = registered["model"]
         assert model["description_localizations"][JA] == "画像生成モデル"
@@ -67,6 +70,31 @@ async def test_synced_commands_carry_japanese_descriptions(make_bot: BotFactory)
     # The same payload is what the sync hash covers.
     payload = {c["name"]: c for c in await bot.tree_payload()}
     assert payload["generate"]["description_localizations"][JA] == "プロンプトからアニメ画像を生成します"
+
+
+def _valid_name(name: str) -> bool:
+    """Discord's rule for command and option names: 1-32 letters, digits, "-", "_" or "'", lowercase."""
+    allowed = all(unicodedata.category(c)[0] in "LN" or c in "-_'" for c in name)
+    return 1 <= len(name) <= 32 and allowed and name == name.lower()
+
+
+async def test_japanese_names_are_valid_for_discord_and_unambiguous(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    await bot.tree.set_translator(CommandTranslator())
+    for cog in ("cogs.generate", "cogs.account", "cogs.queue", "cogs.models"):
+        await bot.load_extension(cog)
+    commands = await bot.tree_payload()
+    bot.tree.clear_commands(guild=None)
+
+    def check(siblings: list[dict[str, Any]]) -> None:
+        names = [(item.get("name_localizations") or {}).get(JA, item["name"]) for item in siblings]
+        assert len(set(names)) == len(names), names
+        assert all(_valid_name(name) for name in names), names
+        for item in siblings:
+            check(item.get("options", []))  # subcommands, then their options
+
+    check(commands)
+    assert {c["name"] for c in commands} >= {"generate", "quota", "history", "queue", "model"}
 
 
 def test_every_command_text_has_a_japanese_translation() -> None:
