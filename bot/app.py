@@ -60,7 +60,7 @@ class AnimeBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in as %s", self.user)
-        await self.deliveries.deliver_pending()
+        self.deliveries.spawn(self.deliveries.deliver_pending(), "deliver-pending")  # close() cancels it
 
     async def tree_payload(self) -> list[dict[str, Any]]:
         """The global commands as Discord receives them (with the translator's localizations)."""
@@ -98,8 +98,7 @@ class AnimeBot(commands.Bot):
 
     async def close(self) -> None:
         if self.delivery is not None:
-            for task in list(self.delivery.tasks):
-                task.cancel()  # the result is delivered at the next start (jobs.undelivered)
+            await self.delivery.cancel_all()  # what is left is delivered at the next start (jobs.undelivered)
         try:
             await super().close()
         finally:

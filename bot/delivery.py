@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,7 +30,7 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 RECHECK_SECONDS = 5.0
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
-RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0)
+RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
@@ -96,14 +96,25 @@ class Delivery:
         self.progress_interval = PROGRESS_INTERVAL
         self.retry_delays = RETRY_DELAYS
 
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run delivery work in a task that `cancel_all` stops."""
+        task = asyncio.create_task(work, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def start(self, job: JobRecord, target: Target) -> None:
         """Follow the job in the background until its result is delivered (once per job)."""
         if job.id in self._followed:
             return
         self._followed.add(job.id)
-        task = asyncio.create_task(self.follow(job.id, target), name=f"deliver-{job.id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task = self.spawn(self.follow(job.id, target), f"deliver-{job.id}")
         task.add_done_callback(lambda _: self._followed.discard(job.id))
 
     async def follow(self, job_id: int, target: Target) -> None:
