@@ -116,10 +116,10 @@ async def test_nsfw_rating_only_in_age_restricted_channels(
         assert offered == {"general", "sensitive", "questionable", "explicit"}
 
         refused = await alice.slash(general, "generate", prompt="1girl", rating="explicit", steps=1)
-        assert refused.ephemeral and "age-restricted" in refused.response.content
+        assert refused.response is not None and refused.ephemeral and "age-restricted" in refused.response.content
         assert await jobs_of(bot, alice.id) == []
         refused = await alice.slash(general, "generate", prompt="1girl, explicit", steps=1)  # typed, not chosen
-        assert refused.ephemeral and "age-restricted" in refused.response.content
+        assert refused.response is not None and refused.ephemeral and "age-restricted" in refused.response.content
         refused = await user.slash("generate", prompt="1girl", rating="questionable", steps=1)  # a DM
         assert refused.ephemeral and "age-restricted" in refused.response.content
         assert await jobs_of(bot, alice.id) == []
@@ -150,7 +150,7 @@ async def test_banned_word_and_bad_input_change_nothing(make_bot: BotFactory) ->
         for options, text in cases:
             result = await alice.slash(channel, "generate", **options)
             assert result.ephemeral, options
-            assert result.response is not None and text in result.response.content, result.response.content
+            assert result.response is not None and text in result.response.content
         assert await jobs_of(bot, alice.id) == []
         assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
 

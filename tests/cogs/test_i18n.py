@@ -107,7 +107,7 @@ def test_every_command_text_has_a_japanese_translation() -> None:
                 if call_is_text and isinstance(node.value.value, str):
                     texts.append(node.value.value)
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "describe":
-                texts += [k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)]
+                texts += [str(k.value.value) for k in node.keywords if isinstance(k.value, ast.Constant)]
     assert texts
     assert [t for t in texts if t not in descriptions] == []
 

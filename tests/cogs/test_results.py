@@ -42,7 +42,7 @@ async def test_reroll_button_owner_and_stranger(make_bot: BotFactory) -> None:
         job, message = await generated(env, bot, alice, channel)
 
         refused = await bob.click(message, custom_id=f"animebot:reroll:{job.id}")
-        assert refused.ephemeral and "Only the owner" in refused.response.content
+        assert refused.response is not None and refused.ephemeral and "Only the owner" in refused.response.content
         assert await all_jobs(bot) == 1
 
         clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
@@ -52,10 +52,10 @@ async def test_reroll_button_owner_and_stranger(make_bot: BotFactory) -> None:
         new = (await jobs_of(bot, alice.id))[0]
         assert new.reroll_of == job.id and new.params.seeds != job.params.seeds
         new = await finish(env, bot, new.id)
-        assert new.delivered and clicked.response.attachments
+        assert clicked.response is not None and new.delivered and clicked.response.attachments
 
         info = await bob.click(message, custom_id=f"animebot:info:{job.id}")
-        assert info.ephemeral and f"seeds {job.params.seeds[0]}" in info.response.content
+        assert info.response is not None and info.ephemeral and f"seeds {job.params.seeds[0]}" in info.response.content
 
 
 async def test_reroll_reaction(make_bot: BotFactory) -> None:
@@ -108,7 +108,7 @@ async def test_delete_button_owner_or_admin(make_bot: BotFactory) -> None:
         bob = guild.add_member(env.create_user("bob"))
         job, message = await generated(env, bot, alice, channel)
         refused = await bob.click(message, custom_id=f"animebot:delete:{job.id}")
-        assert refused.ephemeral and "Only the owner" in refused.response.content
+        assert refused.response is not None and refused.ephemeral and "Only the owner" in refused.response.content
         assert any(m.id == message.id for m in channel.history())
         deleted = await alice.click(message, custom_id=f"animebot:delete:{job.id}")
         assert deleted.ephemeral
@@ -127,7 +127,7 @@ async def test_buttons_work_after_restart(make_bot: BotFactory) -> None:
         again = await make_bot()  # a new service and bot on the same data dir
         await env.restart_bot(again)
         info = await alice.click(message, custom_id=f"animebot:info:{job.id}")
-        assert info.ephemeral and f"Job #{job.id}" in info.response.content
+        assert info.response is not None and info.ephemeral and f"Job #{job.id}" in info.response.content
         clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
         assert not clicked.ephemeral
         new = (await jobs_of(again, alice.id))[0]
