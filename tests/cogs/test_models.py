@@ -31,7 +31,8 @@ async def test_model_list_info_and_autocomplete(make_bot: BotFactory) -> None:
         active = await alice.slash(channel, "model info")
         assert active.response is not None and active.response.content.startswith("tiny\n")
         unknown = await alice.slash(channel, "model info", name="nope")
-        assert unknown.response is not None and unknown.ephemeral and "no model named 'nope'" in unknown.response.content
+        assert unknown.response is not None and unknown.ephemeral
+        assert "no model named 'nope'" in unknown.response.content
 
         choices = await alice.autocomplete(channel, "model switch", "name", "anima")
         values = [c["value"] for c in choices]
