@@ -15,19 +15,18 @@ from typing import Any
 import discord
 
 from bot.dialects import load_dialect
-from bot.events import Event, JobProgress, JobQueued, JobStarted
+from bot.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
 from bot.jobs import JobRecord, JobState
 from bot.messages import render
 from bot.service import GenerationService
 
 log = logging.getLogger(__name__)
 
-JOB_EVENT = "animebot_job_event"  # bot.dispatch name: wait with bot.wait_for(JOB_EVENT, ...)
 PROGRESS_INTERVAL = 1.5  # seconds between two progress edits of one message
+QUEUE_INTERVAL = 10.0  # seconds between two edits of one message's queue position
 TOKEN_LIFETIME = timedelta(minutes=15)
 TOKEN_MARGIN = timedelta(seconds=30)  # do not start an edit that may outlive the token
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-RECHECK_SECONDS = 5.0
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
@@ -35,14 +34,13 @@ RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
 
+def job_event(job_id: int) -> str:
+    """The discord.py event name (bot.dispatch / bot.wait_for) of one followed job's events."""
+    return f"animebot_job_{job_id}"
+
+
 class Unreachable(Exception):
     """The original response can no longer be edited."""
-
-
-def bridge_events(bot: discord.Client, service: GenerationService) -> Callable[[], None]:
-    """Forward the service's job events to `bot.dispatch(JOB_EVENT, event)`, so waiters use wait_for;
-    returns the undo."""
-    return service.events.listen(lambda event: bot.dispatch(JOB_EVENT, event))
 
 
 @dataclass
@@ -94,7 +92,23 @@ class Delivery:
         self._followed: set[int] = set()  # jobs a task follows now
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
+        self.queue_interval = QUEUE_INTERVAL
         self.retry_delays = RETRY_DELAYS
+        self._inboxes: dict[int, asyncio.Queue[Event]] = {}  # the events of each followed job
+        self._unlisten = service.events.listen(self._route)
+
+    def _route(self, event: Event) -> None:
+        """Hand a job's event to the task following that job (one dict lookup, whatever the queue length)
+        and wake it: it waits with discord.py's wait_for on an event named after its job."""
+        job_id = getattr(event, "job_id", -1)
+        inbox = self._inboxes.get(job_id)
+        if inbox is not None:
+            inbox.put_nowait(event)
+            self.bot.dispatch(job_event(job_id), event)
+
+    def close(self) -> None:
+        """Stop receiving events (the bot is closing)."""
+        self._unlisten()
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run delivery work in a task that `cancel_all` stops."""
@@ -136,23 +150,33 @@ class Delivery:
                 await asyncio.sleep(delay)
 
     async def _wait(self, job_id: int, target: Target) -> JobRecord:
-        last_edit = -self.progress_interval
-        loop = asyncio.get_running_loop()
-        while True:
+        """Show the job's queue position and progress (throttled) until it finishes. The queue publishes
+        JobFinished after every way a job can finish is written, and the inbox is in place before the
+        job is read, so waiting for events needs no polling."""
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._inboxes[job_id] = inbox  # before reading the job: no event can slip between
+        try:
             job = await self.service.queue.jobs.get(job_id)
             assert job is not None
-            if job.state.finished:
-                return job
-            try:
-                event = await self.bot.wait_for(
-                    JOB_EVENT, check=lambda e: getattr(e, "job_id", None) == job_id, timeout=RECHECK_SECONDS
-                )
-            except TimeoutError:
-                continue  # an event may have come between reading the job and listening: read again
-            text = self._progress_text(event, job, target.locale)
-            if text is not None and loop.time() - last_edit >= self.progress_interval:
-                last_edit = loop.time()
-                await self._edit_progress(target, text)
+            last_edit = -self.queue_interval
+            loop = asyncio.get_running_loop()
+            while not job.state.finished:
+                if inbox.empty():  # no await between this check and wait_for's registration
+                    await self.bot.wait_for(job_event(job_id))
+                event = inbox.get_nowait()
+                if isinstance(event, JobFinished):
+                    fresh = await self.service.queue.jobs.get(job_id)
+                    assert fresh is not None
+                    job = fresh
+                    continue
+                text = self._progress_text(event, job, target.locale)
+                interval = self.queue_interval if isinstance(event, JobQueued) else self.progress_interval
+                if text is not None and (loop.time() - last_edit >= interval or isinstance(event, JobStarted)):
+                    last_edit = loop.time()
+                    await self._edit_progress(target, text)
+            return job
+        finally:
+            del self._inboxes[job_id]
 
     @staticmethod
     def _progress_text(event: Event, job: JobRecord, locale: str) -> str | None:
