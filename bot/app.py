@@ -4,6 +4,7 @@ tree only when it changed."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -13,7 +14,7 @@ import discord
 from discord.ext import commands
 
 from bot.config import Config
-from bot.delivery import Delivery, bridge_events
+from bot.delivery import Delivery
 from bot.service import GenerationService
 from bot.translator import CommandTranslator
 
@@ -32,14 +33,14 @@ def intents() -> discord.Intents:
 
 
 class AnimeBot(commands.Bot):
-    def __init__(self, config: Config, service: GenerationService | None = None) -> None:
+    def __init__(self, config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
         self.config = config
         self._owns_service = service is None
         self.service = service or GenerationService(config)
         self.delivery: Delivery | None = None  # set in setup_hook
-        self._unbridge: Any = None
         self.synced = False  # whether the last setup_hook registered commands with Discord
+        self.freeze_gc = freeze_gc
 
     @property
     def deliveries(self) -> Delivery:
@@ -51,12 +52,13 @@ class AnimeBot(commands.Bot):
 
         if self._owns_service:
             await self.service.start()
-        self._unbridge = bridge_events(self, self.service)
         self.delivery = Delivery(self, self.service, result_view)
         for name in COGS:
             await self.load_extension(name)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions
         await self.sync_commands()
+        if self.freeze_gc:
+            freeze_startup_objects()
 
     async def on_ready(self) -> None:
         log.info("logged in as %s", self.user)
@@ -102,15 +104,25 @@ class AnimeBot(commands.Bot):
         try:
             await super().close()
         finally:
-            if self._unbridge is not None:
-                self._unbridge()
-                self._unbridge = None
+            if self.delivery is not None:
+                self.delivery.close()
+                self.delivery = None
             if self._owns_service:
                 await self.service.close()
                 self._owns_service = False
 
 
-def create_bot(config: Config, service: GenerationService | None = None) -> AnimeBot:
+def freeze_startup_objects() -> None:
+    """Collect once, then move everything alive after start (torch, diffusers and transformers
+    modules, the tag index: about 600k objects) out of the garbage collector's sight. Each full
+    collection otherwise walks them all and stalls the event loop for 350-500 ms (measured,
+    docs/benchmarks.md); after this it takes under 1 ms. Models are loaded later and stay collectable."""
+    gc.collect()
+    gc.freeze()
+
+
+def create_bot(config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> AnimeBot:
     """The bot, ready for `bot.start(token)`; nothing touches the network before that. A service
-    passed in belongs to the caller (started and closed by it); otherwise the bot owns one."""
-    return AnimeBot(config, service)
+    passed in belongs to the caller (started and closed by it); otherwise the bot owns one.
+    `freeze_gc`: see `freeze_startup_objects` (for the long-running `animebot run`)."""
+    return AnimeBot(config, service, freeze_gc=freeze_gc)

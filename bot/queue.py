@@ -51,6 +51,7 @@ class JobQueue:
         self.events = events
         self.data_dir = data_dir
         self._waiting: dict[int, _Waiting] = {}  # insertion order = submission order
+        self._published: dict[int, int] = {}  # the last position announced for each waiting job
         self._served: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
         self._paused = False
@@ -79,17 +80,29 @@ class JobQueue:
             ranked.append((rank, seq, waiting.job_id))
         return [job_id for _, _, job_id in sorted(ranked)]
 
+    def positions(self) -> dict[int, int]:
+        """Every waiting job's position (1 = runs next)."""
+        return {job_id: position for position, job_id in enumerate(self.order(), start=1)}
+
+    def positions_of(self, owner_id: str) -> list[tuple[int, int]]:
+        """(position, job id) of one user's waiting jobs, first to run first."""
+        positions = self.positions()
+        return sorted((positions[j], j) for j, waiting in self._waiting.items() if waiting.owner_id == owner_id)
+
     def position(self, job_id: int) -> int | None:
         """1 = runs next; None if not waiting."""
-        order = self.order()
-        return order.index(job_id) + 1 if job_id in order else None
+        return self.positions().get(job_id) if job_id in self._waiting else None
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def _publish_positions(self) -> None:
-        for position, job_id in enumerate(self.order(), start=1):
-            self.events.publish(JobQueued(job_id, position))
+        """Announce the positions that changed (a new job at the end: one event, not one per job)."""
+        positions = self.positions()
+        for job_id, position in positions.items():
+            if self._published.get(job_id) != position:
+                self.events.publish(JobQueued(job_id, position))
+        self._published = positions
 
     # -- submitting ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from bot.app import AnimeBot
 
 Action = Literal["show", "pause", "resume", "clear", "cancel"]
-OWN_JOBS_SCANNED = 100
+OWN_JOBS_SHOWN = 10  # positions listed by /queue; the rest are counted
 
 
 class Queue(commands.Cog):
@@ -44,15 +44,12 @@ class Queue(commands.Cog):
         lines = [render("queue_status", locale, length=len(queue))]
         if queue.paused:
             lines.append(render("queue_is_paused", locale))
-        jobs, _ = await self.bot.service.history(owner_key(user), 0, OWN_JOBS_SCANNED)
-        positions = sorted(
-            (position, job.id)
-            for job in jobs
-            if job.state == JobState.QUEUED and (position := queue.position(job.id)) is not None
-        )
+        positions = queue.positions_of(owner_key(user))
         if positions:
-            mine = ", ".join(render("queue_your_position", locale, job_id=j, position=p) for p, j in positions)
-            lines.append(render("queue_yours", locale, positions=mine))
+            shown = [render("queue_your_position", locale, job_id=j, position=p) for p, j in positions[:OWN_JOBS_SHOWN]]
+            if len(positions) > OWN_JOBS_SHOWN:
+                shown.append(render("queue_more", locale, count=len(positions) - OWN_JOBS_SHOWN))
+            lines.append(render("queue_yours", locale, positions=", ".join(shown)))
         else:
             lines.append(render("queue_none_yours", locale))
         running = queue.running if queue.running is not None else self.bot.service.worker.running_job
@@ -71,7 +68,7 @@ class Queue(commands.Cog):
             )
         else:
             lines.append(render("queue_running_start", locale, job_id=running))
-        return "\n".join(lines)
+        return "\n".join(lines)[:2000]
 
     @app_commands.command(name="queue", description="The queue: length, your position, the running job")
     @app_commands.describe(action="Admins: pause, resume, clear; anyone: cancel (your own job)", job="Job id to cancel")

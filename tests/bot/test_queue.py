@@ -140,6 +140,21 @@ async def test_cancel_running_job_between_steps(make_service: ServiceFactory) ->
     assert not steps or max(steps) < 40
 
 
+async def test_only_changed_positions_are_announced(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    events = service.events.subscribe()
+    jobs = [await service.submit(request(seed=i, steps=1), f"user{i}") for i in range(4)]
+    announced = [(e.job_id, e.position) for e in _drain(events) if isinstance(e, JobQueued)]
+    assert announced == [(job.id, n) for n, job in enumerate(jobs, start=1)]  # one event per new job
+
+    await service.cancel(jobs[1].id, "user1")  # the jobs behind it move up; the one before it does not
+    announced = [(e.job_id, e.position) for e in _drain(events) if isinstance(e, JobQueued)]
+    assert announced == [(jobs[2].id, 2), (jobs[3].id, 3)]
+    assert service.queue.positions_of("user3") == [(3, jobs[3].id)]
+    service.events.unsubscribe(events)
+
+
 def _drain(queue: asyncio.Queue[Event]) -> list[Event]:
     items = []
     while not queue.empty():

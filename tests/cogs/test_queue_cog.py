@@ -162,3 +162,17 @@ async def test_queue_cancel_needs_a_job_id(make_bot: BotFactory) -> None:
         assert result.ephemeral and result.response is not None and "id of the job" in result.response.content
         missing = await alice.slash(channel, "queue", action="cancel", job=999)
         assert missing.ephemeral and missing.response is not None and "no job #999" in missing.response.content
+
+
+async def test_queue_lists_ten_of_many_own_jobs_and_counts_the_rest(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        jobs = await queue_jobs(bot, alice.id, 150)  # an admin or an uncapped user can have this many
+        result = await alice.slash(channel, "queue")
+        assert result.response is not None
+        text = result.response.content
+        assert "150 job(s) waiting" in text and len(text) <= 2000
+        assert f"#{jobs[9].id} at position 10, and 140 more" in text and f"#{jobs[10].id} " not in text
