@@ -293,7 +293,7 @@ def _run(config: Config) -> int:
     from bot.app import create_bot
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    bot = create_bot(config)
+    bot = create_bot(config, freeze_gc=True)
     bot.run(token, log_handler=None)
     return 0
 

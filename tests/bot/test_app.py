@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,25 @@ async def test_commands_sync_to_configured_guilds(make_bot: BotFactory) -> None:
             assert "generate" in alice.available_commands(guild.create_text_channel("general"))
     finally:
         await env.shutdown()
+
+
+def test_startup_objects_are_frozen_out_of_the_collectors_walk() -> None:
+    from bot.app import freeze_startup_objects
+
+    tracked = len(gc.get_objects())
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() >= tracked // 2
+        assert len(gc.get_objects()) < tracked // 10  # what a full collection walks now
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_run_freezes_after_setup(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    frozen: list[bool] = []
+    monkeypatch.setattr("bot.app.freeze_startup_objects", lambda: frozen.append(True))
+    bot = await make_bot()
+    bot.freeze_gc = True
+    async with simcord.run(bot, settle_timeout=60):
+        assert frozen == [True]
