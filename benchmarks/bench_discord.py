@@ -80,6 +80,7 @@ sys.path.insert(0, str(REPO))
 
 import discord  # noqa: E402
 import simcord  # noqa: E402
+from measure import LagProbe, percentile  # noqa: E402  (benchmarks/measure.py)
 
 from bot.app import SYNC_KEY, AnimeBot, create_bot  # noqa: E402
 from bot.config import Config, load_config  # noqa: E402
@@ -119,13 +120,6 @@ def default_csv() -> Path:
 
 
 # -- measuring tools -----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def stats(seconds: list[float]) -> str:
@@ -185,41 +179,6 @@ class GcPauses:
 
 
 gc_pauses = GcPauses()
-
-
-class LagProbe:
-    """Sleeps `interval` in a loop on the event loop and records how late each wake-up is."""
-
-    def __init__(self, interval: float = 0.010) -> None:
-        self.interval = interval
-        self.lags: list[float] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> LagProbe:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - before - self.interval))
-
-    async def stop(self) -> LagProbe:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        return self
-
-    def summary(self) -> str:
-        if not self.lags:
-            return "no samples"
-        ms = [x * 1000 for x in self.lags]
-        return (
-            f"p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms "
-            f"({len(ms)} wake-ups, {sum(x > 50 for x in ms)} over 50 ms)"
-        )
 
 
 class AckClock:

@@ -37,6 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from measure import LagProbe, ms, percentile  # noqa: E402  (benchmarks/measure.py)
+
 from bot.config import Config, parse_config  # noqa: E402
 from bot.prompt_builder import PromptChoices  # noqa: E402
 from bot.requests import GenerationRequest  # noqa: E402
@@ -46,51 +48,6 @@ OWNERS = ("discord:1", "discord:2", "discord:3")  # a few users, as on a server 
 
 
 # -- measuring tools -----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-class LagProbe:
-    """Sleeps `interval` in a loop on the event loop and records how late each wake-up is."""
-
-    def __init__(self, interval: float = 0.010) -> None:
-        self.interval = interval
-        self.lags: list[float] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> LagProbe:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            before = time.perf_counter()
-            await asyncio.sleep(self.interval)
-            self.lags.append(max(0.0, time.perf_counter() - before - self.interval))
-
-    async def stop(self) -> LagProbe:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        return self
-
-    def summary(self) -> str:
-        if not self.lags:
-            return "no samples"
-        return (
-            f"p50 {ms(percentile(self.lags, 50))}, p99 {ms(percentile(self.lags, 99))}, "
-            f"max {ms(max(self.lags))} ({len(self.lags)} wake-ups, {sum(x > 0.05 for x in self.lags)} over 50 ms)"
-        )
 
 
 def make_config(data_dir: Path) -> Config:
