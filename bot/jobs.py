@@ -41,6 +41,17 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class JobOrigin:
+    """Who asked for a job, and where its result goes."""
+
+    owner_id: str  # "discord:<snowflake>" or "cli:<name>"
+    owner_name: str = ""
+    guild_id: str | None = None  # None for DMs and the CLI
+    channel_id: str | None = None
+    locale: str | None = None  # the asker's message language; None: none known (the CLI)
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: int
     owner_id: str
@@ -129,29 +140,21 @@ class JobRepository:
             (user_id, display_name, time.time()),
         )
 
-    async def insert(
-        self,
-        resolved: ResolvedRequest,
-        owner_id: str,
-        guild_id: str | None = None,
-        channel_id: str | None = None,
-        reroll_of: int | None = None,
-        locale: str | None = None,
-    ) -> int:
+    async def insert(self, resolved: ResolvedRequest, origin: JobOrigin, reroll_of: int | None = None) -> int:
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
             "reroll_of, created_at, locale) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (
-                owner_id,
-                guild_id,
-                channel_id,
+                origin.owner_id,
+                origin.guild_id,
+                origin.channel_id,
                 resolved.spec.name,
                 request_to_json(resolved.request),
                 params_to_json(resolved.params),
                 resolved.params.count,
                 reroll_of,
                 time.time(),
-                locale,
+                origin.locale,
             ),
         )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bot.errors import UserError
 from bot.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
-from bot.jobs import ImageRecord, JobRecord, JobRepository, JobState
+from bot.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
 from bot.quotas import Quotas
 from bot.requests import ResolvedRequest
 from bot.store import Store
@@ -109,23 +109,20 @@ class JobQueue:
     async def submit(
         self,
         resolved: ResolvedRequest,
-        owner_id: str,
+        origin: JobOrigin,
         *,
-        owner_name: str = "",
-        guild_id: str | None = None,
-        channel_id: str | None = None,
         role_ids: Sequence[str] = (),
         reroll_of: int | None = None,
         exempt: bool = False,
-        locale: str | None = None,
     ) -> JobRecord:
         """Persist the job (and its quota usage) in one transaction, then queue it. Raises UserError
         when a quota refuses it; nothing is written then."""
+        owner_id = origin.owner_id
         async with self.store.transaction():
-            await self.jobs.ensure_user(owner_id, owner_name)
+            await self.jobs.ensure_user(owner_id, origin.owner_name)
             if not exempt:
                 await self.quotas.check(owner_id, resolved.params.count, role_ids)
-            job_id = await self.jobs.insert(resolved, owner_id, guild_id, channel_id, reroll_of, locale)
+            job_id = await self.jobs.insert(resolved, origin, reroll_of)
             await self.quotas.record(owner_id, job_id, resolved.params.count)
         self._waiting[job_id] = _Waiting(job_id, owner_id)
         self._wakeup.set()

@@ -16,7 +16,7 @@ from typing import Literal
 from bot.config import Config
 from bot.errors import UserError
 from bot.events import EventBus, JobFinished
-from bot.jobs import JobRecord, JobState
+from bot.jobs import JobOrigin, JobRecord, JobState
 from bot.prompt_builder import TagLookup
 from bot.queue import JobQueue
 from bot.quotas import QuotaLimits, Quotas, QuotaStatus
@@ -115,17 +115,8 @@ class GenerationService:
     ) -> JobRecord:
         """Validate, check quotas, persist and queue. Raises UserError; nothing changes then."""
         resolved = resolve_request(request, self.config.models, self.tags)
-        return await self.queue.submit(
-            resolved,
-            owner_id,
-            owner_name=owner_name,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            role_ids=role_ids,
-            reroll_of=reroll_of,
-            exempt=exempt,
-            locale=locale,
-        )
+        origin = JobOrigin(owner_id, owner_name, guild_id, channel_id, locale)
+        return await self.queue.submit(resolved, origin, role_ids=role_ids, reroll_of=reroll_of, exempt=exempt)
 
     async def reroll(
         self,
