@@ -158,7 +158,7 @@ class Delivery:
         try:
             job = await self.service.queue.jobs.get(job_id)
             assert job is not None
-            last_edit = -self.queue_interval
+            last_edit: float | None = None  # loop time of the last progress edit
             loop = asyncio.get_running_loop()
             while not job.state.finished:
                 if inbox.empty():  # no await between this check and wait_for's registration
@@ -171,7 +171,8 @@ class Delivery:
                     continue
                 text = self._progress_text(event, job, target.locale)
                 interval = self.queue_interval if isinstance(event, JobQueued) else self.progress_interval
-                if text is not None and (loop.time() - last_edit >= interval or isinstance(event, JobStarted)):
+                due = last_edit is None or loop.time() - last_edit >= interval or isinstance(event, JobStarted)
+                if text is not None and due:
                     last_edit = loop.time()
                     await self._edit_progress(target, text)
             return job

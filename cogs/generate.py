@@ -132,6 +132,7 @@ class Generate(commands.Cog):
             model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
         )
         user = interaction.user
+        locale = locale_of(interaction)
         job = await bot.service.submit(
             request,
             owner_key(user),
@@ -140,9 +141,8 @@ class Generate(commands.Cog):
             channel_id=str(interaction.channel_id) if interaction.channel_id else None,
             role_ids=role_ids(user),
             exempt=is_admin(bot.config.discord, user),
-            locale=locale_of(interaction),
+            locale=locale,
         )
-        locale = locale_of(interaction)
         position = bot.service.queue.position(job.id) or 1
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
         try:

@@ -12,6 +12,8 @@ from PIL import Image
 
 from bot.app import AnimeBot
 from bot.jobs import JobRecord
+from bot.prompt_builder import PromptChoices
+from bot.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory
 
 STEPS = 2
@@ -210,3 +212,32 @@ async def test_ack_shows_the_queue_position_and_dm_works(make_bot: BotFactory) -
             await finish(env, bot, job.id)
         for result in (first, second):
             assert result.response is not None and result.response.attachments
+
+
+async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        assert bot.service.queue.position(job.id) == 4
+        bot.deliveries.queue_interval = 3600.0
+
+        def edits() -> list[str]:
+            return [str(r.json) for r in requests(env, "PATCH", "@original")]
+
+        for other in ahead[:2]:
+            await bot.service.cancel(other.id, other.owner_id)
+            await env.settle()
+        assert [e for e in edits() if "position" in e] == [e for e in edits() if "(position 3)" in e]
+        assert len(edits()) == 1  # position 3 shown; position 2 came within the interval
+        await bot.service.cancel(ahead[2].id, ahead[2].owner_id)
+        await bot.service.queue.set_paused(False)
+        await finish(env, bot, job.id)
+        assert any("generating with tiny" in e for e in edits()[1:])  # the start is shown despite the interval
+        assert not any("(position 1)" in e for e in edits())
