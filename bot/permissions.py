@@ -25,6 +25,11 @@ def owner_key(user: discord.abc.Snowflake) -> str:
     return f"discord:{user.id}"
 
 
+def role_ids(user: discord.abc.User | None) -> list[str]:
+    """The member's role ids as the store names them (none outside a server)."""
+    return [str(role.id) for role in user.roles] if isinstance(user, discord.Member) else []
+
+
 def may_manage(settings: DiscordSettings, user: discord.abc.User, owner_id: str) -> bool:
     """The job's owner or an admin."""
     return owner_key(user) == owner_id or is_admin(settings, user)

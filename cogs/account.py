@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -13,19 +13,16 @@ from discord.ext import commands
 
 from bot.jobs import JobRecord
 from bot.messages import render
-from bot.permissions import owner_key
-from cogs.errors import locale_of, report_error, send_ephemeral
-from cogs.results import reroll, role_ids
+from bot.permissions import owner_key, role_ids
+from cogs.errors import report_error
+from cogs.interactions import bot_of, locale_of, send_ephemeral
+from cogs.results import reroll
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
 
 PER_PAGE = 5
 PROMPT_CHARS = 60
-
-
-def _bot(interaction: discord.Interaction) -> AnimeBot:
-    return cast("AnimeBot", interaction.client)
 
 
 def shorten(text: str, limit: int = PROMPT_CHARS) -> str:
@@ -92,7 +89,8 @@ class HistoryPageButton(
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
             if await _owner_only(interaction, self.user_id):
-                text, view = await history_page(_bot(interaction), interaction.user, self.page, locale_of(interaction))
+                locale = locale_of(interaction)
+                text, view = await history_page(bot_of(interaction), interaction.user, self.page, locale)
                 await interaction.response.edit_message(content=text, view=view)
         except Exception as error:  # components have no tree error handler: the same report
             await report_error(interaction, error)
@@ -131,7 +129,7 @@ class HistoryRerunMenu(discord.ui.DynamicItem[discord.ui.Select[Any]], template=
         try:
             if await _owner_only(interaction, self.user_id):
                 job_id = int(self.item.values[0])
-                await reroll(_bot(interaction), job_id, interaction.user, interaction.channel, interaction)
+                await reroll(bot_of(interaction), job_id, interaction.user, interaction.channel, interaction)
         except Exception as error:  # e.g. the quota: the same ephemeral report as the command tree's
             await report_error(interaction, error)
 

@@ -11,17 +11,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.messages import language, render
+from bot.messages import render
+from cogs.interactions import locale_of, send_ephemeral
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
 
 log = logging.getLogger(__name__)
-
-
-def locale_of(interaction: discord.Interaction) -> str:
-    """The catalog language for the user's Discord locale ("ja", "en-US" → "en", unknown → "en")."""
-    return language(str(interaction.locale.value))
 
 
 def error_text(interaction: discord.Interaction, error: BaseException) -> str:
@@ -32,13 +28,6 @@ def error_text(interaction: discord.Interaction, error: BaseException) -> str:
     command = interaction.command.qualified_name if interaction.command else "?"
     log.error("interaction %s (%s) failed", interaction.id, command, exc_info=error)
     return render("generic_error", locale_of(interaction))
-
-
-async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException) -> None:

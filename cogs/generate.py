@@ -3,7 +3,7 @@ hand the job to delivery. Autocomplete from the active model's dialect and the t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -13,12 +13,11 @@ from bot.delivery import Target
 from bot.dialects import Dialect, load_dialect
 from bot.errors import UserError
 from bot.messages import render
-from bot.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key
+from bot.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest
 from bot.tags import TagCategory, TagDatabase
-from cogs.errors import locale_of
-from cogs.results import role_ids
+from cogs.interactions import bot_of, guild_key, locale_of
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
@@ -27,10 +26,6 @@ MAX_CHOICES = 25
 MAX_NAME = 100
 
 Choice = app_commands.Choice[str]
-
-
-def _bot(interaction: discord.Interaction) -> AnimeBot:
-    return cast("AnimeBot", interaction.client)
 
 
 def choice(name: str, value: str) -> Choice:
@@ -47,8 +42,8 @@ def filter_choices(pairs: list[tuple[str, str]], current: str) -> list[Choice]:
 
 
 async def dialect_for(interaction: discord.Interaction) -> Dialect:
-    bot = _bot(interaction)
-    guild = str(interaction.guild_id) if interaction.guild_id else None
+    bot = bot_of(interaction)
+    guild = guild_key(interaction)
     name = await bot.service.active_model(guild)
     return load_dialect(bot.config.models[name].dialect)
 
@@ -110,7 +105,7 @@ class Generate(commands.Cog):
         count: int = 1,
     ) -> None:
         bot = self.bot
-        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        guild_id = guild_key(interaction)
         model = await bot.service.active_model(guild_id)
         nsfw_allowed = channel_allows_nsfw(interaction.channel)
         dialect = load_dialect(bot.config.models[model].dialect)

@@ -18,8 +18,8 @@ from bot.events import Event, ModelLoading
 from bot.messages import render
 from bot.permissions import is_admin, owner_key
 from bot.quotas import QuotaLimits, format_wait
-from cogs.errors import locale_of
 from cogs.generate import Choice, filter_choices
+from cogs.interactions import bot_of, guild_key, locale_of
 from inference.sources import SourceState, describe_source
 
 if TYPE_CHECKING:
@@ -29,16 +29,8 @@ log = logging.getLogger(__name__)
 LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message
 
 
-def _bot(interaction: discord.Interaction) -> AnimeBot:
-    return cast("AnimeBot", interaction.client)
-
-
-def _guild(interaction: discord.Interaction) -> str | None:
-    return str(interaction.guild_id) if interaction.guild_id else None
-
-
 def require_admin(interaction: discord.Interaction) -> None:
-    if not is_admin(_bot(interaction).config.discord, interaction.user):
+    if not is_admin(bot_of(interaction).config.discord, interaction.user):
         raise UserError("admin_only")
 
 
@@ -54,7 +46,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
     @app_commands.command(name="list", description="The configured models and which one is active")
     async def list_models(self, interaction: discord.Interaction) -> None:
         locale = locale_of(interaction)
-        active = await self.bot.service.active_model(_guild(interaction))
+        active = await self.bot.service.active_model(guild_key(interaction))
         lines = [render("model_list_header", locale, active=active)]
         for name, spec in self.bot.config.models.items():
             state = await self._state(name)
@@ -69,7 +61,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
     async def info(self, interaction: discord.Interaction, name: str | None = None) -> None:
         locale = locale_of(interaction)
         models = self.bot.config.models
-        active = await self.bot.service.active_model(_guild(interaction))
+        active = await self.bot.service.active_model(guild_key(interaction))
         name = name or active
         if name not in models:
             raise UserError("unknown_model", value=name, options=", ".join(models))
@@ -95,7 +87,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         if name not in models:
             raise UserError("unknown_model", value=name, options=", ".join(models))
         locale = locale_of(interaction)
-        guild_id = _guild(interaction)
+        guild_id = guild_key(interaction)
         previous = await self.bot.service.active_model(guild_id)
         if name == previous:
             await interaction.response.send_message(render("model_already_active", locale, model=name), ephemeral=True)
@@ -172,7 +164,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         scope: Literal["user", "role"] = "user" if user is not None else "role"
         key = owner_key(user) if user is not None else str(cast(discord.Role, role).id)
         target = cast("discord.User | discord.Role", user or role).mention
-        actor, guild_id = owner_key(interaction.user), _guild(interaction)
+        actor, guild_id = owner_key(interaction.user), guild_key(interaction)
         limits: QuotaLimits | None
         if reset:
             cleared = await service.clear_quota(scope, key, actor, guild_id=guild_id)

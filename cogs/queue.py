@@ -15,7 +15,7 @@ from bot.events import Event, JobFinished, JobProgress
 from bot.jobs import JobState
 from bot.messages import render
 from bot.permissions import is_admin, owner_key
-from cogs.errors import locale_of
+from cogs.interactions import guild_key, locale_of
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
@@ -77,7 +77,7 @@ class Queue(commands.Cog):
         locale = locale_of(interaction)
         user = interaction.user
         actor = owner_key(user)
-        guild_id = str(interaction.guild_id) if interaction.guild_id else None
+        guild_id = guild_key(interaction)
         admin = is_admin(bot.config.discord, user)
         queue = bot.service.queue
         if action == "show":

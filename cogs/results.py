@@ -14,22 +14,15 @@ from bot.delivery import Target
 from bot.errors import UserError
 from bot.jobs import JobRecord
 from bot.messages import language, render
-from bot.permissions import channel_allows_nsfw, is_admin, may_manage, may_reroll, owner_key
-from cogs.errors import locale_of, report_error, send_ephemeral
+from bot.permissions import channel_allows_nsfw, is_admin, may_manage, may_reroll, owner_key, role_ids
+from cogs.errors import report_error
+from cogs.interactions import bot_of, locale_of, send_ephemeral
 
 if TYPE_CHECKING:
     from bot.app import AnimeBot
 
 log = logging.getLogger(__name__)
 REROLL_EMOJI = "🔄"
-
-
-def _bot(interaction: discord.Interaction) -> AnimeBot:
-    return cast("AnimeBot", interaction.client)
-
-
-def role_ids(user: discord.abc.User | None) -> list[str]:
-    return [str(role.id) for role in user.roles] if isinstance(user, discord.Member) else []
 
 
 async def _job(bot: AnimeBot, job_id: int) -> JobRecord:
@@ -58,7 +51,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"anim
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await self.run(interaction, _bot(interaction))
+            await self.run(interaction, bot_of(interaction))
         except Exception as error:  # buttons have no tree error handler: the same report
             await report_error(interaction, error)
 
