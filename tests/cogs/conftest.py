@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import simcord
 
 from bot.app import AnimeBot, create_bot
 from bot.config import load_config
@@ -79,3 +80,12 @@ async def retire(bot: AnimeBot) -> None:
     """Close a bot's test-owned service now (e.g. before a restart on the same data dir)."""
     await bot.service.close()
     closed.add(bot.service)
+
+
+def server(
+    env: simcord.Env, *names: str, guild: simcord.GuildHandle | None = None
+) -> tuple[simcord.ChannelHandle, tuple[simcord.MemberActor, ...]]:
+    """A #general text channel in `guild` (a new server by default) and one member per name, in order."""
+    guild = guild or env.create_guild()
+    channel = guild.create_text_channel("general")
+    return channel, tuple(guild.add_member(env.create_user(name)) for name in names)

@@ -9,7 +9,7 @@ from bot.app import AnimeBot
 from bot.jobs import JobRecord
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest
-from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import jobs_of, nsfw_channels
 
 
@@ -23,9 +23,7 @@ async def queue_jobs(bot: AnimeBot, user_id: int, count: int) -> list[JobRecord]
 async def test_quota_shows_remaining_reset_and_queued(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=10)
 
         empty = await alice.slash(channel, "quota")
@@ -43,9 +41,7 @@ async def test_quota_shows_remaining_reset_and_queued(make_bot: BotFactory) -> N
 async def test_quota_unlimited(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         result = await alice.slash(channel, "quota")
         assert result.ephemeral and result.response is not None and "unlimited" in result.response.content
 
@@ -53,10 +49,7 @@ async def test_quota_unlimited(make_bot: BotFactory) -> None:
 async def test_history_paging_owner_only_and_rerun(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
 
         empty = await alice.slash(channel, "history")
         assert empty.ephemeral and empty.response is not None and "no jobs" in empty.response.content
@@ -93,9 +86,7 @@ async def test_history_paging_owner_only_and_rerun(make_bot: BotFactory) -> None
 async def test_history_rerun_counts_against_the_quota(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=2)
         jobs = await queue_jobs(bot, alice.id, 2)
         result = await alice.slash(channel, "history")
@@ -109,9 +100,7 @@ async def test_history_rerun_counts_against_the_quota(make_bot: BotFactory) -> N
 async def test_history_buttons_work_after_restart(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         jobs = await queue_jobs(bot, alice.id, 7)
         result = await alice.slash(channel, "history")
         assert result.response is not None and "page 1 of 2" in result.response.content

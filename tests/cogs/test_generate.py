@@ -14,7 +14,7 @@ from bot.app import AnimeBot
 from bot.jobs import JobRecord
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest
-from tests.cogs.conftest import BotFactory
+from tests.cogs.conftest import BotFactory, server
 
 STEPS = 2
 
@@ -40,9 +40,7 @@ async def test_generate_end_to_end(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         bot.deliveries.progress_interval = 0.0  # show every step
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
 
         result = await alice.slash(channel, "generate", prompt="1girl, smile", steps=STEPS, seed=42, aspect="1:1")
         assert result.acknowledged and not result.ephemeral
@@ -73,8 +71,7 @@ async def test_autocomplete_caps_and_model_dialect(make_bot: BotFactory) -> None
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice", guild=guild)
         for option in ("quality", "year", "rating", "artist", "aspect"):
             choices = await alice.autocomplete(channel, "generate", option, "")
             assert 1 <= len(choices) <= 25, option
@@ -140,9 +137,7 @@ async def test_nsfw_rating_only_in_age_restricted_channels(
 async def test_banned_word_and_bad_input_change_nothing(make_bot: BotFactory) -> None:
     bot = await make_bot('[discord]\nbanned_words = ["forbidden"]\n')
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         cases: list[tuple[dict[str, Any], str]] = [
             ({"prompt": "1girl, Forbidden thing"}, "not allowed"),
             ({"prompt": "1girl", "steps": 500}, "steps must be from 1 to 150"),
@@ -186,9 +181,7 @@ async def test_unexpected_error_is_logged_and_answered_briefly(
 
     async with simcord.run(bot, settle_timeout=60) as env:
         monkeypatch.setattr(bot.service, "submit", broken)
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         result = await alice.slash(channel, "generate", prompt="1girl")
         assert result.ephemeral and result.response is not None
         assert "Something went wrong" in result.response.content and "fire" not in result.response.content
@@ -217,9 +210,7 @@ async def test_ack_shows_the_queue_position_and_dm_works(make_bot: BotFactory) -
 async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.queue.set_paused(True)
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]

@@ -14,7 +14,7 @@ import simcord
 import simcord.interactions
 
 from bot.translator import CommandTranslator, load_table
-from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import finish, jobs_of
 from tests.cogs.test_results import generated
 
@@ -115,10 +115,7 @@ def test_every_command_text_has_a_japanese_translation() -> None:
 async def test_japanese_member_gets_japanese_messages(make_bot: BotFactory, japanese_users: set[int]) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        hanako = guild.add_member(env.create_user("hanako"))
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (hanako, alice) = server(env, "hanako", "alice")
         japanese_users.add(hanako.id)
         await bot.service.set_quota("user", f"discord:{hanako.id}", "test", images_per_day=10)
 
@@ -167,10 +164,7 @@ async def test_result_delivered_after_a_restart_speaks_the_users_language(
 ) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        hanako = guild.add_member(env.create_user("hanako"))
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (hanako, alice) = server(env, "hanako", "alice")
         japanese_users.add(hanako.id)
         await bot.service.queue.set_paused(True)  # asked before the restart, run after it
         for member in (hanako, alice):

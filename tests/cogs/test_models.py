@@ -8,16 +8,14 @@ import discord
 import simcord
 
 from bot.app import AnimeBot
-from tests.cogs.conftest import BotFactory
+from tests.cogs.conftest import BotFactory, server
 from tests.cogs.test_queue_cog import audit_actions
 
 
 async def test_model_list_info_and_autocomplete(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
 
         listed = await alice.slash(channel, "model list")
         assert listed.ephemeral and listed.response is not None
@@ -43,8 +41,7 @@ async def test_model_switch_and_quota_refused_for_members(make_bot: BotFactory) 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (bob,) = server(env, "bob", guild=guild)
         refused = await bob.slash(channel, "model switch", name="tiny-anima64")
         assert refused.ephemeral and refused.response is not None and "Only admins" in refused.response.content
         refused = await bob.slash(channel, "model quota", user=bob, images_per_day=0)

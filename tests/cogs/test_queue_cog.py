@@ -11,7 +11,7 @@ import simcord
 
 from bot.app import AnimeBot
 from bot.events import Event, JobProgress
-from tests.cogs.conftest import BotFactory
+from tests.cogs.conftest import BotFactory, server
 from tests.cogs.test_account import queue_jobs
 from tests.cogs.test_generate import finish, jobs_of
 
@@ -25,9 +25,7 @@ async def test_queue_shows_length_positions_and_idle(make_bot: BotFactory) -> No
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob", guild=guild)
 
         idle = await alice.slash(channel, "queue")
         assert idle.ephemeral and idle.response is not None
@@ -66,9 +64,7 @@ async def test_queue_shows_and_cancels_the_running_job(make_bot: BotFactory) -> 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob", guild=guild)
         mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
         mod = guild.add_member(env.create_user("mod"), roles=[mods])
         await bot.service.set_quota("user", f"discord:{alice.id}", "test", images_per_day=5)
@@ -104,10 +100,7 @@ async def test_queue_shows_and_cancels_the_running_job(make_bot: BotFactory) -> 
 async def test_queue_admin_actions_refused_for_members(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
         jobs = await queue_jobs(bot, alice.id, 2)
         for action in ("resume", "clear"):
             refused = await bob.slash(channel, "queue", action=action)
@@ -129,8 +122,7 @@ async def test_queue_admin_pause_resume_clear_cancel_audited(make_bot: BotFactor
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice", guild=guild)
         mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
         mod = guild.add_member(env.create_user("mod"), roles=[mods])
 
@@ -155,9 +147,7 @@ async def test_queue_admin_pause_resume_clear_cancel_audited(make_bot: BotFactor
 async def test_queue_cancel_needs_a_job_id(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         result = await alice.slash(channel, "queue", action="cancel")
         assert result.ephemeral and result.response is not None and "id of the job" in result.response.content
         missing = await alice.slash(channel, "queue", action="cancel", job=999)
@@ -167,9 +157,7 @@ async def test_queue_cancel_needs_a_job_id(make_bot: BotFactory) -> None:
 async def test_queue_lists_ten_of_many_own_jobs_and_counts_the_rest(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         jobs = await queue_jobs(bot, alice.id, 150)  # an admin or an uncapped user can have this many
         result = await alice.slash(channel, "queue")
         assert result.response is not None

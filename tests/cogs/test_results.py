@@ -14,7 +14,7 @@ from PIL import Image
 from bot.app import AnimeBot
 from bot.delivery import Delivery, fit_image
 from bot.jobs import JobRecord
-from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import finish, jobs_of
 
 
@@ -35,10 +35,7 @@ async def generated(
 async def test_reroll_button_owner_and_stranger(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
         job, message = await generated(env, bot, alice, channel)
 
         refused = await bob.click(message, custom_id=f"animebot:reroll:{job.id}")
@@ -61,10 +58,7 @@ async def test_reroll_button_owner_and_stranger(make_bot: BotFactory) -> None:
 async def test_reroll_reaction(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
         job, message = await generated(env, bot, alice, channel)
 
         await bob.react(message.message, "🔄")
@@ -88,10 +82,7 @@ async def test_reroll_reaction(make_bot: BotFactory) -> None:
 async def test_reroll_reaction_by_anyone_when_configured(make_bot: BotFactory) -> None:
     bot = await make_bot("[discord]\nreroll_by_anyone = true\n")
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
         job, message = await generated(env, bot, alice, channel)
         await bob.react(message.message, "🔄")
         (new,) = await jobs_of(bot, bob.id)
@@ -102,10 +93,7 @@ async def test_reroll_reaction_by_anyone_when_configured(make_bot: BotFactory) -
 async def test_delete_button_owner_or_admin(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
-        bob = guild.add_member(env.create_user("bob"))
+        channel, (alice, bob) = server(env, "alice", "bob")
         job, message = await generated(env, bot, alice, channel)
         refused = await bob.click(message, custom_id=f"animebot:delete:{job.id}")
         assert refused.response is not None and refused.ephemeral and "Only the owner" in refused.response.content
@@ -118,9 +106,7 @@ async def test_delete_button_owner_or_admin(make_bot: BotFactory) -> None:
 async def test_buttons_work_after_restart(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         job, message = await generated(env, bot, alice, channel)
 
         await retire(bot)
@@ -138,9 +124,7 @@ async def test_buttons_work_after_restart(make_bot: BotFactory) -> None:
 async def test_expired_token_falls_back_to_a_channel_post(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.queue.set_paused(True)
         result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         assert result.acknowledged
@@ -162,9 +146,7 @@ async def test_results_finished_while_away_are_delivered_at_start(make_bot: BotF
 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await retire(bot)
         again = await make_bot()
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
@@ -184,9 +166,7 @@ async def test_jobs_still_queued_at_start_are_delivered_when_they_finish(make_bo
 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await retire(bot)
         again = await make_bot()
         await again.service.queue.set_paused(True)  # submitted before the restart, not run yet
@@ -220,9 +200,7 @@ async def test_oversize_file_is_reencoded_on_delivery(make_bot: BotFactory, monk
     monkeypatch.setattr(Delivery, "upload_limit", lambda self, target: 1500)  # simcord has no upload limits
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         _, message = await generated(env, bot, alice, channel)
         (attachment,) = message.attachments
         assert attachment.filename.endswith(".jpg")
@@ -250,8 +228,7 @@ async def test_admin_may_delete_anyones_result(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice", guild=guild)
         mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
         mod = guild.add_member(env.create_user("mod"), roles=[mods])
         job, message = await generated(env, bot, alice, channel)
@@ -264,8 +241,7 @@ async def test_failed_job_tells_the_user(make_bot: BotFactory, tmp_path: Path) -
     bot = await make_bot(f'[models.broken]\nfamily = "sdxl"\npath = "{tmp_path / "missing"}"\n')
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice", guild=guild)
         await bot.service.store.execute(
             "INSERT INTO guild_settings (guild_id, active_model, updated_at) VALUES (?, 'broken', 0)", (str(guild.id),)
         )
@@ -279,9 +255,7 @@ async def test_failed_job_tells_the_user(make_bot: BotFactory, tmp_path: Path) -
 async def test_failed_edit_falls_back_to_a_channel_post(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.queue.set_paused(True)
         result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
@@ -298,9 +272,7 @@ async def test_unacknowledged_request_still_gets_its_result(make_bot: BotFactory
     """Discord failed the acknowledgement (a hiccup): the job is queued, so its result is posted."""
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         env.inject_error("POST", "/interactions/*/callback", status=404, code=10062, message="Unknown interaction")
         await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
@@ -316,9 +288,7 @@ async def test_failed_delivery_is_tried_again(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         bot.deliveries.retry_delays = (0.05, 0.05)
-        guild = env.create_guild()
-        channel = guild.create_text_channel("general")
-        alice = guild.add_member(env.create_user("alice"))
+        channel, (alice,) = server(env, "alice")
         await bot.service.queue.set_paused(True)
         await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
