@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Literal
 
 from inference.backends.base import Backend
-from inference.device import free_device_memory
 from inference.registry import load_backend
 from inference.specs import ModelSpec, RuntimeOptions
 from inference.types import LoadProgressCallback
@@ -69,18 +68,21 @@ class ModelCache:
         return backend
 
     def _park_active(self) -> None:
-        if self._active is not None and self.location == "cpu" and self._active in self._entries:
-            self._entries[self._active][1].offload()
-        self._active = None if self.location == "cpu" else self._active
+        """With location "cpu", move the active model to RAM. With "device" it stays where it is."""
+        if self.location != "cpu" or self._active is None:
+            return
+        entry = self._entries.get(self._active)
+        if entry is not None:
+            entry[1].offload()
+        self._active = None
 
     def evict(self, name: str) -> None:
         entry = self._entries.pop(name, None)
         if entry is None:
             return
-        entry[1].unload()
+        entry[1].unload()  # which also gives the device memory back
         if self._active == name:
             self._active = None
-        free_device_memory(self.runtime.device)
 
     def clear(self) -> None:
         for name in list(self._entries):

@@ -9,8 +9,6 @@ import torch
 from inference.specs import Family, RuntimeOptions
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
-DTYPE_CHOICES = ("auto", *_DTYPES)
 
 
 def resolve_device(preference: str) -> str:

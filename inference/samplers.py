@@ -40,6 +40,15 @@ def samplers_for(family: Family) -> list[Sampler]:
     return [s for s in SAMPLERS.values() if family in s.families]
 
 
+def require_sampler(sampler_id: str, family: Family) -> Sampler:
+    """The sampler `sampler_id`; ValueError when there is none or it cannot run `family` models."""
+    sampler = SAMPLERS.get(sampler_id)
+    if sampler is None or family not in sampler.families:
+        usable = ", ".join(s.id for s in samplers_for(family))
+        raise ValueError(f"sampler {sampler_id!r} cannot run {family} models (usable: {usable})")
+    return sampler
+
+
 def make_scheduler(sampler_id: str, base_config: Any) -> Any:
     """A fresh scheduler for `sampler_id`, built from a pipeline's scheduler config."""
     import diffusers

@@ -71,12 +71,7 @@ def _make_transforms() -> SimpleNamespace:
     return SimpleNamespace(
         functional=SimpleNamespace(resize=resize),
         InterpolationMode=InterpolationMode,
-        _animebot_shim=True,
     )
-
-
-def is_shim(obj: object) -> bool:
-    return bool(getattr(obj, "_animebot_shim", False))
 
 
 def install() -> None:

@@ -56,6 +56,24 @@ class LoadProgress:
 LoadProgressCallback = Callable[[LoadProgress], None]
 
 
+class LoadStages:
+    """Reports a loader's stages in order: each call announces the next stage, finish() says "ready"."""
+
+    def __init__(self, callback: LoadProgressCallback | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+
+    def __call__(self, stage: str) -> None:
+        if self.callback is not None:
+            self.callback(LoadProgress(stage, self.done, self.total))
+        self.done = min(self.done + 1, self.total)
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(LoadProgress("ready", self.total, self.total))
+
+
 @dataclass
 class CancelToken:
     """Set from any thread; the backend checks it between denoising steps."""
@@ -76,6 +94,15 @@ class GenerationCancelled(Exception):
 
 class ModelLoadError(Exception):
     """A model could not be loaded; the message is meant for the person who configured it."""
+
+
+def error_summary(error: BaseException, limit: int = 240) -> str:
+    """`Type: first line of the message` (cut to `limit` characters), to quote a library's error in ours."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = lines[0] if len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}"
 
 
 class InvalidOutputError(Exception):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -50,7 +50,6 @@ class WorkItem:
     spec: ModelSpec
     params: GenerationParams
     image_paths: tuple[Path, ...]  # where image i is written (absolute)
-    model_label: str = ""  # the model name written into the PNG metadata (default: spec.name)
 
 
 @dataclass(frozen=True)
@@ -110,15 +109,12 @@ class GpuWorker:
         self._task: asyncio.Task[None] | None = None
         self._running: tuple[int, CancelToken] | None = None
         self._stopping = False
-        # duty cycle: seconds the pipeline was running, since start()
-        self.busy_seconds = 0.0
-        self.started_at = 0.0
+        self.busy_seconds = 0.0  # seconds the pipeline has been running (benchmarks read it)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
-            self.started_at = time.perf_counter()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gpu-worker")
 
     async def stop(self) -> None:
@@ -135,8 +131,10 @@ class GpuWorker:
             self._task = None
         if self._saves:
             await asyncio.gather(*self._saves, return_exceptions=True)
-        self._gpu.shutdown(wait=True)
-        self._io.shutdown(wait=True)
+        # The GPU thread finishes the step (or the model load, which nothing interrupts) it is in: wait
+        # for it off the event loop. The PNG thread is idle, every save having been awaited.
+        await asyncio.to_thread(self._gpu.shutdown)
+        self._io.shutdown()
 
     @property
     def running_job(self) -> int | None:
@@ -227,14 +225,18 @@ class GpuWorker:
     def _generate(
         self, backend: Backend, params: GenerationParams, report: Callable[[StepProgress], None], token: CancelToken
     ) -> list[Image.Image]:
-        """On the GPU thread. Times the pipeline for the duty-cycle figure; handles out-of-memory."""
+        """On the GPU thread. Adds the pipeline time to busy_seconds; handles out-of-memory."""
         started = time.perf_counter()
         try:
+            images: list[Image.Image] | None = None
             try:
                 images = backend.generate(params, report, token)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
+            if images is None:
+                # Out of memory. Freed and retried outside the except clause: until it ends, the error's
+                # traceback keeps the failed call's frames, and so its device tensors, alive.
                 log.warning("out of memory with %d image(s); retrying in smaller batches", params.count)
                 free_device_memory(self.cache.runtime.device)
                 images = self._generate_in_halves(backend, params, report, token)
@@ -268,17 +270,9 @@ class GpuWorker:
 
     @staticmethod
     def _encode_and_write(item: WorkItem, images: list[Image.Image]) -> list[SavedImage]:
-        label = item.model_label or item.spec.name
         saved = []
         for index, (image, path) in enumerate(zip(images, item.image_paths, strict=True)):
-            parameters = a1111_parameters(item.params, index, label)
+            parameters = a1111_parameters(item.params, index, item.spec.name)
             write_png(path, encode_png(image, parameters))
             saved.append(SavedImage(index, item.params.seeds[index], path, image.width, image.height, parameters))
         return saved
-
-    def duty_cycle(self) -> float:
-        wall = time.perf_counter() - self.started_at
-        return self.busy_seconds / wall if wall > 0 else 0.0
-
-    def stats(self) -> dict[str, Any]:
-        return {"busy_seconds": self.busy_seconds, "duty_cycle": self.duty_cycle()}

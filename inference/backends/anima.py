@@ -29,7 +29,7 @@ from inference import torchvision_shim
 from inference.backends import anima_comfyui
 from inference.device import free_device_memory, resolve_dtype
 from inference.prompt_weighting import parse_weighted
-from inference.samplers import SAMPLERS, make_scheduler
+from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
     BuiltinSource,
     ComfyUISource,
@@ -39,21 +39,21 @@ from inference.specs import (
     RuntimeOptions,
     SingleFileSource,
 )
-from inference.tiny.anima import ensure_tiny_anima
+from inference.tiny.anima import TINY_ANIMA_NAME, ensure_tiny_anima
 from inference.types import (
     CancelToken,
     GenerationCancelled,
     GenerationParams,
-    LoadProgress,
     LoadProgressCallback,
+    LoadStages,
     ModelLoadError,
     ProgressCallback,
     StepProgress,
+    error_summary,
 )
 
 log = logging.getLogger(__name__)
 
-TINY_ANIMA = "tiny-anima"
 # Every component the text-to-image workflow needs (the guider is created from its config, never loaded).
 REQUIRED_COMPONENTS = (
     "text_encoder",
@@ -87,7 +87,7 @@ class _StepHook:
             _quiet_cancellation.active = True  # the blocks re-raise and log at every nesting level
             raise GenerationCancelled()
 
-    def before_step(self, i: int) -> None:
+    def before_step(self) -> None:
         if self.started is None:
             self.started = time.perf_counter()
         self.check()
@@ -160,7 +160,7 @@ class StepStartBlock(_StepHookBlock):
     summary = "check for cancellation before each denoising step"
 
     def step(self, hook: _StepHook, i: int, block_state: BlockState) -> None:
-        hook.before_step(i)
+        hook.before_step()
 
 
 class StepEndBlock(_StepHookBlock):
@@ -297,10 +297,9 @@ def build_blocks() -> Any:
 class AnimaBackend:
     """A loaded Anima pipeline (see inference.backends.base.Backend)."""
 
-    def __init__(self, spec: ModelSpec, pipeline: Any, runtime: RuntimeOptions, dtype: torch.dtype) -> None:
+    def __init__(self, spec: ModelSpec, pipeline: Any, runtime: RuntimeOptions) -> None:
         self.spec = spec
         self.runtime = runtime
-        self.dtype = dtype
         self._pipe: Any = pipeline
         self._lock = threading.Lock()
         self._sampler: str | None = None
@@ -315,10 +314,7 @@ class AnimaBackend:
         return self._pipe
 
     def _use_sampler(self, sampler_id: str) -> None:
-        sampler = SAMPLERS.get(sampler_id)
-        if sampler is None or "anima" not in sampler.families:
-            usable = ", ".join(s.id for s in SAMPLERS.values() if "anima" in s.families)
-            raise ValueError(f"sampler {sampler_id!r} cannot run Anima (usable: {usable})")
+        require_sampler(sampler_id, "anima")
         if sampler_id != self._sampler:
             pipe = self.pipeline
             pipe.update_components(scheduler=make_scheduler(sampler_id, pipe.scheduler.config))
@@ -345,7 +341,6 @@ class AnimaBackend:
             self._check_params(params)
             self._use_sampler(params.sampler)
             self._use_cfg(params.cfg)
-            torchvision_shim.install()
             hook = _StepHook(progress, cancel, len(params.seeds))
             images: list[Image.Image] = []
             try:
@@ -406,27 +401,6 @@ class AnimaBackend:
 # ------------------------------------------------------------------------------------------ loading
 
 
-class _Stages:
-    def __init__(self, callback: LoadProgressCallback | None, total: int) -> None:
-        self.callback = callback
-        self.total = total
-        self.done = 0
-
-    def __call__(self, stage: str) -> None:
-        if self.callback is not None:
-            self.callback(LoadProgress(stage, self.done, self.total))
-        self.done = min(self.done + 1, self.total)
-
-    def finish(self) -> None:
-        if self.callback is not None:
-            self.callback(LoadProgress("ready", self.total, self.total))
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def _new_pipeline(location: str, where: str, *, revision: str | None, local_files_only: bool) -> Any:
     """An AnimaModularPipeline with our blocks and the component specs recorded at `location`."""
     try:
@@ -439,7 +413,7 @@ def _new_pipeline(location: str, where: str, *, revision: str | None, local_file
     except (OSError, ValueError) as e:
         raise ModelLoadError(
             f"{where}: no Anima pipeline config (modular_model_index.json or model_index.json) "
-            f"could be read ({_short(e)})"
+            f"could be read ({error_summary(e)})"
         ) from e
 
 
@@ -456,7 +430,7 @@ def _require(pipe: Any, names: tuple[str, ...], where: str, load_kwargs: dict[st
         else:
             reason = " (the config names no location for it)"
     except Exception as e:
-        reason = f" ({_short(e)})"
+        reason = f" ({error_summary(e)})"
     raise ModelLoadError(f"{where}: could not load {', '.join(missing)}{reason}")
 
 
@@ -464,7 +438,7 @@ def _load_diffusers_format(
     location: str,
     where: str,
     dtype: torch.dtype,
-    stages: _Stages,
+    stages: LoadStages,
     *,
     revision: str | None = None,
     variant: str | None = None,
@@ -485,12 +459,12 @@ def _load_diffusers_format(
     try:
         pipe.load_components(**kwargs)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{where}: {_short(e)}") from e
+        raise ModelLoadError(f"{where}: {error_summary(e)}") from e
     _require(pipe, REQUIRED_COMPONENTS, where, kwargs)
     return pipe
 
 
-def _load_comfyui(source: ComfyUISource, dtype: torch.dtype, stages: _Stages, local_files_only: bool) -> Any:
+def _load_comfyui(source: ComfyUISource, dtype: torch.dtype, stages: LoadStages, local_files_only: bool) -> Any:
     anima_comfyui.check_files(source)
     config = source.config or anima_comfyui.DEFAULT_CONFIG_REPO
     config_dir: Path | None = None
@@ -520,29 +494,30 @@ def _hub_offline() -> bool:
 
 def _load_pipeline(
     spec: ModelSpec, runtime: RuntimeOptions, dtype: torch.dtype, on_progress: LoadProgressCallback | None
-) -> tuple[Any, _Stages]:
+) -> tuple[Any, LoadStages]:
     source = spec.source
     local_only = runtime.local_files_only or _hub_offline()
     if isinstance(source, BuiltinSource):
-        if source.name != TINY_ANIMA:
-            raise ModelLoadError(f"unknown built-in Anima model {source.name!r} (known: {TINY_ANIMA})")
-        stages = _Stages(on_progress, 4)
-        stages(f"preparing {TINY_ANIMA}")
+        if source.name != TINY_ANIMA_NAME:
+            raise ModelLoadError(f"unknown built-in Anima model {source.name!r} (known: {TINY_ANIMA_NAME})")
+        stages = LoadStages(on_progress, 4)
+        stages(f"preparing {TINY_ANIMA_NAME}")
         try:
             path = ensure_tiny_anima(runtime.cache_dir)
         except OSError as e:
-            raise ModelLoadError(f"could not write {TINY_ANIMA} under {runtime.cache_dir}: {_short(e)}") from e
-        where = f"built-in {TINY_ANIMA} ({path})"
+            reason = error_summary(e)
+            raise ModelLoadError(f"could not write {TINY_ANIMA_NAME} under {runtime.cache_dir}: {reason}") from e
+        where = f"built-in {TINY_ANIMA_NAME} ({path})"
         return _load_diffusers_format(str(path), where, dtype, stages, local_files_only=True), stages
     if isinstance(source, DirSource):
         path = Path(source.path).expanduser()
         if not path.is_dir():
             raise ModelLoadError(f"Anima model directory not found: {path}")
-        stages = _Stages(on_progress, 3)
+        stages = LoadStages(on_progress, 3)
         where = f"Anima directory {path}"
         return _load_diffusers_format(str(path), where, dtype, stages, local_files_only=local_only), stages
     if isinstance(source, HubSource):
-        stages = _Stages(on_progress, 3)
+        stages = LoadStages(on_progress, 3)
         pipe = _load_diffusers_format(
             source.repo_id,
             f"Anima repository {source.repo_id!r}",
@@ -554,7 +529,7 @@ def _load_pipeline(
         )
         return pipe, stages
     if isinstance(source, ComfyUISource):
-        stages = _Stages(on_progress, 6)
+        stages = LoadStages(on_progress, 6)
         return _load_comfyui(source, dtype, stages, local_only), stages
     if isinstance(source, SingleFileSource):
         raise ModelLoadError(
@@ -573,7 +548,7 @@ def load_anima(
     dtype = resolve_dtype(runtime.dtype, runtime.device, "anima")
     try:
         pipe, stages = _load_pipeline(spec, runtime, dtype, on_progress)
-        torchvision_shim.install()
+        torchvision_shim.install()  # once for the process: the Cosmos DiT's forward needs it
         stages(f"moving to {runtime.device}")
         pipe.to(runtime.device)
     except ModelLoadError:
@@ -582,6 +557,6 @@ def load_anima(
     except Exception as e:  # anything else from diffusers/transformers/torch: keep the traceback in the log
         log.warning("loading Anima model %r failed", spec.name, exc_info=True)
         free_device_memory(runtime.device)
-        raise ModelLoadError(f"model {spec.name!r} could not be loaded: {_short(e)}") from e
+        raise ModelLoadError(f"model {spec.name!r} could not be loaded: {error_summary(e)}") from e
     stages.finish()
-    return AnimaBackend(spec, pipe, runtime, dtype)
+    return AnimaBackend(spec, pipe, runtime)

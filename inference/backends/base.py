@@ -33,5 +33,5 @@ class Backend(Protocol):
         ...
 
     def unload(self) -> None:
-        """Drop every reference to the weights."""
+        """Drop every reference to the weights and give the device memory back (free_device_memory)."""
         ...

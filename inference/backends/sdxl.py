@@ -28,9 +28,8 @@ from PIL import Image
 
 from inference.device import free_device_memory, resolve_dtype
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
-from inference.samplers import SAMPLERS, make_scheduler
+from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
-    BUILTIN_MODELS,
     BuiltinSource,
     DirSource,
     HubSource,
@@ -43,18 +42,18 @@ from inference.types import (
     CancelToken,
     GenerationCancelled,
     GenerationParams,
-    LoadProgress,
     LoadProgressCallback,
+    LoadStages,
     ModelLoadError,
     ProgressCallback,
     StepProgress,
+    error_summary,
 )
 
 # The diffusers repository whose configs and tokenizers fit a plain SDXL checkpoint (every Animagine XL
 # single file). Used for a SingleFileSource without `config` when the network must not be touched.
 SDXL_BASE_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 _CONFIG_FILE_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "*.model", "**/*.model"]
-_LOAD_STAGES = 3  # locate, read weights, move to device
 
 T = TypeVar("T")
 
@@ -99,9 +98,7 @@ class SDXLBackend:
         """One image per seed, in order. Activates the model first if it was offloaded."""
         if not params.seeds:
             return []
-        sampler = SAMPLERS.get(params.sampler)
-        if sampler is None or "sdxl" not in sampler.families:
-            raise ValueError(f"sampler {params.sampler!r} is not available for SDXL models")
+        require_sampler(params.sampler, "sdxl")
         with self._lock:
             if cancel is not None and cancel.cancelled:
                 raise GenerationCancelled()
@@ -128,6 +125,7 @@ class SDXLBackend:
                     interrupted = True
                 return {}
 
+            vae_dtype = pipe.vae.dtype
             try:
                 result = pipe(
                     **text_args,
@@ -142,6 +140,11 @@ class SDXLBackend:
                 )
             finally:
                 pipe._interrupt = False
+                # diffusers upcasts an fp16 VAE to fp32 for decoding and casts it back only when decoding
+                # succeeds: after an error there (an out-of-memory at a large size) every later decode would
+                # fail on fp16 latents meeting fp32 weights.
+                if pipe.vae.dtype != vae_dtype:
+                    pipe.vae.to(dtype=vae_dtype)
             if interrupted:
                 raise GenerationCancelled()
             images: list[Image.Image] = list(result.images)
@@ -313,11 +316,6 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
     Every failure (missing or corrupt files, a repository not in the cache, out of memory on the
     device...) is raised as ModelLoadError with a short message that names the source.
     """
-
-    def report(stage: str, done: int) -> None:
-        if on_progress is not None:
-            on_progress(LoadProgress(stage=stage, done=done, total=_LOAD_STAGES))
-
     if spec.family != "sdxl":
         raise ModelLoadError(f"model {spec.name!r} is a {spec.family} model, not SDXL")
     try:
@@ -325,23 +323,24 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
     except KeyError as exc:
         raise ModelLoadError(f"model {spec.name!r}: unknown dtype {runtime.dtype!r}") from exc
     source = spec.source
-    report("locating", 0)
+    stages = LoadStages(on_progress, 3)
+    stages("locating")
     if isinstance(source, BuiltinSource):
-        if BUILTIN_MODELS.get(source.name) != "sdxl" or source.name != TINY_SDXL_NAME:
+        if source.name != TINY_SDXL_NAME:
             raise ModelLoadError(f"model {spec.name!r}: {source.name!r} is not a built-in SDXL model")
         what = f"built-in model {source.name!r}"
         path = _attempt(what, lambda: ensure_tiny_sdxl(runtime.cache_dir))
-        report("reading weights", 1)
+        stages("reading weights")
         pipe = _load_directory(path, dtype, what)
     elif isinstance(source, DirSource):
         what = f"model directory {source.path}"
-        report("reading weights", 1)
+        stages("reading weights")
         pipe = _load_directory(Path(source.path), dtype, what)
     elif isinstance(source, HubSource):
         revision = f"@{source.revision}" if source.revision else ""
         where = "the local Hugging Face cache" if runtime.local_files_only else "the Hugging Face hub"
         what = f"hub model {source.repo_id}{revision} (from {where})"
-        report("reading weights", 1)
+        stages("reading weights")
         pipe = _attempt(
             what,
             lambda: StableDiffusionXLPipeline.from_pretrained(
@@ -358,7 +357,7 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
         if not path.is_file():
             raise ModelLoadError(f"{what} does not exist")
         config = _single_file_config(source.config, runtime.local_files_only, what)
-        report("reading weights", 1)
+        stages("reading weights")
         pipe = _attempt(
             what,
             lambda: StableDiffusionXLPipeline.from_single_file(
@@ -368,10 +367,10 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
     else:
         raise ModelLoadError(f"model {spec.name!r}: {type(source).__name__} cannot hold an SDXL model")
 
-    report(f"moving to {runtime.device}", 2)
+    stages(f"moving to {runtime.device}")
     pipe.set_progress_bar_config(disable=True)
     _attempt(f"{what} on {runtime.device}", lambda: pipe.to(runtime.device))
-    report("ready", 3)
+    stages.finish()
     return SDXLBackend(spec, pipe, runtime)
 
 
@@ -409,7 +408,7 @@ def _single_file_config(config: str | None, local_files_only: bool, what: str) -
         return str(snapshot_download(repo_id, allow_patterns=_CONFIG_FILE_PATTERNS, local_files_only=True))
     except Exception as exc:
         raise ModelLoadError(
-            f"{what}: the configs of {repo_id} are not in the local Hugging Face cache ({_reason(exc)})"
+            f"{what}: the configs of {repo_id} are not in the local Hugging Face cache ({error_summary(exc)})"
         ) from exc
 
 
@@ -419,12 +418,4 @@ def _attempt(what: str, action: Callable[[], T]) -> T:
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"could not load {what}: {_reason(exc)}") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    if len(text) > 240:
-        text = text[:237] + "..."
-    return f"{type(exc).__name__}: {text}"
+        raise ModelLoadError(f"could not load {what}: {error_summary(exc)}") from exc

@@ -8,16 +8,15 @@ Wan 2.1 key names exactly like the real one. Weights are seeded per component: e
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from inference.tiny.common import build_once, byte_alphabet
 
 if TYPE_CHECKING:
     from diffusers import AnimaModularPipeline
 
-TINY_ANIMA_DIRNAME = "tiny-anima"
+TINY_ANIMA_NAME = "tiny-anima"
 _SEED = 0
 
 # Words the tiny T5 Unigram vocabulary knows as whole pieces; anything else falls back to single characters.
@@ -48,26 +47,11 @@ _T5_WORDS = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte→printable-character table (what byte-level BPE vocabularies are made of)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
 def build_qwen_tokenizer() -> Any:
     """A byte-level Qwen2Tokenizer: one token per byte, no merges, Qwen's <|endoftext|> as pad/eos/unk."""
     from transformers import Qwen2Tokenizer
 
-    vocab = {ch: i for i, ch in enumerate(sorted(_bytes_to_unicode().values()))}
+    vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
     return Qwen2Tokenizer(vocab=vocab, merges=[])
 
 
@@ -220,29 +204,12 @@ def _point_index_at(index: Path, old: str, new: str) -> None:
 
 
 def ensure_tiny_anima(cache_dir: Path) -> Path:
-    """The tiny Anima as a diffusers-format directory under `cache_dir`, built and saved on first use.
+    """The tiny Anima as a diffusers-format directory under `cache_dir`, built and saved on first use."""
+    target = Path(cache_dir) / TINY_ANIMA_NAME
 
-    The save goes to a temporary sibling directory that is renamed into place, so a crash or a concurrent
-    build never leaves a half-written model behind.
-    """
-    target = Path(cache_dir) / TINY_ANIMA_DIRNAME
-    if (target / "modular_model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_ANIMA_DIRNAME}-", dir=target.parent))
-    try:
+    def write(staging: Path) -> None:
         pipe: Any = build_tiny_anima()
-        pipe.save_pretrained(str(tmp), overwrite_modular_index=True)
-        _point_index_at(tmp / "modular_model_index.json", str(tmp), str(target))
-        if target.exists() and not (target / "modular_model_index.json").is_file():
-            shutil.rmtree(target)  # left over from something else; not a usable model
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first (the target now exists and is complete): keep theirs.
-            if not (target / "modular_model_index.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        pipe.save_pretrained(str(staging), overwrite_modular_index=True)
+        _point_index_at(staging / "modular_model_index.json", str(staging), str(target))
+
+    return build_once(target, "modular_model_index.json", write)

@@ -12,10 +12,6 @@ so callers' random state is untouched), so every build has the same weights.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 
 import torch
@@ -24,6 +20,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from inference.tiny.common import build_once, byte_alphabet
 
 TINY_SDXL_NAME = "tiny-sdxl"
 TINY_SDXL_SIZE = 64  # default image side in pixels (UNet sample_size 16 x VAE scale factor 4)
@@ -38,28 +36,13 @@ _POOLED_WIDTH = 32  # text_encoder_2 projection_dim
 _TIME_EMBED_DIM = 8  # addition_time_embed_dim; SDXL feeds 6 time ids
 _MAX_TOKENS = 77  # CLIP's context window, as in the real model
 
-_build_lock = threading.Lock()
-
-
-def _byte_alphabet() -> list[str]:
-    """The 256 characters byte-level BPE uses for the bytes 0..255, in GPT-2/CLIP vocabulary order
-    (printable bytes first, so "!" gets id 0 as in the real CLIP vocabulary)."""
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars = [chr(b) for b in printable]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
 
 def _tiny_tokenizer(pad_token: str) -> CLIPTokenizer:
     """A CLIP tokenizer with a byte-level vocabulary and no merges: every character is one token.
 
     Real SDXL pads with "<|endoftext|>" in the first tokenizer and "!" in the second; we do the same.
     """
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     vocab: dict[str, int] = {}
     for ch in alphabet:
         vocab[ch] = len(vocab)
@@ -157,34 +140,7 @@ def build_tiny_sdxl() -> StableDiffusionXLPipeline:
 
 
 def ensure_tiny_sdxl(cache_dir: Path) -> Path:
-    """The tiny SDXL model as a diffusers directory under `cache_dir`, built and saved on the first call.
-
-    The model is written to a temporary directory next to its final place and renamed into place, so an
-    interrupted build never leaves a half-written model behind. Safe to call from several threads; if two
-    processes race, the loser discards its copy.
-    """
-    target = Path(cache_dir) / TINY_SDXL_NAME
-    if _is_complete(target):
-        return target
-    with _build_lock:
-        if _is_complete(target):
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{TINY_SDXL_NAME}-", dir=target.parent))
-        try:
-            build_tiny_sdxl().save_pretrained(staging)
-            if target.exists() and not _is_complete(target):
-                shutil.rmtree(target)  # a leftover from something other than us; never half a model
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not _is_complete(target):  # not a lost race: a real error
-                    raise
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _is_complete(path: Path) -> bool:
-    return (path / "model_index.json").is_file()
+    """The tiny SDXL model as a diffusers directory under `cache_dir`, built and saved on the first call."""
+    return build_once(
+        Path(cache_dir) / TINY_SDXL_NAME, "model_index.json", lambda staging: build_tiny_sdxl().save_pretrained(staging)
+    )

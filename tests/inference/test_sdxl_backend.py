@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +351,29 @@ def test_cancelled_before_start(backend: SDXLBackend) -> None:
     with pytest.raises(GenerationCancelled):
         backend.generate(params(), progress=seen.append, cancel=token)
     assert seen == []
+
+
+@pytest.mark.filterwarnings("ignore")  # diffusers warns about fp16 on the CPU and about its own upcast_vae
+def test_fp16_vae_keeps_its_dtype_after_a_failed_decode(runtime: RuntimeOptions) -> None:
+    """diffusers upcasts a force_upcast fp16 VAE to fp32 for decoding and casts it back only on success;
+    an out-of-memory error while decoding must not leave the model unable to decode again."""
+    loaded = load_sdxl(spec(BuiltinSource("tiny-sdxl")), replace(runtime, dtype="float16"))
+    vae = loaded.pipeline.vae
+    assert vae.dtype == torch.float16 and vae.config.force_upcast
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    vae.decode = out_of_memory
+    try:
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            loaded.generate(params(steps=1))
+    finally:
+        del vae.decode
+    assert vae.dtype == torch.float16
+    [image] = loaded.generate(params(steps=1))  # the retry decodes (before the fix: Half input, float bias)
+    assert image.size == (SIZE, SIZE)
+    assert vae.dtype == torch.float16
 
 
 # -- sources --------------------------------------------------------------------------------------------
