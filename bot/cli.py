@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--aspect", help="W:H, e.g. 13:19 (nearest trained resolution)")
     size.add_argument("--size", help="exact WxH, e.g. 832x1216")
     gen.add_argument("--count", type=_whole_number, default=1, help="images, one seed each (seed, seed+1, ...)")
-    gen.add_argument("--out", type=Path, help="output folder (default: <data_dir>/outputs)")
+    gen.add_argument("--out", type=Path, help="also copy the images here (they stay in <data_dir>/images)")
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
@@ -89,12 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_tags(config: Config) -> TagDatabase | None:
-    """The tag database if one was imported, else None (the builder then keeps tag order as typed)."""
+    """The tag database if one was imported, else None (the builder then keeps tag order as typed).
+    CliError if it cannot be used (not a tag database, another schema version)."""
     if not config.tags_db.is_file():
         return None
-    from bot.tags import TagDatabase
+    from bot.tags import TagDatabase, TagImportError
 
-    return TagDatabase.open(config.tags_db)
+    try:
+        return TagDatabase.open(config.tags_db)
+    except TagImportError as e:
+        raise CliError(str(e)) from None
 
 
 def _request(args: argparse.Namespace, config: Config) -> GenerationRequest:
@@ -244,11 +248,8 @@ def _models(config: Config) -> int:
     return 0
 
 
-_CATEGORY_NAMES = {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5}
-
-
 def _tags(args: argparse.Namespace, config: Config) -> int:
-    from bot.tags import TagCategory, TagDatabase, TagImportError, import_csv
+    from bot.tags import TagCategory, TagImportError, import_csv
 
     if args.tags_command == "import":
         try:
@@ -260,14 +261,14 @@ def _tags(args: argparse.Namespace, config: Config) -> int:
 
     from bot.dialects import load_dialect
 
-    if not config.tags_db.is_file():
-        raise CliError(f"no tag database at {config.tags_db}: run `animebot tags import FILE` first")
     model = args.model or config.inference.default_model
     if model not in config.models:
         raise CliError(f"unknown model {model!r} (have: {', '.join(config.models)})")
     dialect = load_dialect(config.models[model].dialect)
-    db = TagDatabase.open(config.tags_db)
-    category = TagCategory(_CATEGORY_NAMES[args.category]) if args.category else None
+    db = _open_tags(config)
+    if db is None:
+        raise CliError(f"no tag database at {config.tags_db}: run `animebot tags import FILE` first")
+    category = TagCategory.parse(args.category) if args.category else None
     for match in db.search(args.text, category):
         tag = match.tag
         text = dialect.format_artist(tag.name) if tag.category == TagCategory.ARTIST else dialect.format_tag(tag.name)

@@ -20,7 +20,8 @@ from inference.specs import (
     SingleFileSource,
 )
 
-BUILTIN_DIALECTS = {"tiny-sdxl": "animagine-xl-4.0", "tiny-anima": "anima"}
+# The dialect a model gets when its config names none (the built-ins too).
+DEFAULT_DIALECTS = {"sdxl": "animagine-xl-4.0", "anima": "anima"}
 TINY_SIZE_SCALE = 0.125
 
 
@@ -152,7 +153,7 @@ def _resolve(base: Path, value: str) -> Path:
 
 def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {
-        name: ModelSpec(name, family, BUILTIN_DIALECTS[name], BuiltinSource(name), TINY_SIZE_SCALE)
+        name: ModelSpec(name, family, DEFAULT_DIALECTS[family], BuiltinSource(name), TINY_SIZE_SCALE)
         for name, family in BUILTIN_MODELS.items()
     }
     for name, m in configured.items():
@@ -160,12 +161,10 @@ def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, 
         if m.builtin is not None:
             source = BuiltinSource(m.builtin)
             family = BUILTIN_MODELS[m.builtin]
-            dialect = m.dialect or BUILTIN_DIALECTS[m.builtin]
             scale = m.size_scale if "size_scale" in m.model_fields_set else TINY_SIZE_SCALE
         else:
             assert m.family is not None
             family = m.family
-            dialect = m.dialect or ("anima" if family == "anima" else "animagine-xl-4.0")
             scale = m.size_scale
             config = m.config
             if config is not None and not _looks_like_hub_id(config):
@@ -185,6 +184,7 @@ def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, 
                     vae=_resolve(root / "vae", m.comfyui.vae),
                     config=config,
                 )
+        dialect = m.dialect or DEFAULT_DIALECTS[family]
         try:
             load_dialect(dialect)
         except DialectError as e:

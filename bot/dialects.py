@@ -7,6 +7,7 @@ year 2019, rating "explicit", an artist) becomes different text per model.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ class Dialect:
 
     def nearest_bucket(self, width: int, height: int) -> Bucket:
         """The bucket whose aspect ratio is closest to width:height (log-ratio distance)."""
-        import math
-
         target = math.log(width / height)
         return min(self.buckets, key=lambda b: abs(math.log(b.width / b.height) - target))
 

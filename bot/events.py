@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,12 @@ class EventBus:
         self._subscribers.discard(queue)
 
     def publish(self, event: Event) -> None:
+        """Never raises: publishers are the queue's state changes and the GPU worker, which a frontend's
+        broken callback must not stop half-way."""
         for queue in self._subscribers:
             queue.put_nowait(event)
         for callback in list(self._listeners):
-            callback(event)
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event listener %r failed on %r", callback, event)

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from bot.prompt_builder import PromptChoices
 from bot.requests import GenerationRequest, ResolvedRequest
@@ -186,37 +186,46 @@ class JobRepository:
 
     async def fail(self, job_id: int, message: str) -> bool:
         """queued/running → failed, once; its quota usage is given back."""
-        async with self.store.transaction():
-            changed = await self.store.execute(
-                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? "
-                "WHERE id = ? AND state IN ('queued', 'running')",
-                (message, time.time(), job_id),
-            )
-            if changed == 1:
-                await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
-            return changed == 1
+        return await self._end_unfinished(job_id, JobState.FAILED, "error", message)
 
     async def cancel(self, job_id: int, by: str) -> bool:
         """queued/running → cancelled, once; its quota usage is given back."""
+        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by)
+
+    async def _end_unfinished(
+        self, job_id: int, state: JobState, column: Literal["error", "cancelled_by"], value: str
+    ) -> bool:
         async with self.store.transaction():
             changed = await self.store.execute(
-                "UPDATE jobs SET state = 'cancelled', cancelled_by = ?, finished_at = ? "
+                f"UPDATE jobs SET state = ?, {column} = ?, finished_at = ? "
                 "WHERE id = ? AND state IN ('queued', 'running')",
-                (by, time.time(), job_id),
+                (state.value, value, time.time(), job_id),
             )
             if changed == 1:
                 await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
             return changed == 1
 
+    async def request_cancel(self, job_id: int, by: str) -> None:
+        """Record who asked to cancel a running job; the worker stops it (on_cancelled), or the next start
+        cancels it if the process dies first."""
+        await self.store.execute(
+            "UPDATE jobs SET cancelled_by = ? WHERE id = ? AND state IN ('queued', 'running')", (by, job_id)
+        )
+
     async def requeue_interrupted(self) -> list[int]:
         """At start: jobs left running by a process that died go back to the queue (their order kept).
-        A job that was already started MAX_ATTEMPTS times is failed instead: it may be what kills the
-        process (driver crash, the kernel's OOM killer), and must not crash-loop the bot."""
+        A job someone had asked to cancel is cancelled instead. A job that was already started
+        MAX_ATTEMPTS times is failed: it may be what kills the process (driver crash, the kernel's OOM
+        killer), and must not crash-loop the bot."""
         async with self.store.transaction():
-            rows = await self.store.fetchall("SELECT id, attempts FROM jobs WHERE state = 'running' ORDER BY id")
+            rows = await self.store.fetchall(
+                "SELECT id, attempts, cancelled_by FROM jobs WHERE state = 'running' ORDER BY id"
+            )
             requeued = []
             for row in rows:
-                if row["attempts"] >= MAX_ATTEMPTS:
+                if row["cancelled_by"] is not None:
+                    await self.cancel(row["id"], row["cancelled_by"])
+                elif row["attempts"] >= MAX_ATTEMPTS:
                     await self.fail(row["id"], "This job stopped the bot every time it ran, so it was given up.")
                 else:
                     await self.store.execute(

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.dialects import Dialect, escape_parentheses, underscores_to_spaces
+from bot.dialects import Dialect, underscores_to_spaces
 from bot.errors import UserError
 from inference.prompt_weighting import has_weighting, strip_weighting
 
@@ -241,12 +241,7 @@ def _free_entries(dialect: Dialect, prompt: str, cls: _Classifier, tags: TagLook
         if not _QUALIFIED_NAME.match(name) and _looks_like_sentence(name):
             entries.append(_Entry("text", piece, key))
             continue
-        if in_weight:
-            text = underscores_to_spaces(piece)
-        else:
-            text = underscores_to_spaces(name)
-            if dialect.escape_parentheses:
-                text = escape_parentheses(text)
+        text = underscores_to_spaces(piece) if in_weight else dialect.format_tag(name)
         entries.append(_Entry("general", text, key))
     return entries
 

@@ -144,26 +144,48 @@ class JobQueue:
             raise UserError("not_your_job", job_id=job_id)
         if job.state.finished:
             raise UserError("job_finished", job_id=job_id)
-        if job_id in self._waiting:
-            if await self.jobs.cancel(job_id, by):
-                del self._waiting[job_id]
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is not None:
+            # Out of the waiting list before the first await: the worker cannot claim it meanwhile.
+            try:
+                cancelled = await self.jobs.cancel(job_id, by)
+            except BaseException:
+                self._put_back({job_id: waiting})
+                raise
+            self._start_afresh_if_idle(waiting.owner_id)
+            if cancelled:
                 self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
-                self._publish_positions()
+            self._publish_positions()
         else:
-            await self.store.execute("UPDATE jobs SET cancelled_by = ? WHERE id = ?", (by, job_id))
+            await self.jobs.request_cancel(job_id, by)
         refreshed = await self.jobs.get(job_id)
         assert refreshed is not None
         return refreshed
 
     async def clear(self, by: str) -> int:
-        """Cancel every waiting job (admin)."""
-        count = 0
-        for job_id in list(self._waiting):
-            if await self.jobs.cancel(job_id, by):
-                count += 1
-                self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
-            self._waiting.pop(job_id, None)
-        return count
+        """Cancel every waiting job (admin), in one transaction."""
+        taken, self._waiting = self._waiting, {}  # before the first await, as in cancel()
+        try:
+            async with self.store.transaction():
+                cancelled = [job_id for job_id in taken if await self.jobs.cancel(job_id, by)]
+        except BaseException:
+            self._put_back(taken)
+            raise
+        self._served.clear()
+        for job_id in cancelled:
+            self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
+        self._publish_positions()
+        return len(cancelled)
+
+    def _put_back(self, taken: dict[int, _Waiting]) -> None:
+        """Undo a removal whose store write failed. Ids grow with submission, so id order is queue order."""
+        self._waiting = dict(sorted({**self._waiting, **taken}.items()))
+        self._wakeup.set()
+
+    def _start_afresh_if_idle(self, owner_id: str) -> None:
+        """Once a user has nothing waiting, their next job is ranked as a newcomer's (see the module doc)."""
+        if not any(w.owner_id == owner_id for w in self._waiting.values()):
+            self._served.pop(owner_id, None)
 
     @property
     def paused(self) -> bool:
@@ -191,14 +213,16 @@ class JobQueue:
             await self._wakeup.wait()
 
     async def _claim(self, job_id: int) -> WorkItem | None:
-        waiting = self._waiting.pop(job_id)
+        waiting = self._waiting.pop(job_id, None)
+        if waiting is None:
+            return None  # cancelled since next_job() computed the order
         self.running = job_id  # before the first await: the job is never neither waiting nor running
         if not await self.jobs.claim(job_id):
             self.running = None
+            self._start_afresh_if_idle(waiting.owner_id)
             return None  # cancelled elsewhere meanwhile
         self._served[waiting.owner_id] += 1
-        if not any(w.owner_id == waiting.owner_id for w in self._waiting.values()):
-            self._served[waiting.owner_id] = 0  # their queue is empty: next time they start fresh
+        self._start_afresh_if_idle(waiting.owner_id)
         job = await self.jobs.get(job_id)
         assert job is not None
         spec = self.models.get(job.model)

@@ -47,14 +47,16 @@ def format_wait(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _most_generous(limits: Sequence[QuotaLimits], default: QuotaLimits) -> QuotaLimits:
+def _most_generous(limits: Sequence[QuotaLimits]) -> QuotaLimits:
+    """Field by field, the most generous of several (non-empty) limits; None (unlimited) beats any count."""
+
     def best(values: list[int | None]) -> int | None:
         return None if any(v is None for v in values) else max(v for v in values if v is not None)
 
     return QuotaLimits(
         images_per_day=best([limit.images_per_day for limit in limits]),
         max_queued=best([limit.max_queued for limit in limits]),
-        cooldown_seconds=min(limit.cooldown_seconds for limit in limits) if limits else default.cooldown_seconds,
+        cooldown_seconds=min(limit.cooldown_seconds for limit in limits),
     )
 
 
@@ -66,26 +68,34 @@ class Quotas:
 
     async def override(self, scope: str, target: str) -> QuotaLimits | None:
         """The limits one user's or role's override gives (unset fields: the defaults); None if none."""
-        row = await self.store.fetchone(
+        found = await self._overrides(scope, [target])
+        return found[0] if found else None
+
+    async def _overrides(self, scope: str, targets: Sequence[str]) -> list[QuotaLimits]:
+        """The overrides of those of `targets` that have one, in one query."""
+        if not targets:
+            return []
+        rows = await self.store.fetchall(
             "SELECT images_per_day, max_queued, cooldown_seconds FROM quota_overrides "
-            "WHERE scope = ? AND target_id = ?",
-            (scope, target),
+            f"WHERE scope = ? AND target_id IN ({', '.join('?' * len(targets))})",
+            (scope, *targets),
         )
-        if row is None:
-            return None
         d = self.default
-        return QuotaLimits(
-            images_per_day=d.images_per_day if row["images_per_day"] is None else _unlimited(row["images_per_day"]),
-            max_queued=d.max_queued if row["max_queued"] is None else _unlimited(row["max_queued"]),
-            cooldown_seconds=d.cooldown_seconds if row["cooldown_seconds"] is None else row["cooldown_seconds"],
-        )
+        return [
+            QuotaLimits(
+                images_per_day=d.images_per_day if row["images_per_day"] is None else _unlimited(row["images_per_day"]),
+                max_queued=d.max_queued if row["max_queued"] is None else _unlimited(row["max_queued"]),
+                cooldown_seconds=d.cooldown_seconds if row["cooldown_seconds"] is None else row["cooldown_seconds"],
+            )
+            for row in rows
+        ]
 
     async def limits_for(self, user_id: str, role_ids: Sequence[str] = ()) -> QuotaLimits:
         own = await self.override("user", user_id)
         if own is not None:
             return own
-        roles = [o for o in [await self.override("role", r) for r in role_ids] if o is not None]
-        return _most_generous(roles, self.default) if roles else self.default
+        roles = await self._overrides("role", role_ids)
+        return _most_generous(roles) if roles else self.default
 
     async def set_override(
         self,

@@ -236,10 +236,15 @@ class GenerationService:
     # -- models ----------------------------------------------------------------------------------
 
     async def active_model(self, guild_id: str | None = None) -> str:
-        for key in ([guild_id] if guild_id else []) + [GLOBAL]:
-            name = await self.store.scalar("SELECT active_model FROM guild_settings WHERE guild_id = ?", (key,))
-            if name in self.config.models:
-                return str(name)
+        """The guild's model, else the global default, else the config's (a name no longer configured is
+        skipped). One query: autocomplete asks on every keystroke."""
+        rows = await self.store.fetchall(
+            "SELECT guild_id, active_model FROM guild_settings WHERE guild_id IN (?, ?)", (guild_id or GLOBAL, GLOBAL)
+        )
+        chosen = {row["guild_id"]: row["active_model"] for row in rows}
+        for key in (guild_id or GLOBAL, GLOBAL):
+            if chosen.get(key) in self.config.models:
+                return str(chosen[key])
         return self.config.inference.default_model
 
     async def switch_model(self, name: str, actor: str, guild_id: str | None = None) -> None:

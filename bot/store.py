@@ -9,6 +9,7 @@ awaits. With it, check-then-write sequences (quotas) are atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -81,13 +82,17 @@ class Store:
         async with self._lock:
             self._owner = task
             try:
+                # BEGIN and COMMIT are inside the try: a task cancelled while BEGIN is on its way, or a
+                # COMMIT that fails (a deferred constraint, a full disk), must not leave the shared
+                # connection in an open transaction that every later BEGIN would trip over.
                 await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    raise
+                yield self
                 await self._db.execute("COMMIT")
+            except BaseException:
+                # Statements run in order on aiosqlite's thread, so this comes after a cancelled BEGIN.
+                with contextlib.suppress(sqlite3.OperationalError):  # "no transaction is active"
+                    await self._db.execute("ROLLBACK")
+                raise
             finally:
                 self._owner = None
 

@@ -177,3 +177,13 @@ def test_work_refuses_a_paused_queue_until_resumed(capsys: pytest.CaptureFixture
     assert code == 2 and "work --resume" in err
     code, out, _ = run(capsys, "work", "--resume", "--config", str(config))
     assert code == 0 and f"job #{job_id}: done" in out
+
+
+def test_an_unusable_tag_database_is_an_error_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('data_dir = "d"\n', encoding="utf-8")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "tags.sqlite").write_bytes(b"not a database at all" * 100)
+    for args in (["tags", "search", "ebi"], ["generate", "1girl", "--dry-run"]):
+        code, out, err = run(capsys, *args, "--config", str(cfg))
+        assert code == 2 and out == "" and "is not a SQLite database" in err, args

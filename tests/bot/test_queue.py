@@ -331,3 +331,100 @@ async def test_a_job_that_keeps_killing_the_process_is_given_up(make_service: Se
     given_up = await restarted.queue.jobs.get(job.id)
     assert given_up is not None and given_up.state == JobState.FAILED and "given up" in (given_up.error or "")
     assert (await restarted.quota("u")).used == 1  # its images were given back
+
+
+async def test_clear_never_cancels_a_job_the_worker_starts_meanwhile(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    first, second = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(2)]
+    light = await service.submit(request(seed=9, steps=1), "light")  # runs before `second`
+    events = service.events.subscribe()
+    await service.queue.set_paused(False)  # the worker wakes up while the admin clears the queue
+    cleared = await service.queue.clear("admin")
+    await service.drain()
+    seen = _drain(events)
+    started = {e.job_id for e in seen if isinstance(e, JobStarted)}
+    finals = {job.id: await service.queue.jobs.get(job.id) for job in (first, second, light)}
+    cancelled = {job_id for job_id, job in finals.items() if job and job.state == JobState.CANCELLED}
+    assert cleared == len(cancelled)
+    assert not started & cancelled  # a job clear() cancelled never ran; one that ran was not cancelled
+    for job_id in started:
+        assert finals[job_id].state == JobState.DONE  # type: ignore[union-attr]
+        assert await service.queue.jobs.images(job_id)
+    assert len(service.queue) == 0 and service.queue.running is None
+
+
+async def test_cancelling_the_job_the_worker_is_about_to_claim(make_service: ServiceFactory,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    job = await service.submit(request(steps=1), "owner")
+    cancel_in_store = service.queue.jobs.cancel
+
+    async def worker_wakes_first(job_id: int, by: str) -> bool:
+        await service.queue.set_paused(False)
+        await asyncio.sleep(0)  # the worker looks for its next job before the cancellation is stored
+        return await cancel_in_store(job_id, by)
+
+    monkeypatch.setattr(service.queue.jobs, "cancel", worker_wakes_first)
+    cancelled = await service.cancel(job.id, "owner")
+    monkeypatch.undo()
+    assert cancelled.state == JobState.CANCELLED
+    await service.drain()
+    final = await service.queue.jobs.get(job.id)
+    assert final is not None and final.state == JobState.CANCELLED and final.attempts == 0
+
+
+async def test_a_user_who_cancelled_everything_starts_the_round_robin_afresh(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    events = service.events.subscribe()
+    running = await service.submit(request(steps=40), "u1")
+    waiting = await service.submit(request(steps=1), "u1")
+    await service.queue.set_paused(False)
+    while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobStarted)
+               and event.job_id == running.id):
+        pass
+    await service.queue.set_paused(True)
+    await service.cancel(waiting.id, "u1")  # u1 has nothing waiting now
+    x1 = await service.submit(request(steps=1), "u2")
+    x2 = await service.submit(request(steps=1), "u2")
+    again = await service.submit(request(steps=1), "u1")
+    assert service.queue.order() == [x1.id, again.id, x2.id]
+    service.events.unsubscribe(events)
+    await service.cancel(running.id, "u1")
+    await service.wait(running.id)
+
+
+async def test_a_broken_event_listener_does_not_stop_the_worker(make_service: ServiceFactory,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    service = await make_service(UNLIMITED)
+    seen: list[Event] = []
+
+    def broken(event: Event) -> None:
+        if isinstance(event, JobStarted):
+            raise RuntimeError("a frontend bug")
+
+    service.events.listen(broken)
+    service.events.listen(seen.append)  # listeners after the broken one still hear every event
+    first = await service.submit(request(steps=1), "u")
+    second = await service.submit(request(steps=1), "u")
+    for job in (first, second):
+        assert (await asyncio.wait_for(service.wait(job.id), 60)).state == JobState.DONE
+    assert {e.job_id for e in seen if isinstance(e, JobStarted)} == {first.id, second.id}
+    assert "a frontend bug" in caplog.text
+
+
+async def test_a_running_job_whose_cancel_was_asked_is_not_rerun_after_a_crash(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    await service.queue.set_paused(True)
+    job = await service.submit(request(), "u")
+    # As if the owner asked to cancel it while it ran, and the process died before the worker stopped it.
+    await service.store.execute("UPDATE jobs SET state = 'running', attempts = 1, cancelled_by = 'u' WHERE id = ?",
+                                (job.id,))
+    await service.close()
+    restarted = await make_service(UNLIMITED)
+    assert restarted.interrupted == []
+    final = await restarted.queue.jobs.get(job.id)
+    assert final is not None and final.state == JobState.CANCELLED and final.cancelled_by == "u"
+    assert (await restarted.quota("u")).used == 0

@@ -108,3 +108,30 @@ async def test_a_database_of_an_older_release_is_upgraded_and_keeps_its_jobs(tmp
         assert job is not None and job.request.choices.prompt == "1girl" and job.locale is None
     finally:
         await store.close()
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_no_open_transaction(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.sqlite")
+    try:
+        task = asyncio.create_task(store.execute("INSERT INTO bot_state (key, value) VALUES ('a', '1')"))
+        await asyncio.sleep(0)  # the task has sent BEGIN IMMEDIATE and waits for it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.execute("INSERT INTO bot_state (key, value) VALUES ('b', '1')")  # not "within a transaction"
+        assert [r["key"] for r in await store.fetchall("SELECT key FROM bot_state")] == ["b"]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_commit_is_rolled_back(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.sqlite")
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.transaction():
+                await store.execute("PRAGMA defer_foreign_keys = ON")  # the foreign key is checked at COMMIT
+                await store.execute("INSERT INTO usage (user_id, job_id, images, at) VALUES ('nobody', 1, 1, 0)")
+        await store.execute("INSERT INTO bot_state (key, value) VALUES ('b', '1')")
+        assert await store.scalar("SELECT COUNT(*) FROM usage") == 0
+    finally:
+        await store.close()
