@@ -18,6 +18,7 @@ from bot.dialects import load_dialect
 from bot.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
 from bot.jobs import JobRecord, JobState
 from bot.messages import render
+from bot.prompt_builder import build_prompt
 from bot.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -278,13 +279,12 @@ class Delivery:
         return files
 
     def sensitive(self, job: JobRecord) -> bool:
-        if not self.service.config.discord.spoiler_sensitive or not job.request.choices.rating:
-            return False
+        """An nsfw rating, chosen or typed into the prompt, as the prompt builder reads it."""
         spec = self.service.config.models.get(job.model)
-        if spec is None:
+        if not self.service.config.discord.spoiler_sensitive or spec is None:
             return False
-        choices = load_dialect(spec.dialect).choices
-        return choices.canonical_rating(job.request.choices.rating) in choices.nsfw_ratings
+        dialect = load_dialect(spec.dialect)
+        return bool(build_prompt(dialect, job.request.choices).ratings & dialect.choices.nsfw_ratings)
 
     async def deliver_pending(self) -> None:
         """After a start: results that finished while the bot was away are posted in their channel

@@ -161,10 +161,12 @@ async def test_sensitive_results_are_spoilers_when_configured(
         adult = guild.create_text_channel("adult")
         nsfw_channels(monkeypatch, {adult.id})
         alice = guild.add_member(env.create_user("alice"))
-        for rating, spoiler in (("explicit", True), ("general", False)):
-            result = await alice.slash(adult, "generate", prompt="1girl", rating=rating, steps=1, aspect="1:1")
+        cases = (({"rating": "explicit"}, True), ({"rating": "general"}, False), ({"prompt": "1girl, explicit"}, True))
+        for options, spoiler in cases:
+            options = {"prompt": "1girl", **options}
+            result = await alice.slash(adult, "generate", steps=1, aspect="1:1", **options)
             job = (await jobs_of(bot, alice.id))[0]
-            assert job.request.choices.sfw is not spoiler  # a general rating is SFW even here
+            assert job.request.choices.sfw is (options.get("rating") == "general")  # SFW even here
             await finish(env, bot, job.id)
             assert result.response is not None
             (attachment,) = result.response.attachments
