@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from bot.config import load_config
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest, resolve_request
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest, resolve_request
 
 
 def main() -> None:

@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from measure import LagProbe, ms, percentile  # noqa: E402  (benchmarks/measure.py)
 
 from bot.config import Config, parse_config  # noqa: E402
-from bot.prompt_builder import PromptChoices  # noqa: E402
-from bot.requests import GenerationRequest  # noqa: E402
+from bot.prompts.builder import PromptChoices  # noqa: E402
+from bot.prompts.requests import GenerationRequest  # noqa: E402
 
 MODEL = "tiny-sdxl"
 OWNERS = ("discord:1", "discord:2", "discord:3")  # a few users, as on a server (fair order interleaves them)
@@ -68,8 +68,8 @@ def timed_worker_classes() -> tuple[type[Any], type[Any]]:
     """GpuWorker subclasses that record every pipeline run (start, end) on the GPU thread; the second
     one is the prototype. Defined lazily: importing inference.worker imports torch."""
     from inference.backends.base import Backend
-    from inference.types import CancelToken, GenerationParams, StepProgress
-    from inference.worker import GpuWorker, WorkItem
+    from inference.types import CancelToken, GenerationParams, StepProgress, WorkItem
+    from inference.worker import GpuWorker
 
     class TimedWorker(GpuWorker):
         runs: list[tuple[float, float]]
@@ -140,13 +140,6 @@ def timed_worker_classes() -> tuple[type[Any], type[Any]]:
             task.add_done_callback(self._saves.discard)
 
     return TimedWorker, PrefetchingWorker
-
-
-def use_worker_class(cls: type[Any]) -> None:
-    """Make GenerationService.start() build its worker from `cls` (a GpuWorker subclass)."""
-    import bot.service
-
-    bot.service.__dict__["GpuWorker"] = cls
 
 
 # -- the figures ---------------------------------------------------------------------------------------
@@ -230,10 +223,9 @@ def latency_summary(times: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace, data_dir: Path, worker_cls: type[Any], label: str, warm: bool) -> None:
-    from bot.service import GenerationService
+    from bot.core.service import GenerationService
 
-    use_worker_class(worker_cls)
-    service = GenerationService(make_config(data_dir))
+    service = GenerationService(make_config(data_dir), worker_class=worker_cls)
     probe = LagProbe().start()
     started = time.perf_counter()
     await service.start()

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import bot.tags as tags  # noqa: E402
-from bot.tags import TagCategory, TagDatabase, _prefix_end, import_csv  # noqa: E402
+import bot.prompts.tags as tags  # noqa: E402
+from bot.prompts.tags import TagCategory, TagDatabase, _prefix_end, import_csv  # noqa: E402
 
 
 def default_csv() -> Path:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bot.config import Config, ConfigError, load_config
-from bot.errors import UserError
-from bot.jobs import JobState
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest, ResolvedRequest, resolve_request
+from bot.core.errors import UserError
+from bot.core.jobs import JobState
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
 
 if TYPE_CHECKING:
-    from bot.tags import TagDatabase
+    from bot.prompts.tags import TagDatabase
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -93,7 +93,7 @@ def _open_tags(config: Config) -> TagDatabase | None:
     CliError if it cannot be used (not a tag database, another schema version)."""
     if not config.tags_db.is_file():
         return None
-    from bot.tags import TagDatabase, TagImportError
+    from bot.prompts.tags import TagDatabase, TagImportError
 
     try:
         return TagDatabase.open(config.tags_db)
@@ -169,8 +169,8 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
     """Submit to the same durable queue the bot uses, run the worker until this job is finished, and
     print the image paths. If the process dies, the job stays queued and runs at the next start."""
-    from bot.events import JobFinished, JobProgress, JobStarted, ModelLoading
-    from bot.service import GenerationService, cli_user
+    from bot.core.events import JobFinished, JobProgress, JobStarted, ModelLoading
+    from bot.core.service import GenerationService, cli_user
 
     status = _TerminalProgress(sys.stderr)
     service = GenerationService(config)
@@ -211,7 +211,7 @@ def _work(config: Config, resume: bool = False) -> int:
     """Run the worker until the queue is empty (jobs left by a crash or submitted elsewhere)."""
 
     async def run() -> int:
-        from bot.service import GenerationService
+        from bot.core.service import GenerationService
 
         service = GenerationService(config)
         await service.start()
@@ -249,7 +249,7 @@ def _models(config: Config) -> int:
 
 
 def _tags(args: argparse.Namespace, config: Config) -> int:
-    from bot.tags import TagCategory, TagImportError, import_csv
+    from bot.prompts.tags import TagCategory, TagImportError, import_csv
 
     if args.tags_command == "import":
         try:
@@ -259,7 +259,7 @@ def _tags(args: argparse.Namespace, config: Config) -> int:
         print(report)
         return 0
 
-    from bot.dialects import load_dialect
+    from bot.prompts.dialects import load_dialect
 
     model = args.model or config.inference.default_model
     if model not in config.models:
@@ -291,7 +291,7 @@ def _run(config: Config) -> int:
     if not token:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return EXIT_USAGE
-    from bot.app import create_bot
+    from bot.discord_app.client import create_bot
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bot = create_bot(config, freeze_gc=True)

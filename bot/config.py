@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bot.dialects import DialectError, available_dialects, load_dialect
+from bot.prompts.dialects import DialectError, available_dialects, load_dialect
 from inference.specs import (
     BUILTIN_MODELS,
     BuiltinSource,

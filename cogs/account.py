@@ -11,15 +11,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import JobRecord
-from bot.messages import render
-from bot.permissions import owner_key, role_ids
+from bot.core.jobs import JobRecord
+from bot.core.messages import render
+from bot.discord_app.permissions import owner_key, role_ids
 from cogs.errors import report_error
 from cogs.interactions import bot_of, locale_of, send_ephemeral
 from cogs.results import reroll
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 PER_PAGE = 5
 PROMPT_CHARS = 60

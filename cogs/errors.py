@@ -10,12 +10,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserError
-from bot.messages import render
+from bot.core.errors import UserError
+from bot.core.messages import render
 from cogs.interactions import locale_of, send_ephemeral
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 log = logging.getLogger(__name__)
 

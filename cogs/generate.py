@@ -9,18 +9,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import Target
-from bot.dialects import Dialect, load_dialect
-from bot.errors import UserError
-from bot.messages import render
-from bot.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest
-from bot.tags import TagCategory, TagDatabase
+from bot.core.errors import UserError
+from bot.core.messages import render
+from bot.discord_app.delivery import Target
+from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
+from bot.prompts.builder import PromptChoices
+from bot.prompts.dialects import Dialect, load_dialect
+from bot.prompts.requests import GenerationRequest
+from bot.prompts.tags import TagCategory, TagDatabase
 from cogs.interactions import bot_of, guild_key, locale_of
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 MAX_CHOICES = 25
 MAX_NAME = 100

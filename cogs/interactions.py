@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, cast
 
 import discord
 
-from bot.messages import language
+from bot.core.messages import language
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 
 def bot_of(interaction: discord.Interaction) -> AnimeBot:

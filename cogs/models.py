@@ -13,17 +13,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserError
-from bot.events import Event, ModelLoading
-from bot.messages import render
-from bot.permissions import is_admin, owner_key
-from bot.quotas import QuotaLimits, format_wait
+from bot.core.errors import UserError
+from bot.core.events import Event, ModelLoading
+from bot.core.messages import render
+from bot.core.quotas import QuotaLimits, format_wait
+from bot.discord_app.permissions import is_admin, owner_key
 from cogs.generate import Choice, filter_choices
 from cogs.interactions import bot_of, guild_key, locale_of
 from inference.sources import SourceState, describe_source
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 log = logging.getLogger(__name__)
 LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message

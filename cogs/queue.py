@@ -10,15 +10,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import UserError
-from bot.events import Event, JobFinished, JobProgress
-from bot.jobs import JobState
-from bot.messages import render
-from bot.permissions import is_admin, owner_key
+from bot.core.errors import UserError
+from bot.core.events import Event, JobFinished, JobProgress
+from bot.core.jobs import JobState
+from bot.core.messages import render
+from bot.discord_app.permissions import is_admin, owner_key
 from cogs.interactions import guild_key, locale_of
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 Action = Literal["show", "pause", "resume", "clear", "cancel"]
 OWN_JOBS_SHOWN = 10  # positions listed by /queue; the rest are counted

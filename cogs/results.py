@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 from discord.ext import commands
 
-from bot.delivery import Target
-from bot.errors import UserError
-from bot.jobs import JobRecord
-from bot.messages import language, render
-from bot.permissions import channel_allows_nsfw, is_admin, may_manage, may_reroll, owner_key, role_ids
+from bot.core.errors import UserError
+from bot.core.jobs import JobRecord
+from bot.core.messages import language, render
+from bot.discord_app.delivery import Target
+from bot.discord_app.permissions import channel_allows_nsfw, is_admin, may_manage, may_reroll, owner_key, role_ids
 from cogs.errors import report_error
 from cogs.interactions import bot_of, locale_of, send_ephemeral
 
 if TYPE_CHECKING:
-    from bot.app import AnimeBot
+    from bot.discord_app.client import AnimeBot
 
 log = logging.getLogger(__name__)
 REROLL_EMOJI = "🔄"

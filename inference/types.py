@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from inference.specs import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,42 @@ def error_summary(error: BaseException, limit: int = 240) -> str:
 
 class InvalidOutputError(Exception):
     """The model produced unusable output (NaN/inf pixels: overflow in half precision, broken weights)."""
+
+
+# -- what the GPU worker takes and gives (shared with the queue; no torch here) --
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    job_id: int
+    spec: ModelSpec
+    params: GenerationParams
+    image_paths: tuple[Path, ...]  # where image i is written (absolute)
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    index: int
+    seed: int
+    path: Path
+    width: int
+    height: int
+    parameters: str
+
+
+class JobSource(Protocol):
+    """Where the worker gets jobs and reports what happened to them. Called on the event loop."""
+
+    async def next_job(self) -> WorkItem:
+        """Wait for the next job to run (it is marked running before it is returned)."""
+        ...
+
+    def on_progress(self, job_id: int, progress: StepProgress) -> None: ...
+
+    def on_model_loading(self, model: str, progress: LoadProgress) -> None: ...
+
+    async def on_done(self, job_id: int, images: list[SavedImage]) -> None: ...
+
+    async def on_failed(self, job_id: int, message: str) -> None: ...
+
+    async def on_cancelled(self, job_id: int) -> None: ...

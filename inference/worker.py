@@ -18,9 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Protocol, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -35,49 +34,16 @@ from inference.types import (
     GenerationCancelled,
     GenerationParams,
     InvalidOutputError,
+    JobSource,
     LoadProgress,
     ModelLoadError,
+    SavedImage,
     StepProgress,
+    WorkItem,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    job_id: int
-    spec: ModelSpec
-    params: GenerationParams
-    image_paths: tuple[Path, ...]  # where image i is written (absolute)
-
-
-@dataclass(frozen=True)
-class SavedImage:
-    index: int
-    seed: int
-    path: Path
-    width: int
-    height: int
-    parameters: str
-
-
-class JobSource(Protocol):
-    """Where the worker gets jobs and reports what happened to them. Called on the event loop."""
-
-    async def next_job(self) -> WorkItem:
-        """Wait for the next job to run (it is marked running before it is returned)."""
-        ...
-
-    def on_progress(self, job_id: int, progress: StepProgress) -> None: ...
-
-    def on_model_loading(self, model: str, progress: LoadProgress) -> None: ...
-
-    async def on_done(self, job_id: int, images: list[SavedImage]) -> None: ...
-
-    async def on_failed(self, job_id: int, message: str) -> None: ...
-
-    async def on_cancelled(self, job_id: int) -> None: ...
 
 
 def is_out_of_memory(error: BaseException) -> bool:

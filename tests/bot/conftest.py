@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from bot.config import load_config
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest
-from bot.service import GenerationService
+from bot.core.service import GenerationService
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
 from inference.cache import Loader, ModelCache
 from inference.registry import load_backend
 from inference.specs import RuntimeOptions

@@ -156,9 +156,9 @@ def test_work_refuses_a_paused_queue_until_resumed(capsys: pytest.CaptureFixture
     import asyncio
 
     from bot.config import load_config
-    from bot.prompt_builder import PromptChoices
-    from bot.requests import GenerationRequest
-    from bot.service import GenerationService
+    from bot.core.service import GenerationService
+    from bot.prompts.builder import PromptChoices
+    from bot.prompts.requests import GenerationRequest
 
     async def submit_paused() -> int:
         service = GenerationService(load_config(config))

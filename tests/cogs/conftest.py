@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import simcord
 
-from bot.app import AnimeBot, create_bot
 from bot.config import load_config
-from bot.service import GenerationService
+from bot.core.service import GenerationService
+from bot.discord_app.client import AnimeBot, create_bot
 from inference.cache import ModelCache
 from inference.registry import load_backend
 from inference.specs import RuntimeOptions
@@ -51,7 +51,7 @@ async def make_bot(tmp_path: Path, models_dir: Path) -> AsyncIterator[BotFactory
     data.mkdir(exist_ok=True)
 
     async def make(config_text: str = "", *, tags: bool = True) -> AnimeBot:
-        from bot.tags import import_csv
+        from bot.prompts.tags import import_csv
 
         path = tmp_path / "config.toml"
         path.write_text(BASE_CONFIG + config_text, encoding="utf-8")

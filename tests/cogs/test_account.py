@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import simcord
 
-from bot.app import AnimeBot
-from bot.jobs import JobRecord
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest
+from bot.core.jobs import JobRecord
+from bot.discord_app.client import AnimeBot
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import jobs_of, nsfw_channels
 

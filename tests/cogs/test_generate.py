@@ -10,10 +10,10 @@ import pytest
 import simcord
 from PIL import Image
 
-from bot.app import AnimeBot
-from bot.jobs import JobRecord
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest
+from bot.core.jobs import JobRecord
+from bot.discord_app.client import AnimeBot
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory, server
 
 STEPS = 2

@@ -13,7 +13,7 @@ import pytest
 import simcord
 import simcord.interactions
 
-from bot.translator import CommandTranslator, load_table
+from bot.discord_app.translator import CommandTranslator, load_table
 from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import finish, jobs_of
 from tests.cogs.test_results import generated

@@ -7,7 +7,7 @@ from pathlib import Path
 import discord
 import simcord
 
-from bot.app import AnimeBot
+from bot.discord_app.client import AnimeBot
 from tests.cogs.conftest import BotFactory, server
 from tests.cogs.test_queue_cog import audit_actions
 

@@ -9,8 +9,8 @@ import re
 import discord
 import simcord
 
-from bot.app import AnimeBot
-from bot.events import Event, JobProgress
+from bot.core.events import Event, JobProgress
+from bot.discord_app.client import AnimeBot
 from tests.cogs.conftest import BotFactory, server
 from tests.cogs.test_account import queue_jobs
 from tests.cogs.test_generate import finish, jobs_of

@@ -11,9 +11,9 @@ import pytest
 import simcord
 from PIL import Image
 
-from bot.app import AnimeBot
-from bot.delivery import Delivery, fit_image
-from bot.jobs import JobRecord
+from bot.core.jobs import JobRecord
+from bot.discord_app.client import AnimeBot
+from bot.discord_app.delivery import Delivery, fit_image
 from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import finish, jobs_of
 
@@ -141,8 +141,8 @@ async def test_expired_token_falls_back_to_a_channel_post(make_bot: BotFactory) 
 
 
 async def test_results_finished_while_away_are_delivered_at_start(make_bot: BotFactory) -> None:
-    from bot.prompt_builder import PromptChoices
-    from bot.requests import GenerationRequest
+    from bot.prompts.builder import PromptChoices
+    from bot.prompts.requests import GenerationRequest
 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
@@ -161,8 +161,8 @@ async def test_results_finished_while_away_are_delivered_at_start(make_bot: BotF
 
 
 async def test_jobs_still_queued_at_start_are_delivered_when_they_finish(make_bot: BotFactory) -> None:
-    from bot.prompt_builder import PromptChoices
-    from bot.requests import GenerationRequest
+    from bot.prompts.builder import PromptChoices
+    from bot.prompts.requests import GenerationRequest
 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
@@ -210,7 +210,7 @@ async def test_oversize_file_is_reencoded_on_delivery(make_bot: BotFactory, monk
 def test_thread_and_dm_nsfw_rules() -> None:
     from unittest.mock import Mock
 
-    from bot.permissions import channel_allows_nsfw
+    from bot.discord_app.permissions import channel_allows_nsfw
 
     adult = Mock(spec=discord.TextChannel)
     adult.is_nsfw.return_value = True

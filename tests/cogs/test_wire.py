@@ -17,8 +17,8 @@ import discord.http
 import pytest
 from PIL import Image
 
-from bot.app import AnimeBot, intents
-from bot.jobs import JobRecord
+from bot.core.jobs import JobRecord
+from bot.discord_app.client import AnimeBot, intents
 from tests.cogs.conftest import BotFactory, retire
 from tests.fakes.discord_server import PNG_SIGNATURE, FakeDiscord, GatewaySession, RecordedRequest
 

@@ -20,9 +20,11 @@ from inference.types import (
     LoadProgress,
     LoadProgressCallback,
     ProgressCallback,
+    SavedImage,
     StepProgress,
+    WorkItem,
 )
-from inference.worker import GpuWorker, SavedImage, WorkItem
+from inference.worker import GpuWorker
 
 SPEC = ModelSpec(name="scripted", family="sdxl", dialect="animagine-xl-4", source=BuiltinSource("tiny-sdxl"))
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from bot.errors import UserError
-from bot.jobs import JobState
-from bot.quotas import WINDOW_SECONDS
+from bot.core.errors import UserError
+from bot.core.jobs import JobState
+from bot.core.quotas import WINDOW_SECONDS
 from tests.bot.conftest import ServiceFactory, request
 
 

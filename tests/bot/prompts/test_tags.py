@@ -1,4 +1,4 @@
-"""bot.tags: CSV import, prefix search, lookup, error handling (plus a check over the real tag list)."""
+"""bot.prompts.tags: CSV import, prefix search, lookup, error handling (plus a check over the real tag list)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import bot.tags as tags_module
-from bot.tags import (
+import bot.prompts.tags as tags_module
+from bot.prompts.tags import (
     MAX_LIMIT,
     ImportReport,
     Tag,
@@ -23,7 +23,7 @@ from bot.tags import (
     normalize,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Tricky rows on purpose; line numbers matter for the malformed-row assertions below.
 TEST_CSV = """\

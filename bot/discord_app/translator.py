@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.app_commands import TranslationContextLocation as Where
 
-I18N_DIR = Path(__file__).resolve().parent.parent / "data" / "i18n"
+I18N_DIR = Path(__file__).resolve().parents[2] / "data" / "i18n"
 
 # Discord locales served by each table file.
 LOCALES: dict[discord.Locale, str] = {discord.Locale.japanese: "ja"}

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bot.errors import UserError
-from bot.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
-from bot.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
-from bot.quotas import Quotas
-from bot.requests import ResolvedRequest
-from bot.store import Store
+from bot.core.errors import UserError
+from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
+from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
+from bot.core.quotas import Quotas
+from bot.core.store import Store
+from bot.prompts.requests import ResolvedRequest
 from inference.specs import ModelSpec
-from inference.types import LoadProgress, StepProgress
-from inference.worker import SavedImage, WorkItem
+from inference.types import LoadProgress, SavedImage, StepProgress, WorkItem
 
 PAUSED_KEY = "queue_paused"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.migrations import MIGRATIONS
-from bot.store import Store, StoreError
+from bot.core.migrations import MIGRATIONS
+from bot.core.store import Store, StoreError
 
 TABLES = {"users", "jobs", "images", "deliveries", "usage", "quota_overrides", "guild_settings", "audit_log",
           "bot_state"}
@@ -85,7 +85,7 @@ async def test_failed_transaction_rolls_back_and_others_wait(tmp_path: Path) -> 
 
 
 async def test_a_database_of_an_older_release_is_upgraded_and_keeps_its_jobs(tmp_path: Path) -> None:
-    from bot.jobs import JobRepository
+    from bot.core.jobs import JobRepository
 
     path = tmp_path / "a.sqlite"
     with sqlite3.connect(path) as raw:  # as release 1 left it: one job, no locale column

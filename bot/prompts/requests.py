@@ -8,9 +8,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from bot.dialects import Bucket, Dialect, load_dialect
-from bot.errors import UserError
-from bot.prompt_builder import BuiltPrompt, PromptChoices, TagLookup, build_prompt
+from bot.core.errors import UserError
+from bot.prompts.builder import BuiltPrompt, PromptChoices, TagLookup, build_prompt
+from bot.prompts.dialects import Bucket, Dialect, load_dialect
 from inference.samplers import SAMPLERS, samplers_for
 from inference.specs import ModelSpec
 from inference.types import GenerationParams

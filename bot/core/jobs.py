@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest, ResolvedRequest
-from bot.store import Store
+from bot.core.store import Store
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up

@@ -3,7 +3,7 @@ the message in the user's language (see bot/messages.py); str() gives the Englis
 
 from __future__ import annotations
 
-from bot.messages import render
+from bot.core.messages import render
 
 
 class UserError(ValueError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bot.dialects import load_dialect
-from bot.prompt_builder import PromptChoices, build_prompt
+from bot.prompts.builder import PromptChoices, build_prompt
+from bot.prompts.dialects import load_dialect
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "dialects.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "dialects.md"
 MODELS = ["animagine-xl-3.1", "animagine-xl-4.0", "anima"]
 
 

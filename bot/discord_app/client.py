@@ -14,9 +14,9 @@ import discord
 from discord.ext import commands
 
 from bot.config import Config
-from bot.delivery import Delivery
-from bot.service import GenerationService
-from bot.translator import CommandTranslator
+from bot.core.service import GenerationService
+from bot.discord_app.delivery import Delivery
+from bot.discord_app.translator import CommandTranslator
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.dialects import available_dialects, load_choices, load_dialect
+from bot.prompts.dialects import available_dialects, load_choices, load_dialect
 from inference.samplers import SAMPLERS
 
 

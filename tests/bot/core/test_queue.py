@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bot.errors import UserError
-from bot.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
-from bot.jobs import JobState
-from bot.service import GenerationService
+from bot.core.errors import UserError
+from bot.core.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
+from bot.core.jobs import JobState
+from bot.core.service import GenerationService
 from inference.backends.base import Backend
 from inference.png import read_parameters
 from inference.registry import load_backend

@@ -11,20 +11,22 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bot.config import Config
-from bot.errors import UserError
-from bot.events import EventBus, JobFinished
-from bot.jobs import JobOrigin, JobRecord, JobState
-from bot.prompt_builder import TagLookup
-from bot.queue import JobQueue
-from bot.quotas import QuotaLimits, Quotas, QuotaStatus
-from bot.requests import GenerationRequest, resolve_request
-from bot.store import Store
+from bot.core.errors import UserError
+from bot.core.events import EventBus, JobFinished
+from bot.core.jobs import JobOrigin, JobRecord, JobState
+from bot.core.queue import JobQueue
+from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
+from bot.core.store import Store
+from bot.prompts.builder import TagLookup
+from bot.prompts.requests import GenerationRequest, resolve_request
 from inference.cache import ModelCache
 from inference.types import ModelLoadError
-from inference.worker import GpuWorker
+
+if TYPE_CHECKING:
+    from inference.worker import GpuWorker
 
 log = logging.getLogger(__name__)
 GLOBAL = "*"  # guild_settings row of the global default model
@@ -38,8 +40,11 @@ def cli_user() -> str:
 
 
 class GenerationService:
-    def __init__(self, config: Config, cache: ModelCache | None = None) -> None:
+    def __init__(
+        self, config: Config, cache: ModelCache | None = None, worker_class: type[GpuWorker] | None = None
+    ) -> None:
         self.config = config
+        self._worker_class = worker_class  # None: inference.worker.GpuWorker (benchmarks pass a subclass)
         self.events = EventBus()
         self._cache = cache
         self.tags: TagLookup | None = None
@@ -53,6 +58,7 @@ class GenerationService:
     async def start(self) -> None:
         from inference.device import make_runtime
         from inference.quiet import silence_library_output
+        from inference.worker import GpuWorker  # torch: loaded by the process that runs the GPU
 
         await asyncio.to_thread(silence_library_output)  # imports diffusers: seconds, off the loop
         config = self.config
@@ -70,11 +76,11 @@ class GenerationService:
             runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
             self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
         if config.tags_db.is_file():
-            from bot.tags import TagDatabase
+            from bot.prompts.tags import TagDatabase
 
             self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
         self.interrupted = await self._queue.start()
-        self._worker = GpuWorker(self._queue, self._cache)
+        self._worker = (self._worker_class or GpuWorker)(self._queue, self._cache)
         self._worker.start()
 
     async def close(self) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bot.errors import UserError
-from bot.store import Store
+from bot.core.errors import UserError
+from bot.core.store import Store
 
 WINDOW_SECONDS = 24 * 3600  # rolling: each image counts for 24 hours after it was asked for
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.migrations import MIGRATIONS
+from bot.core.migrations import MIGRATIONS
 
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.dialects import Dialect, underscores_to_spaces
-from bot.errors import UserError
+from bot.core.errors import UserError
+from bot.prompts.dialects import Dialect, underscores_to_spaces
 from inference.prompt_weighting import has_weighting, strip_weighting
 
 # Danbooru tag categories → the prompt section they belong to.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 # Prompt sections a dialect can order. "text" holds natural-language parts.
 SECTIONS = ("quality", "year", "rating", "count", "character", "series", "artist", "general", "meta", "text")

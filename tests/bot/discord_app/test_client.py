@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 import simcord
 
-from bot.app import AnimeBot, create_bot
 from bot.cli import main
 from bot.config import DiscordSettings, load_config
+from bot.discord_app.client import AnimeBot, create_bot
 from tests.cogs.conftest import BotFactory, make_bot, retire  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_create_bot_does_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +99,7 @@ async def test_commands_sync_to_configured_guilds(make_bot: BotFactory) -> None:
 
 
 def test_startup_objects_are_frozen_out_of_the_collectors_walk() -> None:
-    from bot.app import freeze_startup_objects
+    from bot.discord_app.client import freeze_startup_objects
 
     tracked = len(gc.get_objects())
     try:
@@ -113,7 +113,7 @@ def test_startup_objects_are_frozen_out_of_the_collectors_walk() -> None:
 
 async def test_run_freezes_after_setup(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     frozen: list[bool] = []
-    monkeypatch.setattr("bot.app.freeze_startup_objects", lambda: frozen.append(True))
+    monkeypatch.setattr("bot.discord_app.client.freeze_startup_objects", lambda: frozen.append(True))
     bot = await make_bot()
     bot.freeze_gc = True
     async with simcord.run(bot, settle_timeout=60):

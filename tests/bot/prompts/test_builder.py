@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.dialects import load_dialect
-from bot.prompt_builder import PromptChoices, PromptError, build_prompt, split_top_level
-from bot.tags import TagDatabase, import_csv
+from bot.prompts.builder import PromptChoices, PromptError, build_prompt, split_top_level
+from bot.prompts.dialects import load_dialect
+from bot.prompts.tags import TagDatabase, import_csv
 
 CARD_PROMPT = (
     "1girl, firefly \\(honkai: star rail\\), honkai \\(series\\), honkai: star rail, safe, casual, solo, "

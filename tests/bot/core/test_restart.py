@@ -2,7 +2,7 @@
 loses no job and runs none twice. The next `animebot work` runs what was waiting, re-runs what was
 running, and leaves what was done alone.
 
-A child process (this module run with `python -m tests.bot.test_restart submit ...`) starts a
+A child process (this module run with `python -m tests.bot.core.test_restart submit ...`) starts a
 GenerationService on a fresh data_dir, submits a few tiny-sdxl jobs and lets its worker run them.
 The test watches the SQLite database (read-only connections) and kills the child at a known point,
 then runs the real CLI (`python -m bot work`) and checks the database and the files.
@@ -29,18 +29,18 @@ import pytest
 from PIL import Image
 
 from bot.config import load_config
-from bot.events import EventBus
-from bot.jobs import params_from_json
-from bot.prompt_builder import PromptChoices
-from bot.queue import JobQueue
-from bot.quotas import QuotaLimits, Quotas
-from bot.requests import GenerationRequest
-from bot.store import Store
+from bot.core.events import EventBus
+from bot.core.jobs import params_from_json
+from bot.core.queue import JobQueue
+from bot.core.quotas import QuotaLimits, Quotas
+from bot.core.store import Store
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
 from inference.png import read_parameters
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 JOBS = 6
 STEPS = 6  # ~0.2-0.4 s per job at 64x64 on one CPU thread
 SIZE = "64x64"
@@ -66,7 +66,7 @@ def job_request(i: int) -> GenerationRequest:
 
 async def child_submit(config_path: Path, jobs: int, paused: bool) -> None:
     """Start the service, (pause the queue,) submit `jobs` jobs, then work until killed."""
-    from bot.service import GenerationService
+    from bot.core.service import GenerationService
 
     service = GenerationService(load_config(config_path))
     await service.start()
@@ -183,7 +183,7 @@ class Child:
         args = ["submit", str(config), str(JOBS), "paused" if paused else "running"]
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.bot.test_restart", *args],
+                [sys.executable, "-m", "tests.bot.core.test_restart", *args],
                 cwd=REPO,
                 env=child_env(),
                 stdout=out,

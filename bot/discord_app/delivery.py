@@ -14,12 +14,12 @@ from typing import Any
 
 import discord
 
-from bot.dialects import load_dialect
-from bot.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
-from bot.jobs import JobRecord, JobState
-from bot.messages import render
-from bot.prompt_builder import build_prompt
-from bot.service import GenerationService
+from bot.core.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
+from bot.core.jobs import JobRecord, JobState
+from bot.core.messages import render
+from bot.core.service import GenerationService
+from bot.prompts.builder import build_prompt
+from bot.prompts.dialects import load_dialect
 
 log = logging.getLogger(__name__)
 

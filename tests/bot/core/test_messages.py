@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from bot.messages import CATALOG, language, render
+from bot.core.messages import CATALOG, language, render
 
 
 def placeholders(template: str) -> set[tuple[str, str | None, str | None]]:

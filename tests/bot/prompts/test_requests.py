@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bot.config import load_config
-from bot.errors import UserError
-from bot.prompt_builder import PromptChoices
-from bot.requests import GenerationRequest, resolve_request
+from bot.core.errors import UserError
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest, resolve_request
 
 MODELS = load_config(None).models
 
