@@ -1,184 +1,27 @@
-"""The message catalog: every user-facing string, by key and language."""
+"""The message catalog: every user-facing string, by key and language, read once from the
+`[messages]` tables of data/i18n/<language>.toml (en.toml holds every key; another language may
+leave one out, which then falls back to English)."""
 
 from __future__ import annotations
 
-CATALOG: dict[str, dict[str, str]] = {
-    "en": {
-        "empty_prompt": "The prompt is empty.",
-        "prompt_too_long": "The prompt is too long ({length} characters; the limit is {limit}).",
-        "unknown_quality": "{model} has no quality {value!r}. Try one of: {options}.",
-        "unknown_rating": "Unknown rating {value!r}. Use one of: {options}.",
-        "unknown_year": "Year {value!r} is neither a year nor a period ({options}).",
-        "year_out_of_range": "{model} knows years {low} to {high}, not {value}.",
-        "bad_artist": "Artist names must be 1 to {limit} characters.",
-        "unknown_model": "There is no model named {value!r}. Available: {options}.",
-        "unknown_aspect": "Aspect {value!r} is not W:H (for example 13:19) nor a bucket of {model} ({options}).",
-        "bad_size": "Size {value!r} must be WxH, each a multiple of {multiple} from {low} to {high}.",
-        "aspect_and_size": "Give an aspect or a size, not both.",
-        "out_of_range": "{name} must be from {low} to {high} (got {value}).",
-        "unknown_sampler": "{model} has no sampler {value!r}. Available: {options}.",
-        "quota_daily": "You have used {used} of your {limit} images for the last 24 hours ({remaining} left). "
-        "More in {wait}.",
-        "quota_queued": "You already have {limit} job(s) waiting. Wait for one to finish.",
-        "quota_cooldown": "Please wait {wait} before your next request.",
-        "job_not_found": "There is no job #{job_id}.",
-        "not_your_job": "Job #{job_id} is not yours.",
-        "job_finished": "Job #{job_id} has already finished.",
-        "model_load_failed": "Could not load {model}: {reason}. {active} stays active.",
-        "nsfw_not_allowed": "The rating {value!r} is only allowed in age-restricted channels. "
-        "Nothing was queued.",
-        "banned_word": "Your prompt contains a word that is not allowed here ({word!r}). Nothing was queued.",
-        "queued": "#{job_id} queued (position {position}): {prompt}",
-        "running": "#{job_id} generating with {model}…",
-        "progress": "#{job_id} step {step}/{total}, about {eta}s left",
-        "result": "#{job_id} {model} · seed {seed} · {width}x{height} · {steps} steps · cfg {cfg}",
-        "result_for": "{mention} your images are ready. {summary}",
-        "job_failed": "{mention} job #{job_id} failed: {error}",
-        "job_cancelled": "{mention} job #{job_id} was cancelled.",
-        "parameters": "Job #{job_id} ({model})\nPrompt: {prompt}\nNegative: {negative}\nSize: {width}x{height}"
-        " · steps {steps} · cfg {cfg} · sampler {sampler} · seeds {seeds}",
-        "rerolled": "Rerolling job #{job_id} as #{new_id} (position {position}).",
-        "deleted": "Deleted.",
-        "not_allowed": "Only the owner of job #{job_id} or an admin can do that.",
-        "quota_status": "Images in the last 24 hours: {used} of {limit} ({remaining} left). {reset}"
-        "Jobs waiting or running: {queued}.",
-        "quota_reset": "The oldest counted image frees up <t:{at}:R>. ",
-        "quota_unlimited": "unlimited",
-        "history_empty": "You have no jobs yet.",
-        "history_header": "Your jobs (page {page} of {pages}, {total} in all):",
-        "history_line": "#{job_id} <t:{at}:f> · {state} · {model} · seed {seed} · {prompt}",
-        "history_previous": "Previous",
-        "history_next": "Next",
-        "history_rerun": "Rerun a job (counts against your quota)",
-        "history_rerun_option": "Rerun #{job_id}",
-        "not_your_menu": "Only the person who opened this list can use it.",
-        "queue_status": "Queue: {length} job(s) waiting.",
-        "queue_is_paused": "The queue is paused: no new job starts.",
-        "queue_yours": "Your jobs: {positions}.",
-        "queue_your_position": "#{job_id} at position {position}",
-        "queue_more": "and {count} more",
-        "queue_none_yours": "You have no jobs waiting.",
-        "queue_running_step": "Running: #{job_id}, step {step}/{total}, about {eta}s left.",
-        "queue_running_start": "Running: #{job_id} (starting).",
-        "queue_idle": "Nothing is running.",
-        "admin_only": "Only admins can do that. Nothing changed.",
-        "queue_paused_now": "Queue paused. The running job finishes; no new job starts.",
-        "queue_resumed_now": "Queue resumed.",
-        "queue_cleared": "Cancelled {count} waiting job(s).",
-        "queue_cancelled": "Job #{job_id} cancelled.",
-        "queue_cancel_requested": "Job #{job_id} stops after its current step.",
-        "queue_job_needed": "Give the id of the job to cancel.",
-        "model_list_line": "{marker} {name} · {family} · {state}",
-        "model_list_header": "Models ({active} is active here):",
-        "model_info": "{name}\nFamily: {family} · prompt dialect: {dialect}\nWeights: {source}\nState: {state}\n"
-        "Active here: {active}",
-        "model_yes": "yes",
-        "model_no": "no",
-        "model_loading": "Loading {model}… (after the job running now)",
-        "model_loading_stage": "Loading {model}: {stage} ({done}/{total})…",
-        "model_switched": "{model} is now active (was {previous}).",
-        "model_already_active": "{model} is already active.",
-        "quota_set": "Quota override of {target}: {limits}.",
-        "quota_limits": "{images} images per 24 hours, {queued} jobs waiting at once, {cooldown} between requests",
-        "quota_none": "{target} has no quota override: their roles' or the configured limits apply.",
-        "quota_cleared": "Removed the quota override of {target}: their roles' or the configured limits apply again.",
-        "quota_target": "Name one user or one role. Nothing changed.",
-        "generic_error": "Something went wrong. The error was logged; please try again later.",
-        "state_queued": "queued",
-        "state_running": "running",
-        "state_done": "done",
-        "state_failed": "failed",
-        "state_cancelled": "cancelled",
-    },
-    "ja": {
-        "empty_prompt": "プロンプトが空です。",
-        "prompt_too_long": "プロンプトが長すぎます（{length}文字、上限は{limit}文字です）。",
-        "unknown_quality": "{model}には品質 {value!r} がありません。次から選んでください: {options}",
-        "unknown_rating": "不明なレーティング {value!r} です。次から選んでください: {options}",
-        "unknown_year": "{value!r} は年でも時期（{options}）でもありません。",
-        "year_out_of_range": "{model}が対応している年は{low}〜{high}年です（{value}年は対象外です）。",
-        "bad_artist": "アーティスト名は1〜{limit}文字で指定してください。",
-        "unknown_model": "{value!r} というモデルはありません。利用できるモデル: {options}",
-        "unknown_aspect": "アスペクト比 {value!r} は W:H 形式（例: 13:19）でも、"
-        "{model}のバケット（{options}）でもありません。",
-        "bad_size": "サイズ {value!r} は WxH 形式で、各辺を{low}〜{high}の{multiple}の倍数にしてください。",
-        "aspect_and_size": "アスペクト比とサイズは、どちらか一方だけ指定してください。",
-        "out_of_range": "{name}は{low}〜{high}の範囲で指定してください（指定値: {value}）。",
-        "unknown_sampler": "{model}にはサンプラー {value!r} がありません。利用できるサンプラー: {options}",
-        "quota_daily": "過去24時間で{limit}枚中{used}枚を使用済みです（残り{remaining}枚）。"
-        "次の枠は{wait}後に空きます。",
-        "quota_queued": "待機中のジョブがすでに{limit}件あります。完了するまでお待ちください。",
-        "quota_cooldown": "次のリクエストまで{wait}お待ちください。",
-        "job_not_found": "ジョブ #{job_id} は見つかりません。",
-        "not_your_job": "ジョブ #{job_id} はあなたのジョブではありません。",
-        "job_finished": "ジョブ #{job_id} はすでに完了しています。",
-        "model_load_failed": "{model}を読み込めませんでした: {reason}。引き続き{active}を使用します。",
-        "nsfw_not_allowed": "レーティング {value!r} は年齢制限チャンネルでのみ使用できます。"
-        "キューには追加していません。",
-        "banned_word": "プロンプトに使用できない語句が含まれています（{word!r}）。キューには追加していません。",
-        "queued": "#{job_id} をキューに追加しました（{position}番目）: {prompt}",
-        "running": "#{job_id} を{model}で生成中です…",
-        "progress": "#{job_id} ステップ {step}/{total}、残り約{eta}秒",
-        "result": "#{job_id} {model} · シード {seed} · {width}x{height} · {steps}ステップ · cfg {cfg}",
-        "result_for": "{mention} 画像ができました。{summary}",
-        "job_failed": "{mention} ジョブ #{job_id} は失敗しました: {error}",
-        "job_cancelled": "{mention} ジョブ #{job_id} はキャンセルされました。",
-        "parameters": "ジョブ #{job_id}（{model}）\nプロンプト: {prompt}\nネガティブ: {negative}\n"
-        "サイズ: {width}x{height} · ステップ {steps} · cfg {cfg} · サンプラー {sampler} · シード {seeds}",
-        "rerolled": "ジョブ #{job_id} を #{new_id} として再生成します（{position}番目）。",
-        "deleted": "削除しました。",
-        "not_allowed": "この操作はジョブ #{job_id} の作成者か管理者のみ行えます。",
-        "quota_status": "過去24時間の画像: {used} / {limit}（残り: {remaining}）。{reset}"
-        "待機中・実行中のジョブ: {queued}件。",
-        "quota_reset": "最も古い画像の枠は<t:{at}:R>に空きます。",
-        "quota_unlimited": "無制限",
-        "history_empty": "まだジョブはありません。",
-        "history_header": "あなたのジョブ（{page}/{pages}ページ、全{total}件）:",
-        "history_line": "#{job_id} <t:{at}:f> · {state} · {model} · シード {seed} · {prompt}",
-        "history_previous": "前へ",
-        "history_next": "次へ",
-        "history_rerun": "ジョブを再実行（使用枠を消費します）",
-        "history_rerun_option": "#{job_id} を再実行",
-        "not_your_menu": "このリストは開いた本人だけが操作できます。",
-        "queue_status": "キュー: 待機中のジョブは{length}件です。",
-        "queue_is_paused": "キューは一時停止中です。新しいジョブは開始されません。",
-        "queue_yours": "あなたのジョブ: {positions}。",
-        "queue_your_position": "#{job_id}（{position}番目）",
-        "queue_more": "ほか{count}件",
-        "queue_none_yours": "待機中のあなたのジョブはありません。",
-        "queue_running_step": "実行中: #{job_id}、ステップ {step}/{total}、残り約{eta}秒。",
-        "queue_running_start": "実行中: #{job_id}（開始中）。",
-        "queue_idle": "実行中のジョブはありません。",
-        "admin_only": "この操作は管理者のみ行えます。変更はありません。",
-        "queue_paused_now": "キューを一時停止しました。実行中のジョブは最後まで続き、新しいジョブは開始されません。",
-        "queue_resumed_now": "キューを再開しました。",
-        "queue_cleared": "待機中のジョブを{count}件キャンセルしました。",
-        "queue_cancelled": "ジョブ #{job_id} をキャンセルしました。",
-        "queue_cancel_requested": "ジョブ #{job_id} は現在のステップが終わり次第停止します。",
-        "queue_job_needed": "キャンセルするジョブのIDを指定してください。",
-        "model_list_line": "{marker} {name} · {family} · {state}",
-        "model_list_header": "モデル一覧（ここでは{active}を使用中）:",
-        "model_info": "{name}\nファミリー: {family} · プロンプト方言: {dialect}\n重み: {source}\n状態: {state}\n"
-        "ここで使用中: {active}",
-        "model_yes": "はい",
-        "model_no": "いいえ",
-        "model_loading": "{model}を読み込み中です…（実行中のジョブの完了後）",
-        "model_loading_stage": "{model}を読み込み中: {stage}（{done}/{total}）…",
-        "model_switched": "{model}に切り替えました（以前: {previous}）。",
-        "model_already_active": "{model}はすでに使用中です。",
-        "quota_set": "{target}の個別の上限設定: {limits}",
-        "quota_limits": "24時間あたり画像{images}枚、同時待機ジョブ{queued}件、リクエスト間隔{cooldown}",
-        "quota_none": "{target}には個別の上限設定がありません。ロールまたは既定の上限が適用されます。",
-        "quota_cleared": "{target}の個別の上限設定を削除しました。ロールまたは既定の上限が適用されます。",
-        "quota_target": "ユーザーかロールを1つだけ指定してください。何も変更していません。",
-        "generic_error": "エラーが発生しました。内容は記録済みです。しばらくしてからもう一度お試しください。",
-        "state_queued": "待機中",
-        "state_running": "実行中",
-        "state_done": "完了",
-        "state_failed": "失敗",
-        "state_cancelled": "キャンセル",
-    },
-}
+import tomllib
+from pathlib import Path
+
+I18N_DIR = Path(__file__).resolve().parents[2] / "data" / "i18n"
+LANGUAGES = ("en", "ja")
+
+
+def load_catalog(directory: Path = I18N_DIR) -> dict[str, dict[str, str]]:
+    """{language: {key: template}} from the [messages] table of each language's file."""
+    catalog: dict[str, dict[str, str]] = {}
+    for lang in LANGUAGES:
+        with (directory / f"{lang}.toml").open("rb") as f:
+            table = tomllib.load(f).get("messages", {})
+        catalog[lang] = {str(key): str(text) for key, text in table.items()}
+    return catalog
+
+
+CATALOG = load_catalog()
 
 
 def language(locale: str) -> str:

@@ -94,4 +94,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN locale TEXT;  -- catalog language ("en", "ja"); NULL: none known (the CLI)
     """,
+    # 3: the queue's whole state in the database (fair order's served counts, who claimed a job), and the
+    # content policy's verdict stored with each job (delivery and rerolls read it, never re-decide)
+    """
+    ALTER TABLE jobs ADD COLUMN verdict TEXT;     -- JSON of bot.prompts.policy's verdict; NULL: before v3
+    ALTER TABLE jobs ADD COLUMN claimed_by TEXT;  -- the worker running it (NULL while queued)
+    CREATE TABLE queue_served (
+        owner_id TEXT PRIMARY KEY REFERENCES users(id),
+        served INTEGER NOT NULL DEFAULT 0     -- jobs started since the owner's waiting list was last empty
+    );
+    CREATE INDEX jobs_waiting_by_owner ON jobs (owner_id, id) WHERE state = 'queued';
+    """,
 )
