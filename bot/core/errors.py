@@ -1,5 +1,5 @@
 """Errors caused by user input. They carry a message key and parameters, so every frontend can show
-the message in the user's language (see bot/messages.py); str() gives the English text."""
+the message in the user's language (see bot/core/messages.py); str() gives the English text."""
 
 from __future__ import annotations
 
@@ -11,3 +11,9 @@ class UserError(ValueError):
         self.key = key
         self.params = params
         super().__init__(render(key, "en", **params))
+
+
+class StoreBusy(Exception):
+    """The database stayed locked (another process holds a write transaction) or unwritable past the
+    store's patience. Nothing was written: the caller may try again later, and must not lose what it
+    was writing (a user's request, a job's outcome)."""
