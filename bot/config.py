@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,6 +26,11 @@ from inference.specs import (
 # The dialect a model gets when its config names none (the built-ins too).
 DEFAULT_DIALECTS = {"sdxl": "animagine-xl-4.0", "anima": "anima"}
 TINY_SIZE_SCALE = 0.125
+# Upper bounds that keep every setting a number SQLite and the clock can hold.
+MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
+MAX_COUNT_SETTING = 1_000_000
+# A Discord id (snowflake): an unsigned 64-bit number.
+DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
 
 
 class ConfigError(Exception):
@@ -53,7 +61,7 @@ class ModelSettings(_Section):
     config: str | None = None
     revision: str | None = None
     variant: str | None = None
-    size_scale: float = Field(default=1.0, gt=0, le=4)
+    size_scale: float = Field(default=1.0, gt=0, le=4, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSettings:
@@ -94,16 +102,16 @@ class TagSettings(_Section):
 
 
 class QuotaSettings(_Section):
-    images_per_day: int = Field(default=100, ge=0)  # 0: unlimited
-    max_queued_jobs: int = Field(default=3, ge=0)  # 0: unlimited
-    cooldown_seconds: float = Field(default=0.0, ge=0)
+    images_per_day: int = Field(default=100, ge=0, le=MAX_COUNT_SETTING)  # 0: unlimited
+    max_queued_jobs: int = Field(default=3, ge=0, le=MAX_COUNT_SETTING)  # 0: unlimited
+    cooldown_seconds: float = Field(default=0.0, ge=0, le=MAX_COOLDOWN_SECONDS, allow_inf_nan=False)
 
 
 class DiscordSettings(_Section):
     token: str | None = None  # DISCORD_TOKEN in the environment wins
-    guild_ids: list[int] = []  # sync commands to these guilds (instant) instead of globally
-    admin_user_ids: list[int] = []
-    admin_role_ids: list[int] = []
+    guild_ids: list[DiscordId] = []  # sync commands to these guilds (instant) instead of globally
+    admin_user_ids: list[DiscordId] = []
+    admin_role_ids: list[DiscordId] = []
     reroll_by_anyone: bool = False
     banned_words: list[str] = []
     spoiler_sensitive: bool = False
@@ -131,6 +139,7 @@ class Config:
         self.quotas = settings.quotas
         self.discord = settings.discord
         self.models = _model_specs(settings.models, base_dir)
+        _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:
             raise ConfigError(
                 f"{source or 'config'}: inference.default_model: no model named "
@@ -144,6 +153,43 @@ class Config:
     @property
     def default_model(self) -> ModelSpec:
         return self.models[self.inference.default_model]
+
+    def ensure_data_dir(self) -> None:
+        """Create `data_dir` if needed and check that files can be written there (ConfigError if not)."""
+        where = f"{self.source or 'config'}: data_dir"
+        path = self.data_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"{where}: {path} exists and is not a folder") from None
+        except NotADirectoryError:
+            parent = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+            raise ConfigError(f"{where}: cannot create {path}: {parent} is a file, not a folder") from None
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot create {path}: {e.strerror or e}") from None
+        if not path.is_dir():
+            raise ConfigError(f"{where}: {path} exists and is not a folder")
+        try:
+            with tempfile.TemporaryFile(dir=path, prefix=".animebot-write-check-"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot write in {path}: {e.strerror or e}") from None
+
+
+def _check_tags_db_is_its_own_file(tags_db: Path, database: Path, source: Path | None) -> None:
+    """The tag database is replaced wholesale on import: it must never be the main database (or one of
+    its journal files), however the path is spelled (relative, `..`, a symlink, a hard link)."""
+    main = os.path.realpath(database)
+    tags = os.path.realpath(tags_db)
+    same = tags in {main, *(main + suffix for suffix in ("-wal", "-shm", "-journal"))}
+    if not same and tags_db.exists() and database.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(tags_db, database)
+    if same:
+        raise ConfigError(
+            f"{source or 'config'}: tags.database: {tags_db} is the bot's main database ({database}); "
+            'the tag database needs a file of its own, e.g. database = "tags.sqlite"'
+        )
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -240,4 +286,9 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
     return parse_config(raw, path.resolve().parent, path)

@@ -11,7 +11,15 @@ from __future__ import annotations
 from bot.prompts.tags.db import SCHEMA_VERSION
 from bot.prompts.tags.importer import ImportReport, RowProblem, import_csv
 from bot.prompts.tags.index import MAX_LIMIT, TagDatabase
-from bot.prompts.tags.model import Tag, TagCategory, TagDatabaseError, TagImportError, TagMatch, normalize
+from bot.prompts.tags.model import (
+    Tag,
+    TagCategory,
+    TagDatabaseBusy,
+    TagDatabaseError,
+    TagImportError,
+    TagMatch,
+    normalize,
+)
 
 __all__ = [
     "MAX_LIMIT",
@@ -21,6 +29,7 @@ __all__ = [
     "Tag",
     "TagCategory",
     "TagDatabase",
+    "TagDatabaseBusy",
     "TagDatabaseError",
     "TagImportError",
     "TagMatch",

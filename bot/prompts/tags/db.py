@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bot.prompts.tags.model import Tag, TagCategory, TagDatabaseError, TagImportError
+from bot.prompts.tags.model import Tag, TagCategory, TagDatabaseBusy, TagDatabaseError, TagImportError
 
 # Bump whenever the tables change: an older database is then refused with a "re-import" message.
 # (Search keys are normalized at open, not stored, so changing ``normalize`` needs no re-import.)
@@ -47,11 +47,17 @@ MAX_POST_COUNT = 2**63 - 1
 TagRow = tuple[str, TagCategory, int, Sequence[str]]
 
 
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(exc)
+
+
 def describe_sqlite_error(exc: sqlite3.Error, db_path: Path) -> str:
     """What went wrong with ``db_path``, for a human: locked, read-only, not a database, or other."""
     code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
     text = str(exc)
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+    if is_busy(exc):
         return (
             f"tag database {db_path} is locked by another process (still busy after {BUSY_TIMEOUT:g} s); "
             "close whatever holds it (another animebot, a database browser) and try again"
@@ -97,6 +103,8 @@ def write_tags(db_path: Path, rows: Sequence[TagRow], meta: Mapping[str, str]) -
         try:
             others = _other_tables(conn)
         except sqlite3.Error as exc:
+            if is_busy(exc):
+                raise TagDatabaseBusy(describe_sqlite_error(exc, db_path)) from None
             raise TagImportError(f"{describe_sqlite_error(exc, db_path)}; refusing to overwrite it") from None
         if others:
             raise TagImportError(
@@ -130,6 +138,8 @@ def write_tags(db_path: Path, rows: Sequence[TagRow], meta: Mapping[str, str]) -
                 conn.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
+        if is_busy(exc):
+            raise TagDatabaseBusy(describe_sqlite_error(exc, db_path)) from None
         raise TagImportError(f"writing tag database {db_path} failed: {describe_sqlite_error(exc, db_path)}") from None
     finally:
         conn.close()
@@ -151,6 +161,8 @@ def load(db_path: Path) -> tuple[list[Tag], dict[str, str]]:
             have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
             message = describe_sqlite_error(exc, db_path)
+            if is_busy(exc):
+                raise TagDatabaseBusy(message) from None
             if "not a SQLite database" in message:
                 message += f"; {hint}"
             raise TagDatabaseError(message) from None
@@ -175,6 +187,8 @@ def load(db_path: Path) -> tuple[list[Tag], dict[str, str]]:
             ]
         except sqlite3.Error as exc:
             message = describe_sqlite_error(exc, db_path)
+            if is_busy(exc):
+                raise TagDatabaseBusy(message) from None
             if "not a SQLite database" in message:  # damaged past the header
                 message = f"tag database {db_path} is corrupt ({exc}); re-import the CSV"
             raise TagDatabaseError(message) from None

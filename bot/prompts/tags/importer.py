@@ -132,10 +132,20 @@ def _parse_row(row: list[str], check_utf8: bool) -> tuple[str, int, int, list[st
         return f"category {row[1]!r} is not a number"
     if not (count_text.isascii() and count_text.isdigit()):
         return f"post count {row[2]!r} is not a non-negative integer"
+    # Checked as text first: int() refuses over 4,300 digits, and SQLite stores at most 2^63 - 1.
+    cat_digits, count_digits = cat_text.lstrip("0") or "0", count_text.lstrip("0") or "0"
+    if len(cat_digits) > 3:
+        return f"category {_shorten(cat_text)} is not one of 0, 1, 3, 4, 5"
+    if len(count_digits) > 19 or int(count_digits) > db.MAX_POST_COUNT:
+        return f"post count {_shorten(count_text)} is too large (at most {db.MAX_POST_COUNT:,})"
     if len(row) == 3 or not row[3]:
-        return name, int(cat_text), int(count_text), []
+        return name, int(cat_digits), int(count_digits), []
     aliases = [a.strip() for a in row[3].split(",")]
-    return name, int(cat_text), int(count_text), [a for a in aliases if a]
+    return name, int(cat_digits), int(count_digits), [a for a in aliases if a]
+
+
+def _shorten(text: str, limit: int = 30) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
 
 
 def _parse_csv(csv_path: Path) -> tuple[list[_ParsedRow], dict[str, int], list[RowProblem], str]:

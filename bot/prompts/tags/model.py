@@ -19,6 +19,10 @@ class TagDatabaseError(TagImportError):
     """
 
 
+class TagDatabaseBusy(TagDatabaseError):
+    """Another process holds a lock on the tag database: nothing is wrong with it, try again later."""
+
+
 class TagCategory(IntEnum):
     GENERAL = 0
     ARTIST = 1

@@ -522,3 +522,48 @@ def test_real_search_agrees_with_brute_force(real: tuple[ImportReport, TagDataba
         ranks = sorted({r for k, r in entries if k.startswith(prefix)})
         expected = [tags[r].name for r in ranks if category is None or tags[r].category == category][:25]
         assert names(db.search(prefix, category)) == expected, (prefix, category)
+
+
+# --- what a failure is called (bugs 12, 13) -----------------------------------------------------
+
+
+def test_import_refuses_a_database_with_other_tables(tmp_path: Path) -> None:
+    """The bot's main database (or any other) is never overwritten by a tag import."""
+    main_db = tmp_path / "animebot.sqlite"
+    with sqlite3.connect(main_db) as conn:
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 3")
+    before = main_db.read_bytes()
+    with pytest.raises(TagImportError, match=r"other tables \(jobs\), not a tag database; refusing to overwrite"):
+        import_csv(write(tmp_path / "a.csv", TEST_CSV), main_db)
+    assert main_db.read_bytes() == before
+
+
+def test_post_counts_beyond_sqlite_are_malformed_rows(tmp_path: Path) -> None:
+    csv = write(
+        tmp_path / "big.csv",
+        f"huge,0,{2**63},\nhuger,0,{'9' * 5000},\nweird_category,{'9' * 5000},5,\n" + TEST_CSV,
+    )
+    report = import_csv(csv, tmp_path / "t.db")
+    assert report.tags == 17 and report.malformed == 3 + 3
+    reasons = [p.reason for p in report.problems if p.line <= 3]
+    assert reasons[0] == "post count '9223372036854775808' is too large (at most 9,223,372,036,854,775,807)"
+    assert "(5,000 characters) is too large" in reasons[1]
+    assert "is not one of 0, 1, 3, 4, 5" in reasons[2]
+
+
+def test_a_locked_database_is_called_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_path = tmp_path / "tags.db"
+    import_csv(write(tmp_path / "a.csv", TEST_CSV), db_path)
+    monkeypatch.setattr(tags_db, "BUSY_TIMEOUT", 0.1)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(tags_module.TagDatabaseBusy, match="is locked by another process"):
+            TagDatabase.open(db_path)
+        with pytest.raises(tags_module.TagDatabaseBusy, match="is locked by another process"):
+            import_csv(write(tmp_path / "b.csv", "smile,0,10,\n"), db_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(TagDatabase.open(db_path)) == 17
