@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.prompts.dialects import DialectError, available_dialects, load_dialect
+from bot.validation import format_errors
 from inference.specs import (
     BUILTIN_MODELS,
     BuiltinSource,
@@ -250,25 +251,12 @@ def _looks_like_hub_id(value: str) -> bool:
     )
 
 
-def _format_errors(error: ValidationError, where: str) -> str:
-    lines = []
-    for e in error.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{where}: {loc or '(top level)'}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
     where = str(source) if source else "config"
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, where)) from None
+        raise ConfigError(format_errors(e, where)) from None
     return Config(settings, base_dir, source)
 
 
