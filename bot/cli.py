@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 from bot.config import Config, ConfigError, load_config
 from bot.core.errors import UserError
 from bot.core.jobs import JobState
 from bot.prompts.builder import PromptChoices
+from bot.prompts.dialects import DialectError
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
-
-if TYPE_CHECKING:
-    from bot.prompts.tags import TagDatabase
+from bot.prompts.tags import TagDatabase, TagDatabaseBusy, TagImportError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -52,8 +52,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
 
 
+# What must not reach a terminal raw: control characters and line breaks (a message is one line) and lone
+# surrogates (an undecodable argument); shown as Python escapes instead.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))
+    """`text` as one printable line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _fail(*lines: str, code: int) -> int:
+    for line in lines:
+        print(f"animebot: error: {_one_line(line)}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,8 +116,6 @@ def _open_tags(config: Config) -> TagDatabase | None:
     CliError if it cannot be used (not a tag database, another schema version)."""
     if not config.tags_db.is_file():
         return None
-    from bot.prompts.tags import TagDatabase, TagDatabaseBusy, TagImportError
-
     try:
         return TagDatabase.open(config.tags_db)
     except TagDatabaseBusy as e:
@@ -203,6 +213,8 @@ def _prepare_out_dir(out: Path) -> None:
         raise CliError(f"--out {out}: a part of this path is a file, not a folder") from None
     except OSError as e:
         raise CliError(f"--out {out}: cannot create the folder: {e.strerror or e}") from None
+    except ValueError:  # a NUL character
+        raise CliError(f"--out {str(out)!r}: not a possible folder name") from None
     if not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a folder")
 
@@ -297,7 +309,7 @@ def _models(config: Config) -> int:
 
 
 def _tags(args: argparse.Namespace, config: Config) -> int:
-    from bot.prompts.tags import TagCategory, TagDatabaseBusy, TagImportError, import_csv
+    from bot.prompts.tags import TagCategory, import_csv
 
     if args.tags_command == "import":
         try:
@@ -365,12 +377,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.ensure_data_dir()
             return _work(config, args.resume)
         return _tags(args, config)
-    except (ConfigError, UserError) as e:
-        print(f"animebot: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except ConfigError as e:  # one line per mistake in the file
+        return _fail(*str(e).splitlines(), code=EXIT_USAGE)
+    except UserError as e:
+        return _fail(str(e), code=EXIT_USAGE)
+    except TagDatabaseBusy as e:  # opened by the service (the CLI's own opens raise CliError)
+        return _fail(str(e), code=EXIT_FAILURE)
+    except TagImportError as e:
+        return _fail(str(e), code=EXIT_USAGE)
+    except DialectError as e:  # a broken data file of the installation, not the user's input
+        return _fail(*(f"broken data file: {line}" for line in str(e).splitlines()), code=EXIT_FAILURE)
     except CliError as e:
-        print(f"animebot: error: {e}", file=sys.stderr)
-        return e.code
+        return _fail(str(e), code=e.code)
     except KeyboardInterrupt:
         print("\nanimebot: interrupted", file=sys.stderr)
         return 130

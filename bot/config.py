@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.prompts.dialects import DialectError, available_dialects, load_dialect
 from bot.validation import format_errors
@@ -34,6 +34,16 @@ MAX_COUNT_SETTING = 1_000_000
 DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+# A file or folder name from the config: no NUL (the OS refuses it with an exception, not an error code).
+PathText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class ConfigError(Exception):
     """The config cannot be used; the message names the file and the key."""
 
@@ -45,21 +55,21 @@ class _Section(BaseModel):
 class ComfyUIFiles(_Section):
     """The three files of Anima in a ComfyUI install: `root`/models/<kind>/<file>."""
 
-    root: str = "."
-    diffusion_model: str = "anima-preview.safetensors"
-    text_encoder: str = "qwen_3_06b_base.safetensors"
-    vae: str = "qwen_image_vae.safetensors"
+    root: PathText = "."
+    diffusion_model: PathText = "anima-preview.safetensors"
+    text_encoder: PathText = "qwen_3_06b_base.safetensors"
+    vae: PathText = "qwen_image_vae.safetensors"
 
 
 class ModelSettings(_Section):
     family: Literal["sdxl", "anima"] | None = None
     dialect: str | None = None
     hub: str | None = None
-    path: str | None = None
-    file: str | None = None
+    path: PathText | None = None
+    file: PathText | None = None
     comfyui: ComfyUIFiles | None = None
     builtin: str | None = None
-    config: str | None = None
+    config: PathText | None = None
     revision: str | None = None
     variant: str | None = None
     size_scale: float = Field(default=1.0, gt=0, le=4, allow_inf_nan=False)
@@ -99,7 +109,7 @@ class InferenceSettings(_Section):
 
 
 class TagSettings(_Section):
-    database: str = "tags.sqlite"
+    database: PathText = "tags.sqlite"
 
 
 class QuotaSettings(_Section):
@@ -119,7 +129,7 @@ class DiscordSettings(_Section):
 
 
 class Settings(_Section):
-    data_dir: str = "var"
+    data_dir: PathText = "var"
     inference: InferenceSettings = InferenceSettings()
     tags: TagSettings = TagSettings()
     quotas: QuotaSettings = QuotaSettings()
@@ -279,4 +289,6 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{path}: line {line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except ValueError:  # a NUL character in the path
+        raise ConfigError(f"{path!r}: not a possible file name") from None
     return parse_config(raw, path.resolve().parent, path)

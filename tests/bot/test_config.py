@@ -160,3 +160,14 @@ def test_config_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'data_dir = "data"\n\xff\xfe = 1\n')
     with pytest.raises(ConfigError, match=r"line 2: not valid UTF-8 \(byte 0xff\)"):
         load_config(path)
+
+
+@pytest.mark.parametrize("key", ["data_dir", "tags.database", "models.x.path"])
+def test_a_nul_in_a_path_is_refused(tmp_path: Path, key: str) -> None:
+    *tables, name = key.split(".")
+    header = f"[{'.'.join(tables)}]\n" if tables else ""
+    extra = "family = 'sdxl'\n" if tables[:1] == ["models"] else ""
+    path = write(tmp_path, f'{header}{extra}{name} = "a\\u0000b"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {key}: a path cannot contain a NUL character (got 'a\\x00b')"

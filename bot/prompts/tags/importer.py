@@ -108,6 +108,8 @@ def _read_text(csv_path: Path) -> tuple[str, str]:
         data = csv_path.read_bytes()
     except FileNotFoundError:
         raise TagImportError(f"tag CSV not found: {csv_path}") from None
+    except ValueError:  # a NUL character: no file has such a name
+        raise TagImportError(f"tag CSV not found: {csv_path!r} is not a possible file name") from None
     except OSError as exc:
         raise TagImportError(f"cannot read tag CSV {csv_path}: {exc.strerror or exc}") from None
     if not data.strip():
