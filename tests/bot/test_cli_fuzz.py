@@ -190,3 +190,23 @@ def test_nul_in_paths(capsys: pytest.CaptureFixture[str], config: Path) -> None:
         code, out, err = run_cli(argv, capsys)
         check(argv, code, out, err)
         assert code == 2 and "\\x00" in err, (argv, err)
+
+
+def test_undecodable_bytes_on_a_real_command_line(tmp_path: Path) -> None:
+    """As a shell passes them: argv bytes that are not UTF-8 (Python turns them into lone surrogates)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"}
+    for extra in ([b"--artist", b"\xff\xfe"], [b"--quality", b"caf\xe9"], [b"--model", b"\xc3\x28"]):
+        argv = [sys.executable.encode(), b"-m", b"bot", b"generate", b"1girl", *extra, b"--dry-run"]
+        result = subprocess.run(argv, capture_output=True, cwd=tmp_path, env=env, timeout=60)
+        assert result.returncode in (0, 2), result.stderr
+        assert b"Traceback" not in result.stderr
+        result.stdout.decode("utf-8")  # strict: valid UTF-8
+        result.stderr.decode("utf-8")
+        if result.returncode == 0:
+            assert json.loads(result.stdout)["model"] == "tiny-sdxl"
+        else:
+            assert len(result.stderr.splitlines()) == 1
