@@ -30,11 +30,17 @@ class CliError(Exception):
         self.code = code
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _whole_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if text.strip().lstrip("+-").isdigit():  # more digits than int() reads (4,300)
+            raise argparse.ArgumentTypeError(f"number too large: {_shown(text)}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}") from None
     return value
 
 
@@ -42,7 +48,7 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
 
 
 class _Parser(argparse.ArgumentParser):
