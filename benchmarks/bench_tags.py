@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import bot.prompts.tags as tags  # noqa: E402
-from bot.prompts.tags import TagCategory, TagDatabase, _prefix_end, import_csv  # noqa: E402
+import bot.prompts.tags.index as tags  # noqa: E402
+from bot.prompts.tags import TagCategory, TagDatabase, import_csv  # noqa: E402
+from bot.prompts.tags.index import _prefix_end  # noqa: E402
 
 
 def default_csv() -> Path:
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
-        "--threshold", type=int, help=f"override bot.tags.SCAN_THRESHOLD (default {tags.SCAN_THRESHOLD})"
+        "--threshold", type=int, help=f"override bot.prompts.tags.index.SCAN_THRESHOLD (default {tags.SCAN_THRESHOLD})"
     )
     args = parser.parse_args()
     if args.threshold is not None:

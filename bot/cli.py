@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import NoReturn, TextIO
 
 from bot.config import Config, ConfigError, load_config
 from bot.core.errors import UserError
 from bot.core.jobs import JobState
 from bot.prompts.builder import PromptChoices
+from bot.prompts.dialects import DialectError
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
-
-if TYPE_CHECKING:
-    from bot.prompts.tags import TagDatabase
+from bot.prompts.tags import TagDatabase, TagDatabaseBusy, TagImportError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -30,11 +30,17 @@ class CliError(Exception):
         self.code = code
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _whole_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if text.strip().lstrip("+-").isdigit():  # more digits than int() reads (4,300)
+            raise argparse.ArgumentTypeError(f"number too large: {_shown(text)}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}") from None
     return value
 
 
@@ -42,15 +48,38 @@ def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one `--help` away) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+# What must not reach a terminal raw: control characters and line breaks (a message is one line) and lone
+# surrogates (an undecodable argument); shown as Python escapes instead.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _one_line(text: str) -> str:
+    """`text` as one printable line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _fail(*lines: str, code: int) -> int:
+    for line in lines:
+        print(f"animebot: error: {_one_line(line)}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", type=Path, help="config file (TOML); default: embedded tiny models")
 
-    parser = argparse.ArgumentParser(prog="animebot", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="animebot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     gen = sub.add_parser("generate", parents=[common], help="make images from a prompt")
     gen.add_argument("prompt", help="tags and/or sentences, comma-separated")
@@ -78,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
 
     tags = sub.add_parser("tags", help="the Danbooru tag database used for autocomplete and tag order")
-    tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION")
+    tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION", parser_class=_Parser)
     imp = tag_sub.add_parser("import", parents=[common], help="import a tag CSV (name,category,count,aliases)")
     imp.add_argument("file", type=Path)
     search = tag_sub.add_parser("search", parents=[common], help="search tags as autocomplete does")
@@ -93,10 +122,10 @@ def _open_tags(config: Config) -> TagDatabase | None:
     CliError if it cannot be used (not a tag database, another schema version)."""
     if not config.tags_db.is_file():
         return None
-    from bot.prompts.tags import TagDatabase, TagImportError
-
     try:
         return TagDatabase.open(config.tags_db)
+    except TagDatabaseBusy as e:
+        raise CliError(str(e), EXIT_FAILURE) from None
     except TagImportError as e:
         raise CliError(str(e)) from None
 
@@ -161,9 +190,39 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
     request = _request(args, config)
     if args.dry_run:
         resolved = resolve_request(request, config.models, _open_tags(config))
-        print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
+        print(_json_text(dry_run_json(resolved)))
         return 0
+    if args.out is not None:
+        _prepare_out_dir(args.out)
+    config.ensure_data_dir()
     return asyncio.run(_generate_through_queue(request, args.out, config))
+
+
+def _json_text(data: dict[str, object]) -> str:
+    """Readable JSON; if some text cannot be written as UTF-8 (a lone surrogate from an undecodable
+    argument), \\u escapes instead, so the output is always valid UTF-8 and valid JSON."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, indent=2)
+    return text
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """`--out` is a folder (created now, before any work): a usage error if it cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CliError(f"--out {out}: exists and is not a folder") from None
+    except NotADirectoryError:
+        raise CliError(f"--out {out}: a part of this path is a file, not a folder") from None
+    except OSError as e:
+        raise CliError(f"--out {out}: cannot create the folder: {e.strerror or e}") from None
+    except ValueError:  # a NUL character
+        raise CliError(f"--out {str(out)!r}: not a possible folder name") from None
+    if not out.is_dir():
+        raise CliError(f"--out {out}: exists and is not a folder")
 
 
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
@@ -198,8 +257,15 @@ async def _generate_through_queue(request: GenerationRequest, out: Path | None, 
         for image in await service.queue.jobs.images(job.id):
             path = service.image_path(image.path)
             if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                path = Path(shutil.copy2(path, out / path.name))
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                    path = Path(shutil.copy2(path, out / path.name))
+                except OSError as e:
+                    raise CliError(
+                        f"job #{job.id} is done (images in {path.parent}), but copying to --out {out} failed: "
+                        f"{e.strerror or e}",
+                        EXIT_FAILURE,
+                    ) from None
             print(path)
         await service.queue.jobs.mark_delivered(job.id, "cli")
         return 0
@@ -249,11 +315,13 @@ def _models(config: Config) -> int:
 
 
 def _tags(args: argparse.Namespace, config: Config) -> int:
-    from bot.prompts.tags import TagCategory, TagImportError, import_csv
+    from bot.prompts.tags import TagCategory, import_csv
 
     if args.tags_command == "import":
         try:
             report = import_csv(args.file, config.tags_db)
+        except TagDatabaseBusy as e:
+            raise CliError(str(e), EXIT_FAILURE) from None
         except TagImportError as e:
             raise CliError(str(e)) from None
         print(report)
@@ -309,16 +377,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _models(config)
         if args.command == "run":
+            config.ensure_data_dir()
             return _run(config)
         if args.command == "work":
+            config.ensure_data_dir()
             return _work(config, args.resume)
         return _tags(args, config)
-    except (ConfigError, UserError) as e:
-        print(f"animebot: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except ConfigError as e:  # one line per mistake in the file
+        return _fail(*str(e).splitlines(), code=EXIT_USAGE)
+    except UserError as e:
+        return _fail(str(e), code=EXIT_USAGE)
+    except TagDatabaseBusy as e:  # opened by the service (the CLI's own opens raise CliError)
+        return _fail(str(e), code=EXIT_FAILURE)
+    except TagImportError as e:
+        return _fail(str(e), code=EXIT_USAGE)
+    except DialectError as e:  # a broken data file of the installation, not the user's input
+        return _fail(*(f"broken data file: {line}" for line in str(e).splitlines()), code=EXIT_FAILURE)
     except CliError as e:
-        print(f"animebot: error: {e}", file=sys.stderr)
-        return e.code
+        return _fail(str(e), code=e.code)
     except KeyboardInterrupt:
         print("\nanimebot: interrupted", file=sys.stderr)
         return 130

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.prompts.dialects import DialectError, available_dialects, load_dialect
+from bot.validation import format_errors
 from inference.specs import (
     BUILTIN_MODELS,
     BuiltinSource,
@@ -23,6 +27,21 @@ from inference.specs import (
 # The dialect a model gets when its config names none (the built-ins too).
 DEFAULT_DIALECTS = {"sdxl": "animagine-xl-4.0", "anima": "anima"}
 TINY_SIZE_SCALE = 0.125
+# Upper bounds that keep every setting a number SQLite and the clock can hold.
+MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
+MAX_COUNT_SETTING = 1_000_000
+# A Discord id (snowflake): an unsigned 64-bit number.
+DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+# A file or folder name from the config: no NUL (the OS refuses it with an exception, not an error code).
+PathText = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ConfigError(Exception):
@@ -36,24 +55,24 @@ class _Section(BaseModel):
 class ComfyUIFiles(_Section):
     """The three files of Anima in a ComfyUI install: `root`/models/<kind>/<file>."""
 
-    root: str = "."
-    diffusion_model: str = "anima-preview.safetensors"
-    text_encoder: str = "qwen_3_06b_base.safetensors"
-    vae: str = "qwen_image_vae.safetensors"
+    root: PathText = "."
+    diffusion_model: PathText = "anima-preview.safetensors"
+    text_encoder: PathText = "qwen_3_06b_base.safetensors"
+    vae: PathText = "qwen_image_vae.safetensors"
 
 
 class ModelSettings(_Section):
     family: Literal["sdxl", "anima"] | None = None
     dialect: str | None = None
     hub: str | None = None
-    path: str | None = None
-    file: str | None = None
+    path: PathText | None = None
+    file: PathText | None = None
     comfyui: ComfyUIFiles | None = None
     builtin: str | None = None
-    config: str | None = None
+    config: PathText | None = None
     revision: str | None = None
     variant: str | None = None
-    size_scale: float = Field(default=1.0, gt=0, le=4)
+    size_scale: float = Field(default=1.0, gt=0, le=4, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSettings:
@@ -90,27 +109,27 @@ class InferenceSettings(_Section):
 
 
 class TagSettings(_Section):
-    database: str = "tags.sqlite"
+    database: PathText = "tags.sqlite"
 
 
 class QuotaSettings(_Section):
-    images_per_day: int = Field(default=100, ge=0)  # 0: unlimited
-    max_queued_jobs: int = Field(default=3, ge=0)  # 0: unlimited
-    cooldown_seconds: float = Field(default=0.0, ge=0)
+    images_per_day: int = Field(default=100, ge=0, le=MAX_COUNT_SETTING)  # 0: unlimited
+    max_queued_jobs: int = Field(default=3, ge=0, le=MAX_COUNT_SETTING)  # 0: unlimited
+    cooldown_seconds: float = Field(default=0.0, ge=0, le=MAX_COOLDOWN_SECONDS, allow_inf_nan=False)
 
 
 class DiscordSettings(_Section):
     token: str | None = None  # DISCORD_TOKEN in the environment wins
-    guild_ids: list[int] = []  # sync commands to these guilds (instant) instead of globally
-    admin_user_ids: list[int] = []
-    admin_role_ids: list[int] = []
+    guild_ids: list[DiscordId] = []  # sync commands to these guilds (instant) instead of globally
+    admin_user_ids: list[DiscordId] = []
+    admin_role_ids: list[DiscordId] = []
     reroll_by_anyone: bool = False
     banned_words: list[str] = []
     spoiler_sensitive: bool = False
 
 
 class Settings(_Section):
-    data_dir: str = "var"
+    data_dir: PathText = "var"
     inference: InferenceSettings = InferenceSettings()
     tags: TagSettings = TagSettings()
     quotas: QuotaSettings = QuotaSettings()
@@ -131,6 +150,7 @@ class Config:
         self.quotas = settings.quotas
         self.discord = settings.discord
         self.models = _model_specs(settings.models, base_dir)
+        _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:
             raise ConfigError(
                 f"{source or 'config'}: inference.default_model: no model named "
@@ -144,6 +164,43 @@ class Config:
     @property
     def default_model(self) -> ModelSpec:
         return self.models[self.inference.default_model]
+
+    def ensure_data_dir(self) -> None:
+        """Create `data_dir` if needed and check that files can be written there (ConfigError if not)."""
+        where = f"{self.source or 'config'}: data_dir"
+        path = self.data_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"{where}: {path} exists and is not a folder") from None
+        except NotADirectoryError:
+            parent = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+            raise ConfigError(f"{where}: cannot create {path}: {parent} is a file, not a folder") from None
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot create {path}: {e.strerror or e}") from None
+        if not path.is_dir():
+            raise ConfigError(f"{where}: {path} exists and is not a folder")
+        try:
+            with tempfile.TemporaryFile(dir=path, prefix=".animebot-write-check-"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot write in {path}: {e.strerror or e}") from None
+
+
+def _check_tags_db_is_its_own_file(tags_db: Path, database: Path, source: Path | None) -> None:
+    """The tag database is replaced wholesale on import: it must never be the main database (or one of
+    its journal files), however the path is spelled (relative, `..`, a symlink, a hard link)."""
+    main = os.path.realpath(database)
+    tags = os.path.realpath(tags_db)
+    same = tags in {main, *(main + suffix for suffix in ("-wal", "-shm", "-journal"))}
+    if not same and tags_db.exists() and database.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(tags_db, database)
+    if same:
+        raise ConfigError(
+            f"{source or 'config'}: tags.database: {tags_db} is the bot's main database ({database}); "
+            'the tag database needs a file of its own, e.g. database = "tags.sqlite"'
+        )
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -204,25 +261,12 @@ def _looks_like_hub_id(value: str) -> bool:
     )
 
 
-def _format_errors(error: ValidationError, where: str) -> str:
-    lines = []
-    for e in error.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{where}: {loc or '(top level)'}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_config(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> Config:
     where = str(source) if source else "config"
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, where)) from None
+        raise ConfigError(format_errors(e, where)) from None
     return Config(settings, base_dir, source)
 
 
@@ -240,4 +284,11 @@ def load_config(path: Path | str | None) -> Config:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not valid UTF-8 (byte 0x{e.object[e.start]:02x})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except ValueError:  # a NUL character in the path
+        raise ConfigError(f"{path!r}: not a possible file name") from None
     return parse_config(raw, path.resolve().parent, path)

@@ -10,9 +10,22 @@ import functools
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.validation import format_errors
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -148,6 +161,111 @@ def underscores_to_spaces(text: str) -> str:
 
 
 # --- loading ---------------------------------------------------------------------------------
+#
+# The data files are read into pydantic models first (strict types, unknown keys refused), so a
+# mistake in one is one line naming the file and the key; the checks across files follow.
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Text = Annotated[str, Field(min_length=1)]
+Size = Annotated[list[Annotated[int, Field(ge=64, le=8192)]], Field(min_length=2, max_length=2)]
+YearRange = Annotated[list[Annotated[int, Field(ge=1, le=9999)]], Field(min_length=2, max_length=2)]
+
+
+class GenerationData(_Data):
+    steps: int = Field(ge=1, le=150)
+    cfg: float = Field(ge=0, le=30, allow_inf_nan=False)
+    sampler: Text
+    aspect: Text
+    buckets: Text
+    negative: str
+    nsfw_negative: str
+
+
+class PromptData(_Data):
+    order: list[str]
+    artist_prefix: str
+    escape_parentheses: bool
+
+    @field_validator("order")
+    @classmethod
+    def _each_section_once(cls, value: list[str]) -> list[str]:
+        if sorted(value) != sorted(SECTIONS):
+            raise ValueError(f"must list each of {', '.join(SECTIONS)} once")
+        return value
+
+
+class VocabData(_Data):
+    quality: list[Text]
+    score: list[Text]
+    aesthetic: list[Text]
+    quality_meta: list[Text]
+    rating: list[Text]
+    periods: list[Text]
+
+
+class YearData(_Data):
+    format: str | None = None
+    min: int = Field(default=0, ge=0, le=9999)
+    max: int = Field(default=9999, ge=0, le=9999)
+
+    @field_validator("format")
+    @classmethod
+    def _has_year(cls, value: str | None) -> str | None:
+        if value is not None and "{year}" not in value:
+            raise ValueError("must contain {year}")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> YearData:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is after max ({self.max})")
+        return self
+
+
+class ChoiceMapsData(_Data):
+    quality: dict[str, str]
+    rating: dict[str, str]
+    period: dict[str, str]
+
+
+class DialectData(_Data):
+    """One data/models/<id>.toml."""
+
+    name: Text
+    family: Literal["sdxl", "anima"]
+    generation: GenerationData
+    prompt: PromptData
+    vocab: VocabData
+    year: YearData = YearData()
+    choices: ChoiceMapsData
+
+
+class ChoicesData(_Data):
+    """data/choices.toml."""
+
+    quality: list[Text] = Field(min_length=1)
+    rating: list[Text] = Field(min_length=1)
+    nsfw_ratings: list[Text]
+    rating_aliases: dict[str, str]
+    periods: dict[str, YearRange] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChoicesData:
+        for key, values in (("nsfw_ratings", self.nsfw_ratings), ("rating_aliases", self.rating_aliases.values())):
+            unknown = sorted(set(values) - set(self.rating))
+            if unknown:
+                raise ValueError(f"{key} names ratings that are not in rating: {', '.join(unknown)}")
+        for name, (first, last) in self.periods.items():
+            if first > last:
+                raise ValueError(f"periods.{name}: {first} is after {last}")
+        return self
+
+
+_BUCKETS = TypeAdapter(dict[str, dict[str, Size]], config=ConfigDict(strict=True))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -157,31 +275,32 @@ def _read(path: Path) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise DialectError(f"missing data file {path}") from e
     except tomllib.TOMLDecodeError as e:
-        raise DialectError(f"{path}: {e}") from e
+        raise DialectError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DialectError(f"{path}: not valid UTF-8") from e
+    except OSError as e:
+        raise DialectError(f"{path}: cannot read: {e.strerror or e}") from e
 
 
-def _get(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in table:
-        raise DialectError(f"{where}: missing key {key!r}")
-    value = table[key]
-    if kind is float and isinstance(value, int):
-        value = float(value)
-    if not isinstance(value, kind):
-        raise DialectError(f"{where}: {key!r} must be {kind.__name__}")
-    return value
+_M = TypeVar("_M")
+
+
+def _validate(path: Path, read: Callable[[dict[str, Any]], _M]) -> _M:
+    try:
+        return read(_read(path))
+    except ValidationError as e:
+        raise DialectError(format_errors(e, str(path))) from None
 
 
 @functools.cache
 def load_choices(data_dir: Path = DATA_DIR) -> Choices:
-    raw = _read(data_dir / "choices.toml")
-    where = str(data_dir / "choices.toml")
-    periods = {name: (int(r[0]), int(r[1])) for name, r in _get(raw, "periods", dict, where).items()}
+    raw = _validate(data_dir / "choices.toml", ChoicesData.model_validate)
     return Choices(
-        quality=tuple(_get(raw, "quality", list, where)),
-        rating=tuple(_get(raw, "rating", list, where)),
-        nsfw_ratings=frozenset(_get(raw, "nsfw_ratings", list, where)),
-        rating_aliases=dict(_get(raw, "rating_aliases", dict, where)),
-        periods=periods,
+        quality=tuple(raw.quality),
+        rating=tuple(raw.rating),
+        nsfw_ratings=frozenset(raw.nsfw_ratings),
+        rating_aliases=dict(raw.rating_aliases),
+        periods={name: (r[0], r[1]) for name, r in raw.periods.items()},
     )
 
 
@@ -195,68 +314,63 @@ def load_dialect(dialect_id: str, data_dir: Path = DATA_DIR) -> Dialect:
     if not path.is_file():
         known = ", ".join(available_dialects(data_dir))
         raise DialectError(f"unknown dialect {dialect_id!r} (known: {known})")
-    raw = _read(path)
+    raw = _validate(path, DialectData.model_validate)
     where = str(path)
     choices = load_choices(data_dir)
-    gen = _get(raw, "generation", dict, where)
-    prompt = _get(raw, "prompt", dict, where)
-    vocab = _get(raw, "vocab", dict, where)
-    year = raw.get("year", {})
-    picked = _get(raw, "choices", dict, where)
+    gen, prompt, vocab, year, picked = raw.generation, raw.prompt, raw.vocab, raw.year, raw.choices
 
-    bucket_sets = _read(data_dir / "buckets.toml")
-    set_name = _get(gen, "buckets", str, where)
-    if set_name not in bucket_sets:
-        raise DialectError(f"{where}: unknown bucket set {set_name!r}")
-    buckets = tuple(Bucket(a, int(wh[0]), int(wh[1])) for a, wh in bucket_sets[set_name].items())
+    buckets_path = data_dir / "buckets.toml"
+    bucket_sets = _validate(buckets_path, _BUCKETS.validate_python)
+    if gen.buckets not in bucket_sets:
+        raise DialectError(
+            f"{where}: generation.buckets: unknown bucket set {gen.buckets!r} "
+            f"(have in {buckets_path}: {', '.join(bucket_sets)})"
+        )
+    buckets = tuple(Bucket(a, wh[0], wh[1]) for a, wh in bucket_sets[gen.buckets].items())
 
-    order = tuple(_get(prompt, "order", list, where))
-    if sorted(order) != sorted(SECTIONS):
-        raise DialectError(f"{where}: order must list each of {', '.join(SECTIONS)} once")
-
-    def strings(table: dict[str, Any], key: str) -> tuple[str, ...]:
-        return tuple(str(v) for v in _get(table, key, list, where))
-
-    quality_choices = dict(_get(picked, "quality", dict, where))
-    rating_choices = dict(_get(picked, "rating", dict, where))
-    period_choices = dict(_get(picked, "period", dict, where))
     for label, mapping, canon in (
-        ("quality", quality_choices, choices.quality),
-        ("rating", rating_choices, choices.rating),
-        ("period", period_choices, tuple(choices.periods)),
+        ("quality", picked.quality, choices.quality),
+        ("rating", picked.rating, choices.rating),
+        ("period", picked.period, tuple(choices.periods)),
     ):
         missing = set(canon) - set(mapping)
         if missing:
-            raise DialectError(f"{where}: choices.{label} lacks {', '.join(sorted(missing))}")
+            raise DialectError(f"{where}: choices.{label}: lacks {', '.join(sorted(missing))}")
+        extra = set(mapping) - set(canon)
+        if extra:
+            raise DialectError(f"{where}: choices.{label}: unknown choice {', '.join(sorted(extra))}")
 
     dialect = Dialect(
         id=dialect_id,
-        name=_get(raw, "name", str, where),
-        family=_get(raw, "family", str, where),
-        steps=_get(gen, "steps", int, where),
-        cfg=_get(gen, "cfg", float, where),
-        sampler=_get(gen, "sampler", str, where),
-        default_aspect=_get(gen, "aspect", str, where),
-        negative=_get(gen, "negative", str, where),
-        nsfw_negative=_get(gen, "nsfw_negative", str, where),
+        name=raw.name,
+        family=raw.family,
+        steps=gen.steps,
+        cfg=float(gen.cfg),
+        sampler=gen.sampler,
+        default_aspect=gen.aspect,
+        negative=gen.negative,
+        nsfw_negative=gen.nsfw_negative,
         buckets=buckets,
-        order=order,
-        artist_prefix=_get(prompt, "artist_prefix", str, where),
-        escape_parentheses=_get(prompt, "escape_parentheses", bool, where),
-        quality_terms=strings(vocab, "quality"),
-        score_terms=strings(vocab, "score"),
-        aesthetic_terms=strings(vocab, "aesthetic"),
-        quality_meta_terms=strings(vocab, "quality_meta"),
-        rating_terms=strings(vocab, "rating"),
-        period_terms=strings(vocab, "periods"),
-        year_format=year.get("format"),
-        year_min=int(year.get("min", 0)),
-        year_max=int(year.get("max", 9999)),
-        quality_choices=quality_choices,
-        rating_choices=rating_choices,
-        period_choices=period_choices,
+        order=tuple(prompt.order),
+        artist_prefix=prompt.artist_prefix,
+        escape_parentheses=prompt.escape_parentheses,
+        quality_terms=tuple(vocab.quality),
+        score_terms=tuple(vocab.score),
+        aesthetic_terms=tuple(vocab.aesthetic),
+        quality_meta_terms=tuple(vocab.quality_meta),
+        rating_terms=tuple(vocab.rating),
+        period_terms=tuple(vocab.periods),
+        year_format=year.format,
+        year_min=year.min,
+        year_max=year.max,
+        quality_choices=dict(picked.quality),
+        rating_choices=dict(picked.rating),
+        period_choices=dict(picked.period),
         choices=choices,
     )
     if dialect.bucket(dialect.default_aspect) is None:
-        raise DialectError(f"{where}: default aspect {dialect.default_aspect!r} is not a bucket")
+        raise DialectError(
+            f"{where}: generation.aspect: {dialect.default_aspect!r} is not one of the "
+            f"{gen.buckets!r} buckets ({', '.join(b.aspect for b in buckets)})"
+        )
     return dialect

@@ -112,3 +112,62 @@ def test_bad_config_gives_one_clear_message(tmp_path: Path, text: str, expected:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "database",
+    ["animebot.sqlite", "./animebot.sqlite", "sub/../animebot.sqlite", "{data}/animebot.sqlite",
+     "../data/animebot.sqlite", "animebot.sqlite-wal", "link.sqlite", "hardlink.sqlite"],
+)
+def test_the_tag_database_is_never_the_main_database(tmp_path: Path, database: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "animebot.sqlite").write_bytes(b"")
+    (data / "link.sqlite").symlink_to(data / "animebot.sqlite")
+    (data / "hardlink.sqlite").hardlink_to(data / "animebot.sqlite")
+    path = write(tmp_path, f'data_dir = "data"\n[tags]\ndatabase = "{database.format(data=data)}"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: tags.database: ")
+    assert "is the bot's main database" in str(err.value)
+
+
+def test_a_tag_database_of_its_own_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "data"\n[tags]\ndatabase = "../elsewhere/animebot.sqlite"\n')
+    assert load_config(path).tags_db == tmp_path / "data" / "../elsewhere/animebot.sqlite"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[quotas]\ncooldown_seconds = inf\n", "quotas.cooldown_seconds: Input should be a finite number"),
+        ("[quotas]\ncooldown_seconds = nan\n", "quotas.cooldown_seconds: "),
+        ("[quotas]\ncooldown_seconds = 1e300\n", "quotas.cooldown_seconds: Input should be less than or equal to"),
+        ("[quotas]\nimages_per_day = 9223372036854775807\n", "quotas.images_per_day: Input should be less"),
+        ("[discord]\nadmin_user_ids = [-1]\n", "discord.admin_user_ids.0: Input should be greater"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nsize_scale = nan\n", "models.x.size_scale: "),
+    ],
+)
+def test_numbers_must_be_finite_and_in_range(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+def test_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'data_dir = "data"\n\xff\xfe = 1\n')
+    with pytest.raises(ConfigError, match=r"line 2: not valid UTF-8 \(byte 0xff\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key", ["data_dir", "tags.database", "models.x.path"])
+def test_a_nul_in_a_path_is_refused(tmp_path: Path, key: str) -> None:
+    *tables, name = key.split(".")
+    header = f"[{'.'.join(tables)}]\n" if tables else ""
+    extra = "family = 'sdxl'\n" if tables[:1] == ["models"] else ""
+    path = write(tmp_path, f'{header}{extra}{name} = "a\\u0000b"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {key}: a path cannot contain a NUL character (got 'a\\x00b')"

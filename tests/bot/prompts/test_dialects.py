@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from bot.prompts.dialects import available_dialects, load_choices, load_dialect
+from bot.prompts.dialects import DialectError, available_dialects, load_choices, load_dialect
 from inference.samplers import SAMPLERS
 
 
@@ -33,8 +36,15 @@ def test_card_values() -> None:
     assert (v4.steps, v4.cfg) == (28, 5.0)
     assert v4.quality_choices["masterpiece"] == "masterpiece, high score, great score, absurdres"
     assert [(b.width, b.height) for b in v4.buckets] == [
-        (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216),
-        (1344, 768), (768, 1344), (1536, 640), (640, 1536),
+        (1024, 1024),
+        (1152, 896),
+        (896, 1152),
+        (1216, 832),
+        (832, 1216),
+        (1344, 768),
+        (768, 1344),
+        (1536, 640),
+        (640, 1536),
     ]
     anima = load_dialect("anima")
     assert anima.negative == "worst quality, low quality, score_1, score_2, score_3, blurry, jpeg artifacts, sepia"
@@ -57,3 +67,143 @@ def test_year_to_period() -> None:
     assert choices.period_of_year(2019) == "recent"
     assert choices.period_of_year(1999) == "oldest"
     assert choices.period_of_year(2030) == "newest"
+
+
+# --- broken data files: one clear message naming the file and the key ----------------------------
+
+REPO_DATA = Path(__file__).resolve().parents[3] / "data"
+
+
+@pytest.fixture
+def data_copy(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(REPO_DATA / "models", data / "models")
+    for name in ("choices.toml", "buckets.toml"):
+        shutil.copy(REPO_DATA / name, data / name)
+    return data
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "models/anima.toml",
+            "steps = 30",
+            "stepz = 30",
+            ["generation.stepz: unknown key", "generation.steps: Field required"],
+        ),
+        (
+            "models/anima.toml",
+            "steps = 30",
+            'steps = "30"',
+            ["generation.steps: Input should be a valid integer (got '30')"],
+        ),
+        ("models/anima.toml", "cfg = 4.0", "cfg = inf", ["generation.cfg: Input should be a finite number"]),
+        (
+            "models/anima.toml",
+            "escape_parentheses = true",
+            "escape_parentheses = 1",
+            ["prompt.escape_parentheses: Input should be a valid boolean"],
+        ),
+        ("models/anima.toml", 'name = "Anima"\n', "", ["name: Field required"]),
+        ("models/anima.toml", 'family = "anima"', 'family = "sd15"', ["family: Input should be 'sdxl' or 'anima'"]),
+        (
+            "models/anima.toml",
+            'quality = ["masterpiece",',
+            'quality = [1, "masterpiece",',
+            ["vocab.quality.0: Input should be a valid string (got 1)"],
+        ),
+        (
+            "models/anima.toml",
+            '"meta", "text"]',
+            '"meta", "text", "extra"]',
+            ["prompt.order: must list each of quality"],
+        ),
+        ("models/anima.toml", 'format = "year {year}"', 'format = "year"', ["year.format: must contain {year}"]),
+        ("models/anima.toml", "min = 1990", "min = 2030", ["year: min (2030) is after max (2025)"]),
+        (
+            "models/anima.toml",
+            "[choices.rating]",
+            "[choices.ratings]",
+            ["choices.ratings: unknown key", "choices.rating: Field required"],
+        ),
+        (
+            "models/anima.toml",
+            'buckets = "anima"',
+            'buckets = "sd15"',
+            ["generation.buckets: unknown bucket set 'sd15'"],
+        ),
+        (
+            "models/anima.toml",
+            'aspect = "1:1"',
+            'aspect = "5:12"',
+            ["generation.aspect: '5:12' is not one of the 'anima' buckets"],
+        ),
+        (
+            "models/anima.toml",
+            'worst = "worst quality, score_1"',
+            'worst = "worst quality, score_1"\ndivine = "x"',
+            ["choices.quality: unknown choice divine"],
+        ),
+        ("models/anima.toml", 'newest = "newest"', "", ["choices.period: lacks newest"]),
+        ("models/anima.toml", "[generation]", "[generation\n", ["not valid TOML"]),
+        (
+            "choices.toml",
+            'nsfw_ratings = ["questionable", "explicit"]',
+            'nsfw_ratings = ["questionable", "xxx"]',
+            ["(top level): nsfw_ratings names ratings that are not in rating: xxx"],
+        ),
+        (
+            "choices.toml",
+            "newest = [2021, 2024]",
+            "newest = [2021]",
+            ["periods.newest: List should have at least 2 items"],
+        ),
+        ("choices.toml", "quality = [", "qualities = [", ["qualities: unknown key", "quality: Field required"]),
+        (
+            "buckets.toml",
+            '"1:1" = [1024, 1024]',
+            '"1:1" = [1024, "1024"]',
+            ["sdxl.1:1.1: Input should be a valid integer"],
+        ),
+        (
+            "buckets.toml",
+            '"9:7" = [1152, 896]',
+            '"9:7" = [1152, 0]',
+            ["sdxl.9:7.1: Input should be greater than or equal to 64"],
+        ),
+    ],
+)
+def test_a_broken_data_file_is_one_clear_message(
+    data_copy: Path, file: str, old: str, new: str, expected: list[str]
+) -> None:
+    path = data_copy / file
+    edit(path, old, new)
+    with pytest.raises(DialectError) as info:
+        load_dialect("anima" if file.startswith("models/") else "animagine-xl-4.0", data_copy)
+    message = str(info.value)
+    assert "Traceback" not in message and "pydantic" not in message and "https://" not in message
+    lines = message.splitlines()
+    assert len(lines) == len(expected), message
+    assert all(line.startswith(f"{path}: ") for line in lines), message
+    for want in expected:
+        assert any(want in line for line in lines), message
+
+
+def test_invalid_utf8_in_a_data_file(data_copy: Path) -> None:
+    path = data_copy / "models" / "anima.toml"
+    path.write_bytes(path.read_bytes().replace(b"Anima", b"An\xffma", 1))
+    with pytest.raises(DialectError, match=f"^{path}: not valid UTF-8$"):
+        load_dialect("anima", data_copy)
+
+
+def test_a_value_out_of_range(data_copy: Path) -> None:
+    edit(data_copy / "models" / "anima.toml", "steps = 30", "steps = 0")
+    with pytest.raises(DialectError, match=r"generation\.steps: Input should be greater than or equal to 1"):
+        load_dialect("anima", data_copy)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 import bot.prompts.tags as tags_module
+import bot.prompts.tags.db as tags_db
+import bot.prompts.tags.importer as tags_importer
+import bot.prompts.tags.index as tags_index
 from bot.prompts.tags import (
     MAX_LIMIT,
     ImportReport,
@@ -176,8 +179,8 @@ def test_only_the_first_few_problem_lines_are_kept(tmp_path: Path) -> None:
     csv = write(tmp_path / "m.csv", good + "bad row\n" * 30)
     report = import_csv(csv, tmp_path / "m.db")
     assert report.malformed == 30
-    assert report.malformed_lines == tuple(range(101, 101 + tags_module.MAX_PROBLEMS))
-    assert f"... and {30 - tags_module.MAX_PROBLEMS} more" in report.summary()
+    assert report.malformed_lines == tuple(range(101, 101 + tags_importer.MAX_PROBLEMS))
+    assert f"... and {30 - tags_importer.MAX_PROBLEMS} more" in report.summary()
 
 
 def test_reimport_replaces_everything(tmp_path: Path) -> None:
@@ -211,7 +214,7 @@ def test_write_failure_rolls_back_to_the_previous_list(tmp_path: Path, monkeypat
     db_path = tmp_path / "tags.db"
     import_csv(write(tmp_path / "a.csv", TEST_CSV), db_path)
     # Fail after the old tables were dropped and the new ones created, inside the transaction.
-    monkeypatch.setattr(tags_module, "_SCHEMA", tags_module._SCHEMA + "CREATE TABLE tags (oops);")
+    monkeypatch.setattr(tags_db, "_SCHEMA", tags_db._SCHEMA + "CREATE TABLE tags (oops);")
     with pytest.raises(TagImportError, match="writing tag database"):
         import_csv(write(tmp_path / "b.csv", "smile,0,10,\n"), db_path)
     db = TagDatabase.open(db_path)
@@ -254,7 +257,7 @@ def test_csv_is_a_directory(tmp_path: Path) -> None:
 def test_import_refuses_to_overwrite_a_non_database(tmp_path: Path) -> None:
     csv = write(tmp_path / "a.csv", TEST_CSV)
     precious = write(tmp_path / "notes.txt", "my notes, not a database\n" * 100)
-    with pytest.raises(TagImportError, match="not a usable SQLite database"):
+    with pytest.raises(TagImportError, match="not a SQLite database"):
         import_csv(csv, precious)
     assert precious.read_text(encoding="utf-8").startswith("my notes")
 
@@ -380,7 +383,7 @@ def test_no_match(db: TagDatabase) -> None:
 @pytest.mark.parametrize("threshold", [0, 1, 3, 512])
 def test_search_agrees_with_brute_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: int) -> None:
     """Whether a prefix's top list is precomputed (small threshold) or scanned, answers are the same."""
-    monkeypatch.setattr(tags_module, "SCAN_THRESHOLD", threshold)
+    monkeypatch.setattr(tags_index, "SCAN_THRESHOLD", threshold)
     rng = random.Random(threshold)
     extra = "".join(
         f"{rng.choice('ab')}{rng.choice('ab_ ')}{rng.choice('abc')}x{i},{rng.choice([0, 1, 3, 4, 5])},"
@@ -519,3 +522,48 @@ def test_real_search_agrees_with_brute_force(real: tuple[ImportReport, TagDataba
         ranks = sorted({r for k, r in entries if k.startswith(prefix)})
         expected = [tags[r].name for r in ranks if category is None or tags[r].category == category][:25]
         assert names(db.search(prefix, category)) == expected, (prefix, category)
+
+
+# --- what a failure is called (bugs 12, 13) -----------------------------------------------------
+
+
+def test_import_refuses_a_database_with_other_tables(tmp_path: Path) -> None:
+    """The bot's main database (or any other) is never overwritten by a tag import."""
+    main_db = tmp_path / "animebot.sqlite"
+    with sqlite3.connect(main_db) as conn:
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY)")
+        conn.execute("PRAGMA user_version = 3")
+    before = main_db.read_bytes()
+    with pytest.raises(TagImportError, match=r"other tables \(jobs\), not a tag database; refusing to overwrite"):
+        import_csv(write(tmp_path / "a.csv", TEST_CSV), main_db)
+    assert main_db.read_bytes() == before
+
+
+def test_post_counts_beyond_sqlite_are_malformed_rows(tmp_path: Path) -> None:
+    csv = write(
+        tmp_path / "big.csv",
+        f"huge,0,{2**63},\nhuger,0,{'9' * 5000},\nweird_category,{'9' * 5000},5,\n" + TEST_CSV,
+    )
+    report = import_csv(csv, tmp_path / "t.db")
+    assert report.tags == 17 and report.malformed == 3 + 3
+    reasons = [p.reason for p in report.problems if p.line <= 3]
+    assert reasons[0] == "post count '9223372036854775808' is too large (at most 9,223,372,036,854,775,807)"
+    assert "(5,000 characters) is too large" in reasons[1]
+    assert "is not one of 0, 1, 3, 4, 5" in reasons[2]
+
+
+def test_a_locked_database_is_called_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db_path = tmp_path / "tags.db"
+    import_csv(write(tmp_path / "a.csv", TEST_CSV), db_path)
+    monkeypatch.setattr(tags_db, "BUSY_TIMEOUT", 0.1)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(tags_module.TagDatabaseBusy, match="is locked by another process"):
+            TagDatabase.open(db_path)
+        with pytest.raises(tags_module.TagDatabaseBusy, match="is locked by another process"):
+            import_csv(write(tmp_path / "b.csv", "smile,0,10,\n"), db_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(TagDatabase.open(db_path)) == 17
