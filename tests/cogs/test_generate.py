@@ -27,7 +27,7 @@ async def jobs_of(bot: AnimeBot, user_id: int) -> list[JobRecord]:
 async def finish(env: simcord.Env, bot: AnimeBot, job_id: int) -> JobRecord:
     await bot.service.wait(job_id)
     await env.settle()
-    job = await bot.service.queue.jobs.get(job_id)
+    job = await bot.service.job(job_id)
     assert job is not None
     return job
 
@@ -197,12 +197,12 @@ async def test_ack_shows_the_queue_position_and_dm_works(make_bot: BotFactory) -
         channel = guild.create_text_channel("general")
         user = env.create_user("alice")
         alice = guild.add_member(user)
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         first = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         second = await user.slash("generate", prompt="1boy", steps=1, aspect="1:1")  # in a DM
         callbacks = [str(r.json) for r in requests(env, "POST", "/callback")]
         assert "(position 1)" in callbacks[0] and "(position 2)" in callbacks[1]
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         for job in await jobs_of(bot, alice.id):
             await finish(env, bot, job.id)
         for result in (first, second):
@@ -213,12 +213,12 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (alice,) = server(env, "alice")
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
         await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
-        assert bot.service.queue.position(job.id) == 4
+        assert await bot.service.position(job.id) == 4
         bot.deliveries.queue_interval = 3600.0
 
         def edits() -> list[str]:
@@ -230,7 +230,7 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
         assert [e for e in edits() if "position" in e] == [e for e in edits() if "(position 3)" in e]
         assert len(edits()) == 1  # position 3 shown; position 2 came within the interval
         await bot.service.cancel(ahead[2].id, ahead[2].owner_id)
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         await finish(env, bot, job.id)
         assert any("generating with tiny" in e for e in edits()[1:])  # the start is shown despite the interval
         assert not any("(position 1)" in e for e in edits())
