@@ -211,7 +211,8 @@ class JobRepository:
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
             "reroll_of, created_at, locale, queue_rank) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, "
             "COALESCE((SELECT served FROM queue_served WHERE owner_id = ?1), 0)"
-            " + (SELECT COUNT(*) FROM jobs WHERE owner_id = ?1 AND state = 'queued'))",
+            " + (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner"
+            " WHERE owner_id = ?1 AND state = 'queued'))",
             (
                 origin.owner_id,
                 origin.guild_id,
@@ -235,7 +236,8 @@ class JobRepository:
         async with self.store.transaction():
             row = await self.store.fetchone(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ? "
-                "WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY queue_rank, id LIMIT 1) "
+                "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' "
+                "ORDER BY queue_rank, id LIMIT 1) "
                 "AND state = 'queued' "
                 f"RETURNING {_RETURNED_COLUMNS}",
                 (time.time(), worker_id),
@@ -398,14 +400,14 @@ class JobRepository:
     async def order(self) -> list[int]:
         """Waiting job ids in the order they will run."""
         rows = await self.store.fetchall(
-            "SELECT id FROM jobs WHERE state = 'queued' ORDER BY queue_rank, id"
+            "SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' ORDER BY queue_rank, id"
         )
         return [int(row["id"]) for row in rows]
 
     async def position(self, job_id: int) -> int | None:
         """1 = runs next; None if not waiting. A count along the order index up to the job."""
         value = await self.store.scalar(
-            "SELECT 1 + (SELECT COUNT(*) FROM jobs w WHERE w.state = 'queued'"
+            "SELECT 1 + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order WHERE w.state = 'queued'"
             " AND (w.queue_rank, w.id) < (j.queue_rank, j.id))"
             " FROM jobs j WHERE j.id = ? AND j.state = 'queued'",
             (job_id,),
@@ -416,7 +418,10 @@ class JobRepository:
         """(position, job id) of one user's first `limit` waiting jobs, first to run first; and how many
         they have waiting in all."""
         total = int(
-            await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state = 'queued'", (owner_id,))
+            await self.store.scalar(
+                "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner WHERE owner_id = ? AND state = 'queued'",
+                (owner_id,),
+            )
         )
         rows = await self.store.fetchall(
             "SELECT id FROM jobs WHERE owner_id = ? AND state = 'queued' ORDER BY id LIMIT ?", (owner_id, limit)
@@ -434,7 +439,8 @@ class JobRepository:
             return {}
         rows = await self.store.fetchall(
             "SELECT id, position FROM ("
-            " SELECT id, ROW_NUMBER() OVER (ORDER BY queue_rank, id) AS position FROM jobs WHERE state = 'queued'"
+            " SELECT id, ROW_NUMBER() OVER (ORDER BY queue_rank, id) AS position"
+            " FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued'"
             ") WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(job_ids),),
         )
@@ -444,7 +450,9 @@ class JobRepository:
         """How many jobs the user has waiting or running."""
         return int(
             await self.store.scalar(
-                "SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state IN ('queued', 'running')", (owner_id,)
+                "SELECT (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner WHERE owner_id = ?1"
+                " AND state = 'queued') + (SELECT COUNT(*) FROM jobs WHERE state = 'running' AND owner_id = ?1)",
+                (owner_id,),
             )
         )
 
