@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import discord
@@ -10,6 +13,7 @@ import pytest
 import simcord
 from PIL import Image
 
+from bot.core.events import Event, JobQueued
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot
 from bot.prompts.builder import PromptChoices
@@ -30,6 +34,24 @@ async def finish(env: simcord.Env, bot: AnimeBot, job_id: int) -> JobRecord:
     job = await bot.service.job(job_id)
     assert job is not None
     return job
+
+
+@asynccontextmanager
+async def announced(bot: AnimeBot, job_id: int, position: int) -> AsyncIterator[None]:
+    """Wait, after the block, until the queue has announced `position` for the job (listening from
+    before the block, so the announcement cannot come unseen)."""
+    heard = asyncio.get_running_loop().create_future()
+
+    def on_event(event: Event) -> None:
+        if event == JobQueued(job_id, position) and not heard.done():
+            heard.set_result(None)
+
+    unlisten = bot.service.events.listen(on_event)
+    try:
+        yield
+        await asyncio.wait_for(heard, 60)
+    finally:
+        unlisten()
 
 
 def requests(env: simcord.Env, method: str, fragment: str) -> list[Any]:
@@ -224,8 +246,9 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
         def edits() -> list[str]:
             return [str(r.json) for r in requests(env, "PATCH", "@original")]
 
-        for other in ahead[:2]:
-            await bot.service.cancel(other.id, other.owner_id)
+        for position, other in ((3, ahead[0]), (2, ahead[1])):
+            async with announced(bot, job.id, position):  # the queue announces positions in the background
+                await bot.service.cancel(other.id, other.owner_id)
             await env.settle()
         assert [e for e in edits() if "position" in e] == [e for e in edits() if "(position 3)" in e]
         assert len(edits()) == 1  # position 3 shown; position 2 came within the interval
