@@ -110,6 +110,15 @@ class JobQueue:
     async def running(self) -> list[int]:
         return await self.jobs.running()
 
+    def announced_position(self, job_id: int) -> int | None:
+        """The position last announced for a followed job; None if none was yet."""
+        return self._announced.get(job_id)
+
+    def announce(self) -> None:
+        """Announce the followed jobs' positions soon, also to jobs just followed (one pass for all of them:
+        a restart that follows every waiting job costs one read of the order, not one count per job)."""
+        self._moved.set()
+
     def _changed(self) -> None:
         """The order changed: the announcer recomputes the followed jobs' positions (off the caller's path,
         so an acknowledgement never waits for a pass over the queue)."""

@@ -175,7 +175,8 @@ class GenerationService:
     async def watch(self, job_id: int) -> AsyncGenerator[WatchEvent, None]:
         """Follow one job: its queue position (when it changes), JobStarted, JobProgress, and last JobEnded
         with the finished job (images recorded), after which the iteration ends. The first event tells
-        where the job is now (its position, its latest progress, or JobEnded if it had already finished).
+        where the job is now: its position (as the queue's announcer last computed it, or with its next
+        pass), its latest progress, or JobEnded if it had already finished.
         No event is lost between reading the job and listening: the job is followed before it is read.
         Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
         inbox = self.events.follow(job_id)
@@ -186,9 +187,11 @@ class GenerationService:
             started = job.state != JobState.QUEUED
             position: int | None = None
             if job.state == JobState.QUEUED:
-                position = await self.queue.position(job_id)
+                position = self.queue.announced_position(job_id)
                 if position is not None:
                     yield JobQueued(job_id, position)
+                else:
+                    self.queue.announce()  # its position comes with the announcer's next pass
             elif job.state == JobState.RUNNING:
                 yield self.events.progress.get(job_id) or JobStarted(job_id, job.model)
             while not job.state.finished:

@@ -238,9 +238,10 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
         await bot.service.set_paused(True)
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
-        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        async with announced(bot, ahead[-1].id + 1, 4):  # the delivery task hears where its job waits
+            await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
-        assert await bot.service.position(job.id) == 4
+        assert job.id == ahead[-1].id + 1 and await bot.service.position(job.id) == 4
         bot.deliveries.queue_interval = 3600.0
 
         def edits() -> list[str]:
