@@ -216,10 +216,9 @@ class JobQueue:
     async def next_job(self) -> WorkItem:
         while True:
             self._wakeup.clear()  # before looking: a wake-up while we look is not lost
-            if not await self.paused():
-                item = await self.claim_next(self.worker_id)
-                if item is not None:
-                    return item
+            item = await self.claim_next(self.worker_id)
+            if item is not None:
+                return item
             poll = asyncio.get_running_loop().call_later(POLL_SECONDS, self._wakeup.set)  # a timer, not a task
             try:
                 await self._wakeup.wait()
@@ -228,7 +227,9 @@ class JobQueue:
 
     async def claim_next(self, worker_id: str) -> WorkItem | None:
         """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
-        waits. Ignores the pause: a worker asks `paused()` first."""
+        waits or the queue is paused. Any number of workers, in this process or others, may call it."""
+        if await self.paused():
+            return None
         while True:
             job = await self.jobs.claim_next(worker_id)
             if job is None:

@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from bot.config import parse_config
+from bot.core.events import Event, EventBus, JobStarted
 from bot.core.jobs import JobOrigin, JobRepository, JobState
 from bot.core.migrations import MIGRATIONS
+from bot.core.queue import JobQueue
+from bot.core.quotas import QuotaLimits, Quotas
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
@@ -284,3 +287,26 @@ async def test_rows_of_a_version_2_database_are_read_and_ranked(tmp_path: Path) 
         assert await jobs.order() == [1, 4, 2, 3]
     finally:
         await store.close()
+
+
+async def test_claim_next_is_what_a_remote_worker_calls(store: Store, tmp_path: Path) -> None:
+    """JobQueue.claim_next(worker_id): None while paused or empty; else the next job, running for that
+    worker, with its model and image paths, and JobStarted announced."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    events = EventBus()
+    heard: list[Event] = []
+    events.listen(heard.append)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), config.models, events, config.data_dir)
+    assert await queue.claim_next("remote-1") is None  # nothing waits
+    job = await queue.submit(resolved(tmp_path), JobOrigin("u"))
+    await queue.set_paused(True)
+    assert await queue.claim_next("remote-1") is None
+    await queue.set_paused(False)
+    item = await queue.claim_next("remote-1")
+    assert item is not None and item.job_id == job.id and item.spec.name == "tiny-sdxl"
+    assert [path.parent.parent for path in item.image_paths] == [config.data_dir / "images"]
+    claimed = await store.fetchone("SELECT state, claimed_by, attempts FROM jobs WHERE id = ?", (job.id,))
+    assert claimed is not None and tuple(claimed) == ("running", "remote-1", 1)
+    assert JobStarted(job.id, "tiny-sdxl") in heard
+    assert await queue.claim_next("remote-2") is None
+    await queue.close()
