@@ -633,7 +633,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         await service.close()
     for k in (100, 300, 1000):
         print(
-            f"position broadcast, {k} events to a Delivery following {k} jobs: "
+            f"position broadcast, {k} events to {k} followed jobs: "
             f"{await fanout_cost(k) * 1000:.1f} ms"
         )
     worst_auto = max((max(s.acks) for s in auto if s.acks), default=0.0)
