@@ -162,7 +162,8 @@ async def test_a_job_requeued_after_a_crash_is_not_counted_as_served(tmp_path: P
 
 async def test_two_connections_claiming_at_once_share_the_jobs_fairly(tmp_path: Path) -> None:
     """Two Store connections on one file, eight claimers each: every job is claimed once, by one of them,
-    and the claims, in the order they were committed, follow the fair order."""
+    and the claims, in the order they were committed, follow the fair order. (Which connection wins how
+    many is SQLite's busy handler's business: one may even take them all.)"""
     path = tmp_path / "queue.sqlite"
     job = resolved(tmp_path)
     stores = [await Store.open(path), await Store.open(path)]
@@ -181,7 +182,6 @@ async def test_two_connections_claiming_at_once_share_the_jobs_fairly(tmp_path: 
         # round trips to its connection's thread after that, so this list is in commit order.
         await asyncio.gather(*(claimer(jobs[n % 2], f"conn{n % 2}-{n}") for n in range(16)))
         assert [job_id for job_id, _ in committed] == expected
-        assert {name.split("-")[0] for _, name in committed} == {"conn0", "conn1"}
         rows = await stores[0].fetchall("SELECT id, state, attempts, claimed_by FROM jobs ORDER BY id")
         assert all(row["state"] == JobState.RUNNING and row["attempts"] == 1 for row in rows)
         assert {row["id"]: row["claimed_by"] for row in rows} == dict(committed)
