@@ -232,7 +232,12 @@ class JobRepository:
         if nothing waits. Safe with any number of claimers on any number of connections or processes:
         SQLite runs one write transaction at a time and the UPDATE re-checks `state = 'queued'`, so a job
         is claimed once. Its owner's served count grows by one in the same transaction (their remaining
-        jobs keep their rank: served + 1, place - 1), or is forgotten if they have nothing left waiting."""
+        jobs keep their rank: served + 1, place - 1), or is forgotten if they have nothing left waiting.
+        An empty queue is seen with a read (WAL: never blocked by a writer), without taking the write lock."""
+        if not await self.store.fetchall(
+            "SELECT 1 FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' LIMIT 1"
+        ):
+            return None
         async with self.store.transaction():
             row = await self.store.fetchone(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ? "
