@@ -72,8 +72,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -87,12 +86,12 @@ from bot.core.events import EventBus, JobQueued  # noqa: E402
 from bot.core.jobs import JobState  # noqa: E402
 from bot.core.service import GenerationService  # noqa: E402
 from bot.discord_app.client import SYNC_KEY, AnimeBot, create_bot  # noqa: E402
-from bot.discord_app.delivery import Delivery  # noqa: E402
 from bot.prompts.builder import PromptChoices  # noqa: E402
 from bot.prompts.dialects import Dialect, load_dialect  # noqa: E402
 from bot.prompts.requests import GenerationRequest  # noqa: E402
 from bot.prompts.tags import import_csv  # noqa: E402
 from cogs.generate import quality_pairs, rating_pairs, year_pairs  # noqa: E402
+from tests.cogs.conftest import parked_follow  # noqa: E402
 
 T = TypeVar("T")
 
@@ -358,6 +357,9 @@ async def make_service(root: Path, csv_path: Path) -> GenerationService:
     service = GenerationService(config, cache)
     started = time.perf_counter()
     await service.start()  # outside the bot: its worker's idle wait is not the bot's unfinished work
+    # Delivery tasks wait for their job's events in service.watch: declared to simcord as external waits,
+    # as the cog tests do, so that a command settles while the jobs it queued wait.
+    service.events.follow = parked_follow(service.events)  # type: ignore[method-assign,assignment]
     print(f"service.start() (diffusers import, tag index): {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     await service.worker.load_model(config.models[SDXL])
@@ -393,9 +395,8 @@ async def fill(service: GenerationService, n: int, owners: list[str], steps: int
 
 async def clear(env: simcord.Env, service: GenerationService) -> None:
     """Pause, cancel what waits and what runs, and let the bot deliver the cancellations."""
-    queue = service.queue
-    await queue.set_paused(True)
-    await queue.clear("bench")
+    await service.set_paused(True)
+    await service.clear_queue("bench")
     running = service.worker.running_job
     if running is not None:
         await service.cancel(running, "bench", admin=True)
@@ -465,7 +466,7 @@ async def fresh_bot(service: GenerationService) -> AnimeBot:
     """A new bot around the same service, for a new simcord Env: each queue situation starts with a
     fresh simulated Discord (simcord's bookkeeping grows with the interactions it has seen). The stored
     command-tree hash is dropped so that the bot registers its commands with this Discord."""
-    await service.store.execute("DELETE FROM bot_state WHERE key = ?", (SYNC_KEY,))
+    await service.set_state(SYNC_KEY, "")
     return create_bot(service.config, service, freeze_gc=True)  # as `animebot run` does
 
 
@@ -523,7 +524,7 @@ async def situation(
                 print(f"      event-loop lag (10 ms sleeps): {probe.summary()}")
                 rows.append((series, probe))
 
-            await queue.set_paused(True)
+            await service.set_paused(True)
             for i in range(3):  # warm-up of this Env
                 await generate(i)
             await clear(env, service)
@@ -545,33 +546,35 @@ async def situation(
                     part.print()
                     rows.append((part, probe))
                 print(f"      event-loop lag over these {n} /generate: {probe.summary()}")
-                # The bot's own synchronous share when a job starts: every waiting job's position changes,
-                # is published, and is handed to the delivery task following that job.
+                # The bot's own share when a job starts: every waiting job's position changes, is read
+                # from the database (one pass), published, and handed to the delivery task following it.
                 costs = []
                 for _ in range(5):
-                    queue._published = {}  # as if every position had changed
                     started = time.perf_counter()
-                    queue._publish_positions()
+                    positions = await queue.jobs.positions(service.events.followed())
+                    for job_id, position in positions.items():
+                        service.events.publish(JobQueued(job_id, position))
                     costs.append(time.perf_counter() - started)
                     await env.settle()
-                print(f"  one position broadcast with {len(queue)} followed jobs (synchronous): {stats(costs)}")
+                print(f"  one position broadcast with {len(positions)} followed jobs (read + publish): {stats(costs)}")
             running = None
             if spec.generating:
-                await queue.set_paused(False)
+                await service.set_paused(False)
                 deadline = time.monotonic() + 60
                 while service.worker.running_job is None and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 running = service.worker.running_job
             state = "generating" if spec.generating else "paused"
+            waiting = await service.queue_length()
             if spec.others:  # first, while alice's 100 newest jobs are all waiting
-                await measured(f"/queue,    {len(queue)} waiting, {state}, user with 100", args.acks, queue_show)
-                await measured(f"/queue,    {len(queue)} waiting, {state}, user with 3", args.acks, queue_bob)
-                await measured(f"/history,  {len(queue)} waiting, {state}", args.acks, history)
+                await measured(f"/queue,    {waiting} waiting, {state}, user with 100", args.acks, queue_show)
+                await measured(f"/queue,    {waiting} waiting, {state}, user with 3", args.acks, queue_bob)
+                await measured(f"/history,  {waiting} waiting, {state}", args.acks, history)
             if spec.followed:  # each timed /generate adds one more followed job
                 label = f"/generate, {spec.followed}-{spec.followed + args.acks - 1} followed jobs waiting"
                 await measured(label, args.acks, generate)
             else:  # each timed /generate is cancelled after its acknowledgement (untimed)
-                await measured(f"/generate, {len(queue)} waiting, {state}", args.acks, generate, cancel_newest)
+                await measured(f"/generate, {waiting} waiting, {state}", args.acks, generate, cancel_newest)
             if spec.generating:
                 still = service.worker.running_job
                 print(f"  (job running at the start: {running}, at the end: {still})")
@@ -581,18 +584,14 @@ async def situation(
 
 async def fanout_cost(k: int) -> float:
     """Seconds to publish k JobQueued events (one full position broadcast, as when a job starts) through
-    an EventBus to a Delivery following k jobs, without simcord."""
+    an EventBus to k followed jobs (the queues service.watch reads), without simcord."""
     bus = EventBus()
-    service = cast(GenerationService, SimpleNamespace(events=bus))
-    delivery = Delivery(discord.Client(intents=discord.Intents.none()), service, lambda job: discord.ui.View())
-    for job_id in range(k):
-        delivery._inboxes[job_id] = asyncio.Queue()
+    inboxes = [bus.follow(job_id) for job_id in range(k)]  # what each delivery task's service.watch reads
     started = time.perf_counter()
     for position, job_id in enumerate(range(k), start=1):
         bus.publish(JobQueued(job_id, position))
     elapsed = time.perf_counter() - started
-    assert all(inbox.qsize() == 1 for inbox in delivery._inboxes.values())
-    delivery.close()
+    assert all(inbox.qsize() == 1 for inbox in inboxes)
     return elapsed
 
 
@@ -634,7 +633,7 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         await service.close()
     for k in (100, 300, 1000):
         print(
-            f"position broadcast, {k} events to a Delivery following {k} jobs: "
+            f"position broadcast, {k} events to {k} followed jobs: "
             f"{await fanout_cost(k) * 1000:.1f} ms"
         )
     worst_auto = max((max(s.acks) for s in auto if s.acks), default=0.0)

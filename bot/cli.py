@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -228,33 +229,36 @@ def _prepare_out_dir(out: Path) -> None:
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
     """Submit to the same durable queue the bot uses, run the worker until this job is finished, and
     print the image paths. If the process dies, the job stays queued and runs at the next start."""
-    from bot.core.events import JobFinished, JobProgress, JobStarted, ModelLoading
+    from bot.core.events import Event, JobEnded, JobProgress, JobStarted, ModelLoading
     from bot.core.service import GenerationService, cli_user
 
     status = _TerminalProgress(sys.stderr)
     service = GenerationService(config)
     await service.start()
+
+    def loading(event: Event) -> None:  # model loads belong to no job: every one is shown
+        if isinstance(event, ModelLoading):
+            status.line(f"loading {event.model}: {event.stage} ({event.done}/{event.total})",
+                        final=event.done == event.total)
+
+    unlisten = service.events.listen(loading)
     try:
-        events = service.events.subscribe()
         job = await service.submit(request, cli_user(), exempt=True)
         if service.interrupted:
             status.line(f"resuming {len(service.interrupted)} interrupted job(s) first", final=True)
-        while True:
-            event = await events.get()
-            if isinstance(event, ModelLoading):
-                status.line(f"loading {event.model}: {event.stage} ({event.done}/{event.total})",
-                            final=event.done == event.total)
-            elif isinstance(event, JobStarted) and event.job_id == job.id:
-                status.line(f"job #{job.id} started on {event.model}", final=True)
-            elif isinstance(event, JobProgress) and event.job_id == job.id:
-                status.line(f"job #{job.id}: step {event.step}/{event.total}, ETA {event.eta:.1f}s",
-                            final=event.step == event.total)
-            elif isinstance(event, JobFinished) and event.job_id == job.id:
-                break
-        finished = await service.wait(job.id)
+        finished = job
+        async with contextlib.aclosing(service.watch(job.id)) as events:
+            async for event in events:
+                if isinstance(event, JobStarted):
+                    status.line(f"job #{job.id} started on {event.model}", final=True)
+                elif isinstance(event, JobProgress):
+                    status.line(f"job #{job.id}: step {event.step}/{event.total}, ETA {event.eta:.1f}s",
+                                final=event.step == event.total)
+                elif isinstance(event, JobEnded):
+                    finished = event.job
         if finished.state != JobState.DONE:
             raise CliError(f"job #{job.id} {finished.state.value}: {finished.error or ''}".rstrip(": "), EXIT_FAILURE)
-        for image in await service.queue.jobs.images(job.id):
+        for image in await service.images(job.id):
             path = service.image_path(image.path)
             if out is not None:
                 try:
@@ -267,9 +271,10 @@ async def _generate_through_queue(request: GenerationRequest, out: Path | None, 
                         EXIT_FAILURE,
                     ) from None
             print(path)
-        await service.queue.jobs.mark_delivered(job.id, "cli")
+        await service.mark_delivered(job.id, "cli")
         return 0
     finally:
+        unlisten()
         await service.close()
 
 
@@ -283,13 +288,13 @@ def _work(config: Config, resume: bool = False) -> int:
         await service.start()
         try:
             if resume:
-                await service.queue.set_paused(False)
-            waiting = len(service.queue)
+                await service.set_paused(False)
+            waiting = await service.queue_length()
             print(f"{waiting} job(s) waiting ({len(service.interrupted)} interrupted)", file=sys.stderr)
-            if service.queue.paused and waiting:
+            if waiting and await service.paused():
                 raise CliError("the queue is paused: run `animebot work --resume` to unpause it and run them")
             await service.drain()
-            for job in await service.queue.jobs.undelivered():
+            for job in await service.undelivered():
                 print(f"job #{job.id}: {job.state.value}" + (f" ({job.error})" if job.error else ""))
             return 0
         finally:

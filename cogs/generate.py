@@ -138,7 +138,7 @@ class Generate(commands.Cog):
             exempt=is_admin(bot.config.discord, user),
             locale=locale,
         )
-        position = bot.service.queue.position(job.id) or 1
+        position = await bot.service.position(job.id) or 1
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
         try:
             await interaction.response.send_message(

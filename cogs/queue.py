@@ -4,6 +4,7 @@ written to the audit log."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Literal
 
 import discord
@@ -11,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.errors import UserError
-from bot.core.events import Event, JobFinished, JobProgress
+from bot.core.events import JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
 from bot.discord_app.permissions import is_admin, owner_key
@@ -27,35 +28,31 @@ OWN_JOBS_SHOWN = 10  # positions listed by /queue; the rest are counted
 class Queue(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:
         self.bot = bot
-        self.progress: dict[int, JobProgress] = {}  # the last progress seen of running jobs
-        self._unlisten = bot.service.events.listen(self._on_event)
 
-    async def cog_unload(self) -> None:
-        self._unlisten()
-
-    def _on_event(self, event: Event) -> None:
-        if isinstance(event, JobProgress):
-            self.progress[event.job_id] = event
-        elif isinstance(event, JobFinished):
-            self.progress.pop(event.job_id, None)
+    async def _now(self, job_id: int) -> JobProgress | None:
+        """The running job's latest progress: the first event watch() gives (None before its first step)."""
+        async with contextlib.aclosing(self.bot.service.watch(job_id)) as events:
+            async for event in events:
+                return event if isinstance(event, JobProgress) else None
+        return None
 
     async def status_text(self, user: discord.abc.User, locale: str) -> str:
-        queue = self.bot.service.queue
-        lines = [render("queue_status", locale, length=len(queue))]
-        if queue.paused:
+        service = self.bot.service
+        lines = [render("queue_status", locale, length=await service.queue_length())]
+        if await service.paused():
             lines.append(render("queue_is_paused", locale))
-        positions = queue.positions_of(owner_key(user))
+        positions, waiting = await service.queue_positions(owner_key(user), OWN_JOBS_SHOWN)
         if positions:
-            shown = [render("queue_your_position", locale, job_id=j, position=p) for p, j in positions[:OWN_JOBS_SHOWN]]
-            if len(positions) > OWN_JOBS_SHOWN:
-                shown.append(render("queue_more", locale, count=len(positions) - OWN_JOBS_SHOWN))
+            shown = [render("queue_your_position", locale, job_id=j, position=p) for p, j in positions]
+            if waiting > len(positions):
+                shown.append(render("queue_more", locale, count=waiting - len(positions)))
             lines.append(render("queue_yours", locale, positions=", ".join(shown)))
         else:
             lines.append(render("queue_none_yours", locale))
-        running = queue.running if queue.running is not None else self.bot.service.worker.running_job
+        running = next(iter(await service.running_jobs()), None)
         if running is None:
             lines.append(render("queue_idle", locale))
-        elif (progress := self.progress.get(running)) is not None:
+        elif (progress := await self._now(running)) is not None:
             lines.append(
                 render(
                     "queue_running_step",
@@ -79,7 +76,6 @@ class Queue(commands.Cog):
         actor = owner_key(user)
         guild_id = guild_key(interaction)
         admin = is_admin(bot.config.discord, user)
-        queue = bot.service.queue
         if action == "show":
             text = await self.status_text(user, locale)
         elif action == "cancel":
@@ -93,12 +89,12 @@ class Queue(commands.Cog):
         elif not admin:
             raise UserError("admin_only")
         elif action == "clear":
-            count = await queue.clear(actor)
+            count = await bot.service.clear_queue(actor)
             await bot.service.audit(actor, guild_id, "queue.clear", {"cancelled": count})
             text = render("queue_cleared", locale, count=count)
         else:
             paused = action == "pause"
-            await queue.set_paused(paused)
+            await bot.service.set_paused(paused)
             await bot.service.audit(actor, guild_id, f"queue.{action}", {})
             text = render("queue_paused_now" if paused else "queue_resumed_now", locale)
         await interaction.response.send_message(text, ephemeral=True)

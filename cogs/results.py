@@ -26,7 +26,7 @@ REROLL_EMOJI = "🔄"
 
 
 async def _job(bot: AnimeBot, job_id: int) -> JobRecord:
-    job = await bot.service.queue.jobs.get(job_id)
+    job = await bot.service.job(job_id)
     if job is None:
         raise UserError("job_not_found", job_id=job_id)
     return job
@@ -134,7 +134,7 @@ async def reroll(
         nsfw_allowed=channel_allows_nsfw(channel),
         locale=locale,
     )
-    position = bot.service.queue.position(new.id) or 1
+    position = await bot.service.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
     try:

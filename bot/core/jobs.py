@@ -1,5 +1,11 @@
-"""Job records in the store: the lifecycle queued → running → done | failed | cancelled, images,
-deliveries and history. Every state change is a conditional UPDATE, so it happens at most once."""
+"""Job records in the store: the lifecycle queued → running → done | failed | cancelled, the queue's fair
+order, images, deliveries and history. Every state change is a conditional UPDATE, so it happens at most
+once, whichever process or worker asks.
+
+Fair order (the rule is in bot/core/queue.py's doc): a waiting job's `queue_rank` column holds its owner's
+served count plus its place among the owner's waiting jobs, kept exact by every write below, so the next
+job is the first entry of the partial index jobs_waiting_in_order and a position is a count along it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
@@ -72,14 +80,68 @@ class JobRecord:
     locale: str | None = None  # the asker's message language, for a delivery after a restart
 
 
+# -- stored parameters: the JSON in jobs.request and jobs.params, read through models that upgrade old rows --
+
+
+class _Stored(BaseModel):
+    # A field a later release added is missing from older rows: it takes its default. A field a later
+    # release dropped is ignored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StoredChoices(_Stored):
+    prompt: str
+    negative: str = ""
+    quality: str | None = None
+    year: str | None = None
+    rating: str | None = None
+    artist: str | None = None
+    default_negative: bool = True
+    sfw: bool = False
+
+
+class StoredRequest(_Stored):
+    """jobs.request: what the user asked for."""
+
+    model: str
+    choices: StoredChoices
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    aspect: str | None = None
+    size: str | None = None
+    count: int = 1
+    sampler: str | None = None
+    nsfw_allowed: bool = True
+
+    def to_request(self) -> GenerationRequest:
+        data = self.model_dump()
+        data["choices"] = PromptChoices(**data["choices"])
+        return GenerationRequest(**data)
+
+
+class StoredParams(_Stored):
+    """jobs.params: the resolved parameters the worker runs."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    seeds: tuple[int, ...]
+    sampler: str
+
+    def to_params(self) -> GenerationParams:
+        return GenerationParams(**self.model_dump())
+
+
 def request_to_json(request: GenerationRequest) -> str:
     return json.dumps(asdict(request), ensure_ascii=False)
 
 
 def request_from_json(text: str) -> GenerationRequest:
-    data = json.loads(text)
-    data["choices"] = PromptChoices(**data["choices"])
-    return GenerationRequest(**data)
+    return StoredRequest.model_validate_json(text).to_request()
 
 
 def params_to_json(params: GenerationParams) -> str:
@@ -87,15 +149,18 @@ def params_to_json(params: GenerationParams) -> str:
 
 
 def params_from_json(text: str) -> GenerationParams:
-    data = json.loads(text)
-    data["seeds"] = tuple(data["seeds"])
-    return GenerationParams(**data)
+    return StoredParams.model_validate_json(text).to_params()
 
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
     j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
+"""
+# A claimed job's row as UPDATE ... RETURNING gives it (never delivered yet).
+_RETURNED_COLUMNS = """
+    id, owner_id, guild_id, channel_id, model, request, params, state, error, attempts, reroll_of, cancelled_by,
+    created_at, started_at, finished_at, locale, 0 AS delivered
 """
 
 
@@ -141,9 +206,13 @@ class JobRepository:
         )
 
     async def insert(self, resolved: ResolvedRequest, origin: JobOrigin, reroll_of: int | None = None) -> int:
+        """Queue a new job at its fair rank: its owner's served count plus their jobs already waiting."""
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
-            "reroll_of, created_at, locale) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "reroll_of, created_at, locale, queue_rank) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, "
+            "COALESCE((SELECT served FROM queue_served WHERE owner_id = ?1), 0)"
+            " + (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner"
+            " WHERE owner_id = ?1 AND state = 'queued'))",
             (
                 origin.owner_id,
                 origin.guild_id,
@@ -158,14 +227,35 @@ class JobRepository:
             ),
         )
 
-    async def claim(self, job_id: int) -> bool:
-        """queued → running. False if the job is no longer queued (cancelled meanwhile)."""
-        changed = await self.store.execute(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ? "
-            "WHERE id = ? AND state = 'queued'",
-            (time.time(), job_id),
-        )
-        return changed == 1
+    async def claim_next(self, worker_id: str) -> JobRecord | None:
+        """The next job in fair order, queued → running for `worker_id`, in one UPDATE ... RETURNING; None
+        if nothing waits. Safe with any number of claimers on any number of connections or processes:
+        SQLite runs one write transaction at a time and the UPDATE re-checks `state = 'queued'`, so a job
+        is claimed once. Its owner's served count grows by one in the same transaction (their remaining
+        jobs keep their rank: served + 1, place - 1), or is forgotten if they have nothing left waiting.
+        An empty queue is seen with a read (WAL: never blocked by a writer), without taking the write lock."""
+        if not await self.store.fetchall(
+            "SELECT 1 FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' LIMIT 1"
+        ):
+            return None
+        async with self.store.transaction():
+            row = await self.store.fetchone(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ? "
+                "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' "
+                "ORDER BY queue_rank, id LIMIT 1) "
+                "AND state = 'queued' "
+                f"RETURNING {_RETURNED_COLUMNS}",
+                (time.time(), worker_id),
+            )
+            if row is None:
+                return None
+            await self.store.execute(
+                "INSERT INTO queue_served (owner_id, served) VALUES (?, 1) "
+                "ON CONFLICT (owner_id) DO UPDATE SET served = served + 1",
+                (row["owner_id"],),
+            )
+            await self._forget_served_if_idle(row["owner_id"])
+            return _job(row)
 
     async def finish(self, job_id: int, images: list[ImageRecord]) -> bool:
         """running → done with its images, once. False (and nothing written) if it was not running."""
@@ -186,24 +276,67 @@ class JobRepository:
 
     async def fail(self, job_id: int, message: str) -> bool:
         """queued/running → failed, once; its quota usage is given back."""
-        return await self._end_unfinished(job_id, JobState.FAILED, "error", message)
+        return await self._end_unfinished(job_id, JobState.FAILED, "error", message, ("queued", "running"))
 
     async def cancel(self, job_id: int, by: str) -> bool:
         """queued/running → cancelled, once; its quota usage is given back."""
-        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by)
+        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by, ("queued", "running"))
+
+    async def cancel_waiting(self, job_id: int, by: str) -> bool:
+        """queued → cancelled, once; False if it is no longer waiting (a worker claimed it meanwhile)."""
+        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by, ("queued",))
 
     async def _end_unfinished(
-        self, job_id: int, state: JobState, column: Literal["error", "cancelled_by"], value: str
+        self,
+        job_id: int,
+        state: JobState,
+        column: Literal["error", "cancelled_by"],
+        value: str,
+        states: tuple[str, ...],
     ) -> bool:
         async with self.store.transaction():
-            changed = await self.store.execute(
-                f"UPDATE jobs SET state = ?, {column} = ?, finished_at = ? "
-                "WHERE id = ? AND state IN ('queued', 'running')",
+            before = await self.store.fetchone("SELECT owner_id, state, queue_rank FROM jobs WHERE id = ?", (job_id,))
+            if before is None or before["state"] not in states:
+                return False
+            await self.store.execute(
+                f"UPDATE jobs SET state = ?, {column} = ?, finished_at = ? WHERE id = ?",
                 (state.value, value, time.time(), job_id),
             )
-            if changed == 1:
-                await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
-            return changed == 1
+            await self.store.execute("DELETE FROM usage WHERE job_id = ?", (job_id,))
+            if before["state"] == JobState.QUEUED:
+                await self._close_gap(before["owner_id"], job_id)
+            return True
+
+    async def _close_gap(self, owner_id: str, job_id: int) -> None:
+        """A waiting job left the queue without being served: the owner's later jobs move up one place."""
+        await self.store.execute(
+            "UPDATE jobs SET queue_rank = queue_rank - 1 WHERE owner_id = ? AND state = 'queued' AND id > ?",
+            (owner_id, job_id),
+        )
+        await self._forget_served_if_idle(owner_id)
+
+    async def _forget_served_if_idle(self, owner_id: str) -> None:
+        """Once a user has nothing waiting, their next job is ranked as a newcomer's."""
+        await self.store.execute(
+            "DELETE FROM queue_served WHERE owner_id = ?1 "
+            "AND NOT EXISTS (SELECT 1 FROM jobs WHERE owner_id = ?1 AND state = 'queued')",
+            (owner_id,),
+        )
+
+    async def cancel_all_waiting(self, by: str) -> list[int]:
+        """Every waiting job → cancelled (usage given back), in one transaction; their ids."""
+        async with self.store.transaction():
+            rows = await self.store.fetchall(
+                "UPDATE jobs SET state = 'cancelled', cancelled_by = ?, finished_at = ? WHERE state = 'queued' "
+                "RETURNING id",
+                (by, time.time()),
+            )
+            ids = sorted(int(row["id"]) for row in rows)
+            await self.store.execute(
+                "DELETE FROM usage WHERE job_id IN (SELECT value FROM json_each(?))", (json.dumps(ids),)
+            )
+            await self.store.execute("DELETE FROM queue_served")  # nobody has anything waiting
+            return ids
 
     async def request_cancel(self, job_id: int, by: str) -> None:
         """Record who asked to cancel a running job; the worker stops it (on_cancelled), or the next start
@@ -216,10 +349,11 @@ class JobRepository:
         """At start: jobs left running by a process that died go back to the queue (their order kept).
         A job someone had asked to cancel is cancelled instead. A job that was already started
         MAX_ATTEMPTS times is failed: it may be what kills the process (driver crash, the kernel's OOM
-        killer), and must not crash-loop the bot."""
+        killer), and must not crash-loop the bot. A requeued job was not served after all: its owner's
+        served count goes back down one, and the fair ranks are computed afresh."""
         async with self.store.transaction():
             rows = await self.store.fetchall(
-                "SELECT id, attempts, cancelled_by FROM jobs WHERE state = 'running' ORDER BY id"
+                "SELECT id, owner_id, attempts, cancelled_by FROM jobs WHERE state = 'running' ORDER BY id"
             )
             requeued = []
             for row in rows:
@@ -229,10 +363,31 @@ class JobRepository:
                     await self.fail(row["id"], "This job stopped the bot every time it ran, so it was given up.")
                 else:
                     await self.store.execute(
-                        "UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = ?", (row["id"],)
+                        "UPDATE jobs SET state = 'queued', started_at = NULL, claimed_by = NULL WHERE id = ?",
+                        (row["id"],),
+                    )
+                    await self.store.execute(
+                        "UPDATE queue_served SET served = MAX(served - 1, 0) WHERE owner_id = ?", (row["owner_id"],)
                     )
                     requeued.append(row["id"])
+            if requeued:
+                await self.rerank()
         return requeued
+
+    async def rerank(self) -> None:
+        """Compute every waiting job's rank from the rule (after a requeue; the writes above keep it
+        exact otherwise). One pass over the waiting jobs."""
+        async with self.store.transaction():
+            await self.store.execute(
+                "DELETE FROM queue_served WHERE owner_id NOT IN (SELECT owner_id FROM jobs WHERE state = 'queued')"
+            )
+            await self.store.execute(
+                "UPDATE jobs SET queue_rank = ranked.rank FROM ("
+                " SELECT j.id, COALESCE(s.served, 0)"
+                "  + ROW_NUMBER() OVER (PARTITION BY j.owner_id ORDER BY j.id) - 1 AS rank"
+                " FROM jobs j LEFT JOIN queue_served s ON s.owner_id = j.owner_id WHERE j.state = 'queued'"
+                ") AS ranked WHERE jobs.id = ranked.id"
+            )
 
     async def mark_delivered(self, job_id: int, target: str = "") -> bool:
         """Record that the result reached the user. False if it already had (never deliver twice)."""
@@ -241,6 +396,75 @@ class JobRepository:
             (job_id, time.time(), target),
         )
         return changed == 1
+
+    # -- the queue's order ------------------------------------------------------------------------
+
+    async def waiting_count(self) -> int:
+        return int(await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'queued'"))
+
+    async def order(self) -> list[int]:
+        """Waiting job ids in the order they will run."""
+        rows = await self.store.fetchall(
+            "SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' ORDER BY queue_rank, id"
+        )
+        return [int(row["id"]) for row in rows]
+
+    async def position(self, job_id: int) -> int | None:
+        """1 = runs next; None if not waiting. A count along the order index up to the job."""
+        value = await self.store.scalar(
+            "SELECT 1 + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order WHERE w.state = 'queued'"
+            " AND (w.queue_rank, w.id) < (j.queue_rank, j.id))"
+            " FROM jobs j WHERE j.id = ? AND j.state = 'queued'",
+            (job_id,),
+        )
+        return None if value is None else int(value)
+
+    async def positions_of(self, owner_id: str, limit: int) -> tuple[list[tuple[int, int]], int]:
+        """(position, job id) of one user's first `limit` waiting jobs, first to run first; and how many
+        they have waiting in all."""
+        total = int(
+            await self.store.scalar(
+                "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner WHERE owner_id = ? AND state = 'queued'",
+                (owner_id,),
+            )
+        )
+        rows = await self.store.fetchall(
+            "SELECT id FROM jobs WHERE owner_id = ? AND state = 'queued' ORDER BY id LIMIT ?", (owner_id, limit)
+        )
+        found = []
+        for row in rows:  # the owner's jobs run in id order (their ranks grow with it)
+            position = await self.position(int(row["id"]))
+            if position is not None:
+                found.append((position, int(row["id"])))
+        return sorted(found), total
+
+    async def positions(self, job_ids: list[int]) -> dict[int, int]:
+        """The positions of those of `job_ids` that are waiting, in one pass along the order."""
+        if not job_ids:
+            return {}
+        rows = await self.store.fetchall(
+            "SELECT id, position FROM ("
+            " SELECT id, ROW_NUMBER() OVER (ORDER BY queue_rank, id) AS position"
+            " FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued'"
+            ") WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(job_ids),),
+        )
+        return {int(row["id"]): int(row["position"]) for row in rows}
+
+    async def unfinished_count(self, owner_id: str) -> int:
+        """How many jobs the user has waiting or running."""
+        return int(
+            await self.store.scalar(
+                "SELECT (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner WHERE owner_id = ?1"
+                " AND state = 'queued') + (SELECT COUNT(*) FROM jobs WHERE state = 'running' AND owner_id = ?1)",
+                (owner_id,),
+            )
+        )
+
+    async def running(self) -> list[int]:
+        """Jobs a worker runs now, first started first."""
+        rows = await self.store.fetchall("SELECT id FROM jobs WHERE state = 'running' ORDER BY started_at, id")
+        return [int(row["id"]) for row in rows]
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -270,6 +494,11 @@ class JobRepository:
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) ORDER BY j.id"
         )
         return [_job(row) for row in rows]
+
+    async def job_for_delivery(self, target: str) -> int | None:
+        """The job whose result was delivered to `target` (frontend-specific, e.g. "channel:message")."""
+        value = await self.store.scalar("SELECT job_id FROM deliveries WHERE target = ?", (target,))
+        return None if value is None else int(value)
 
     async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
         """A user's jobs, newest first, one page; and the total count."""

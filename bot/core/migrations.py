@@ -105,4 +105,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_waiting_by_owner ON jobs (owner_id, id) WHERE state = 'queued';
     """,
+    # 4: each waiting job's fair rank, kept by the queue repository (bot/core/jobs.py: served count + place among
+    # the owner's waiting jobs), so the next job and every position are one index walk, never a sort of the queue
+    """
+    ALTER TABLE jobs ADD COLUMN queue_rank INTEGER;  -- while queued: its rank in the fair order; else unused
+    UPDATE jobs SET queue_rank = ranked.rank
+    FROM (
+        SELECT j.id, COALESCE(s.served, 0) + ROW_NUMBER() OVER (PARTITION BY j.owner_id ORDER BY j.id) - 1 AS rank
+        FROM jobs j LEFT JOIN queue_served s ON s.owner_id = j.owner_id
+        WHERE j.state = 'queued'
+    ) AS ranked
+    WHERE jobs.id = ranked.id;
+    CREATE INDEX jobs_waiting_in_order ON jobs (queue_rank, id) WHERE state = 'queued';
+    """,
 )

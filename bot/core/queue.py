@@ -5,14 +5,21 @@ Fair order: users are served round-robin. A waiting job's rank is (jobs its owne
 since their queue was last empty) + (its place among the owner's waiting jobs); the lowest rank runs
 first, ties by submission order. So one user's ten jobs do not make another user's single job wait
 behind all ten: each of them waits at most one job per other waiting user.
+
+The database is the queue's only state: the jobs' states and ranks, the owners' served counts
+(queue_served) and the pause (bot_state) are rows, kept by bot/core/jobs.py, so any number of workers,
+in this process or another, claim jobs safely (`claim_next`). In memory there is only a wake-up event
+for this process's worker, and the positions last announced to the jobs someone follows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import contextlib
+import logging
+import os
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -20,18 +27,26 @@ from bot.core.errors import UserError
 from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
 from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
 from bot.core.quotas import Quotas
+from bot.core.settings import SettingsRepository
 from bot.core.store import Store
 from bot.prompts.requests import ResolvedRequest
 from inference.specs import ModelSpec
 from inference.types import LoadProgress, SavedImage, StepProgress, WorkItem
 
+log = logging.getLogger(__name__)
+
 PAUSED_KEY = "queue_paused"
+# A worker waits for this process's wake-up event, or this long: jobs another process queued (or a
+# resume it wrote) are noticed within it.
+POLL_SECONDS = 2.0
+# Between two passes of the position announcer (each reads the whole order: ~35 ms with 10k waiting), so
+# that a burst of submissions costs a few passes, not one each; Discord shows a position change at most
+# every 10 s anyway (bot/discord_app/delivery.py).
+ANNOUNCE_INTERVAL = 0.25
 
 
-@dataclass(frozen=True)
-class _Waiting:
-    job_id: int
-    owner_id: str
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class JobQueue:
@@ -42,66 +57,95 @@ class JobQueue:
         models: Mapping[str, ModelSpec],
         events: EventBus,
         data_dir: Path,
+        worker_id: str | None = None,
     ) -> None:
         self.store = store
         self.jobs = JobRepository(store)
+        self.settings = SettingsRepository(store)
         self.quotas = quotas
         self.models = models
         self.events = events
         self.data_dir = data_dir
-        self._waiting: dict[int, _Waiting] = {}  # insertion order = submission order
-        self._published: dict[int, int] = {}  # the last position announced for each waiting job
-        self._served: Counter[str] = Counter()
-        self._wakeup = asyncio.Event()
-        self._paused = False
-        self.running: int | None = None
+        self.worker_id = worker_id or default_worker_id()  # claimed_by of the jobs next_job() claims
+        self._wakeup = asyncio.Event()  # a job may be claimable: the worker looks
+        self._moved = asyncio.Event()  # positions may have changed: the announcer looks
+        self._announced: dict[int, int] = {}  # the last position announced to each followed job
+        self._announcer: asyncio.Task[None] | None = None
+        self.announce_interval = ANNOUNCE_INTERVAL
 
     async def start(self) -> list[int]:
-        """Load the queue from the database; jobs a dead process left running are queued again.
-        Returns the ids of those interrupted jobs."""
+        """Jobs a dead process left running are queued again (their ids are returned); positions are
+        announced from now on."""
         interrupted = await self.jobs.requeue_interrupted()
-        for job in await self.jobs.queued():
-            self._waiting[job.id] = _Waiting(job.id, job.owner_id)
-        self._paused = (await self.store.scalar("SELECT value FROM bot_state WHERE key = ?", (PAUSED_KEY,))) == "1"
         self._wakeup.set()
-        self._publish_positions()
+        self._moved.set()
+        if self._announcer is None:
+            self._announcer = asyncio.create_task(self._announce_positions(), name="queue-positions")
         return interrupted
 
-    # -- order -----------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
+            self._announcer = None
 
-    def order(self) -> list[int]:
+    # -- order (all read from the database) ------------------------------------------------------
+
+    async def order(self) -> list[int]:
         """Waiting job ids in the order they will run."""
-        seen: Counter[str] = Counter()
-        ranked = []
-        for seq, waiting in enumerate(self._waiting.values()):
-            rank = self._served[waiting.owner_id] + seen[waiting.owner_id]
-            seen[waiting.owner_id] += 1
-            ranked.append((rank, seq, waiting.job_id))
-        return [job_id for _, _, job_id in sorted(ranked)]
+        return await self.jobs.order()
 
-    def positions(self) -> dict[int, int]:
-        """Every waiting job's position (1 = runs next)."""
-        return {job_id: position for position, job_id in enumerate(self.order(), start=1)}
-
-    def positions_of(self, owner_id: str) -> list[tuple[int, int]]:
-        """(position, job id) of one user's waiting jobs, first to run first."""
-        positions = self.positions()
-        return sorted((positions[j], j) for j, waiting in self._waiting.items() if waiting.owner_id == owner_id)
-
-    def position(self, job_id: int) -> int | None:
+    async def position(self, job_id: int) -> int | None:
         """1 = runs next; None if not waiting."""
-        return self.positions().get(job_id) if job_id in self._waiting else None
+        return await self.jobs.position(job_id)
 
-    def __len__(self) -> int:
-        return len(self._waiting)
+    async def positions_of(self, owner_id: str, limit: int) -> tuple[list[tuple[int, int]], int]:
+        """(position, job id) of one user's first `limit` waiting jobs, and how many they have waiting."""
+        return await self.jobs.positions_of(owner_id, limit)
 
-    def _publish_positions(self) -> None:
-        """Announce the positions that changed (a new job at the end: one event, not one per job)."""
-        positions = self.positions()
-        for job_id, position in positions.items():
-            if self._published.get(job_id) != position:
-                self.events.publish(JobQueued(job_id, position))
-        self._published = positions
+    async def waiting(self) -> int:
+        return await self.jobs.waiting_count()
+
+    async def running(self) -> list[int]:
+        return await self.jobs.running()
+
+    def announced_position(self, job_id: int) -> int | None:
+        """The position last announced for a followed job; None if none was yet."""
+        return self._announced.get(job_id)
+
+    def announce(self) -> None:
+        """Announce the followed jobs' positions soon, also to jobs just followed (one pass for all of them:
+        a restart that follows every waiting job costs one read of the order, not one count per job)."""
+        self._moved.set()
+
+    def _changed(self) -> None:
+        """The order changed: the announcer recomputes the followed jobs' positions (off the caller's path,
+        so an acknowledgement never waits for a pass over the queue)."""
+        self._moved.set()
+
+    async def _announce_positions(self) -> None:
+        """Announce the positions that changed, of the jobs someone follows (a new job at the end: one
+        event, not one per job). Changes that come while a pass runs are folded into the next pass."""
+        while True:
+            await self._moved.wait()
+            self._moved.clear()
+            started = asyncio.get_running_loop().time()
+            try:
+                positions = await self.jobs.positions(self.events.followed())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading the queue's positions failed; trying again")
+                await asyncio.sleep(1.0)
+                self._moved.set()
+                continue
+            for job_id, position in positions.items():
+                if self._announced.get(job_id) != position:
+                    self.events.publish(JobQueued(job_id, position))
+            self._announced = positions
+            # At least as long as the pass took: the announcer never has more than half the database's time.
+            await asyncio.sleep(max(self.announce_interval, asyncio.get_running_loop().time() - started))
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -114,7 +158,7 @@ class JobQueue:
         reroll_of: int | None = None,
         exempt: bool = False,
     ) -> JobRecord:
-        """Persist the job (and its quota usage) in one transaction, then queue it. Raises UserError
+        """Persist the job (and its quota usage) in one transaction, at its fair rank. Raises UserError
         when a quota refuses it; nothing is written then."""
         owner_id = origin.owner_id
         async with self.store.transaction():
@@ -123,9 +167,8 @@ class JobQueue:
                 await self.quotas.check(owner_id, resolved.params.count, role_ids)
             job_id = await self.jobs.insert(resolved, origin, reroll_of)
             await self.quotas.record(owner_id, job_id, resolved.params.count)
-        self._waiting[job_id] = _Waiting(job_id, owner_id)
         self._wakeup.set()
-        self._publish_positions()
+        self._changed()
         job = await self.jobs.get(job_id)
         assert job is not None
         return job
@@ -133,9 +176,9 @@ class JobQueue:
     # -- cancelling, pausing ---------------------------------------------------------------------
 
     async def cancel(self, job_id: int, by: str, *, admin: bool = False) -> JobRecord:
-        """Cancel a waiting job now. For a running one, record who asked and return it still running:
-        the caller then tells the worker to stop it between steps. Only its owner or an admin may.
-        Raises UserError."""
+        """Cancel a waiting job now. For a running one (or one a worker claims meanwhile), record who
+        asked and return it still running: the caller then tells the worker to stop it between steps.
+        Only its owner or an admin may. Raises UserError."""
         job = await self.jobs.get(job_id)
         if job is None:
             raise UserError("job_not_found", job_id=job_id)
@@ -143,18 +186,9 @@ class JobQueue:
             raise UserError("not_your_job", job_id=job_id)
         if job.state.finished:
             raise UserError("job_finished", job_id=job_id)
-        waiting = self._waiting.pop(job_id, None)
-        if waiting is not None:
-            # Out of the waiting list before the first await: the worker cannot claim it meanwhile.
-            try:
-                cancelled = await self.jobs.cancel(job_id, by)
-            except BaseException:
-                self._put_back({job_id: waiting})
-                raise
-            self._start_afresh_if_idle(waiting.owner_id)
-            if cancelled:
-                self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
-            self._publish_positions()
+        if job.state == JobState.QUEUED and await self.jobs.cancel_waiting(job_id, by):
+            self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
+            self._changed()
         else:
             await self.jobs.request_cancel(job_id, by)
         refreshed = await self.jobs.get(job_id)
@@ -163,74 +197,50 @@ class JobQueue:
 
     async def clear(self, by: str) -> int:
         """Cancel every waiting job (admin), in one transaction."""
-        taken, self._waiting = self._waiting, {}  # before the first await, as in cancel()
-        try:
-            async with self.store.transaction():
-                cancelled = [job_id for job_id in taken if await self.jobs.cancel(job_id, by)]
-        except BaseException:
-            self._put_back(taken)
-            raise
-        self._served.clear()
+        cancelled = await self.jobs.cancel_all_waiting(by)
         for job_id in cancelled:
             self.events.publish(JobFinished(job_id, JobState.CANCELLED.value))
-        self._publish_positions()
+        self._changed()
         return len(cancelled)
 
-    def _put_back(self, taken: dict[int, _Waiting]) -> None:
-        """Undo a removal whose store write failed. Ids grow with submission, so id order is queue order."""
-        self._waiting = dict(sorted({**self._waiting, **taken}.items()))
-        self._wakeup.set()
-
-    def _start_afresh_if_idle(self, owner_id: str) -> None:
-        """Once a user has nothing waiting, their next job is ranked as a newcomer's (see the module doc)."""
-        if not any(w.owner_id == owner_id for w in self._waiting.values()):
-            self._served.pop(owner_id, None)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    async def paused(self) -> bool:
+        return await self.settings.state(PAUSED_KEY) == "1"
 
     async def set_paused(self, paused: bool) -> None:
         """Paused: the running job finishes, no new job starts. Survives restarts."""
-        await self.store.execute(
-            "INSERT INTO bot_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (PAUSED_KEY, "1" if paused else "0"),
-        )
-        self._paused = paused
+        await self.settings.set_state(PAUSED_KEY, "1" if paused else "0")
         self._wakeup.set()
 
     # -- JobSource (for the worker) --------------------------------------------------------------
 
     async def next_job(self) -> WorkItem:
         while True:
-            if not self._paused:
-                for job_id in self.order():
-                    item = await self._claim(job_id)
-                    if item is not None:
-                        return item
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._wakeup.clear()  # before looking: a wake-up while we look is not lost
+            item = await self.claim_next(self.worker_id)
+            if item is not None:
+                return item
+            poll = asyncio.get_running_loop().call_later(POLL_SECONDS, self._wakeup.set)  # a timer, not a task
+            try:
+                await self._wakeup.wait()
+            finally:
+                poll.cancel()
 
-    async def _claim(self, job_id: int) -> WorkItem | None:
-        waiting = self._waiting.pop(job_id, None)
-        if waiting is None:
-            return None  # cancelled since next_job() computed the order
-        self.running = job_id  # before the first await: the job is never neither waiting nor running
-        if not await self.jobs.claim(job_id):
-            self.running = None
-            self._start_afresh_if_idle(waiting.owner_id)
-            return None  # cancelled elsewhere meanwhile
-        self._served[waiting.owner_id] += 1
-        self._start_afresh_if_idle(waiting.owner_id)
-        job = await self.jobs.get(job_id)
-        assert job is not None
-        spec = self.models.get(job.model)
-        if spec is None:
-            await self.on_failed(job_id, f"The model {job.model} is no longer configured.")
+    async def claim_next(self, worker_id: str) -> WorkItem | None:
+        """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
+        waits or the queue is paused. Any number of workers, in this process or others, may call it."""
+        if await self.paused():
             return None
-        self.events.publish(JobStarted(job_id, job.model))
-        self._publish_positions()
-        return WorkItem(job_id, spec, job.params, self._image_paths(job))
+        while True:
+            job = await self.jobs.claim_next(worker_id)
+            if job is None:
+                return None
+            self._changed()
+            spec = self.models.get(job.model)
+            if spec is None:
+                await self.on_failed(job.id, f"The model {job.model} is no longer configured.")
+                continue
+            self.events.publish(JobStarted(job.id, job.model))
+            return WorkItem(job.id, spec, job.params, self._image_paths(job))
 
     def _image_paths(self, job: JobRecord) -> tuple[Path, ...]:
         day = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d")
@@ -243,12 +253,7 @@ class JobQueue:
     def on_model_loading(self, model: str, progress: LoadProgress) -> None:
         self.events.publish(ModelLoading(model, progress.stage, progress.done, progress.total))
 
-    def _release(self, job_id: int) -> None:
-        if self.running == job_id:
-            self.running = None
-
     async def on_done(self, job_id: int, images: list[SavedImage]) -> None:
-        self._release(job_id)
         records = [
             ImageRecord(job_id, s.index, s.seed, self._relative(s.path), s.width, s.height, s.parameters)
             for s in images
@@ -257,12 +262,10 @@ class JobQueue:
             self._finished(job_id, JobState.DONE)
 
     async def on_failed(self, job_id: int, message: str) -> None:
-        self._release(job_id)
         if await self.jobs.fail(job_id, message):
             self._finished(job_id, JobState.FAILED, message)
 
     async def on_cancelled(self, job_id: int) -> None:
-        self._release(job_id)
         job = await self.jobs.get(job_id)
         if await self.jobs.cancel(job_id, job.cancelled_by if job and job.cancelled_by else "system"):
             self._finished(job_id, JobState.CANCELLED)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bot.core.errors import UserError
+from bot.core.jobs import JobRepository
 from bot.core.store import Store
 
 WINDOW_SECONDS = 24 * 3600  # rolling: each image counts for 24 hours after it was asked for
@@ -61,10 +62,17 @@ def _most_generous(limits: Sequence[QuotaLimits]) -> QuotaLimits:
 
 
 class Quotas:
-    def __init__(self, store: Store, default: QuotaLimits, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        default: QuotaLimits,
+        clock: Callable[[], float] = time.time,
+        jobs: JobRepository | None = None,
+    ) -> None:
         self.store = store
         self.default = default
         self.clock = clock
+        self.jobs = jobs or JobRepository(store)  # how many jobs a user has waiting or running
 
     async def override(self, scope: str, target: str) -> QuotaLimits | None:
         """The limits one user's or role's override gives (unset fields: the defaults); None if none."""
@@ -133,11 +141,7 @@ class Quotas:
             "SELECT images, at FROM usage WHERE user_id = ? AND at > ? ORDER BY at", (user_id, now - WINDOW_SECONDS)
         )
         used = sum(row["images"] for row in rows)
-        queued = int(
-            await self.store.scalar(
-                "SELECT COUNT(*) FROM jobs WHERE owner_id = ? AND state IN ('queued', 'running')", (user_id,)
-            )
-        )
+        queued = await self.jobs.unfinished_count(user_id)
         last = max((row["at"] for row in rows), default=None)
         cooldown_left = 0.0 if last is None else max(0.0, last + limits.cooldown_seconds - now)
         remaining = None if limits.images_per_day is None else max(0, limits.images_per_day - used)

@@ -4,21 +4,22 @@ the store, quotas, the queue, the GPU worker and the model cache, wired together
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
-import json
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from bot.config import Config
+from bot.core.audit import AuditLog
 from bot.core.errors import UserError
-from bot.core.events import EventBus, JobFinished
-from bot.core.jobs import JobOrigin, JobRecord, JobState
+from bot.core.events import EventBus, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
+from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
+from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, resolve_request
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from inference.worker import GpuWorker
 
 log = logging.getLogger(__name__)
-GLOBAL = "*"  # guild_settings row of the global default model
 
 
 def cli_user() -> str:
@@ -86,13 +86,29 @@ class GenerationService:
     async def close(self) -> None:
         if self._worker is not None:
             await self._worker.stop()
+        if self._queue is not None:
+            await self._queue.close()
         if self._store is not None:
             await self._store.close()
 
     @property
     def store(self) -> Store:
+        """The database, for tests and maintenance tools; frontends use the methods below, and SQL lives in
+        the repositories (bot/core/jobs.py, settings.py, audit.py, quotas.py)."""
         assert self._store is not None, "start() first"
         return self._store
+
+    @property
+    def _jobs(self) -> JobRepository:
+        return self.queue.jobs
+
+    @property
+    def _settings(self) -> SettingsRepository:
+        return self.queue.settings
+
+    @property
+    def _audit(self) -> AuditLog:
+        return AuditLog(self.store)
 
     @property
     def queue(self) -> JobQueue:
@@ -139,7 +155,7 @@ class GenerationService:
         """The same request with a new random seed, for the same model. Counts against the quota unless
         `exempt`. Asked from another channel (`guild_id`, `channel_id`), it goes there, under that channel's
         `nsfw_allowed`: an nsfw job is not rerun where nsfw is refused."""
-        job = await self.queue.jobs.get(job_id)
+        job = await self.job(job_id)
         if job is None:
             raise UserError("job_not_found", job_id=job_id)
         request = replace(job.request, model=job.model, seed=None)
@@ -156,21 +172,76 @@ class GenerationService:
             locale=locale,
         )
 
+    async def watch(self, job_id: int) -> AsyncGenerator[WatchEvent, None]:
+        """Follow one job: its queue position (when it changes), JobStarted, JobProgress, and last JobEnded
+        with the finished job (images recorded), after which the iteration ends. The first event tells
+        where the job is now: its position (as the queue's announcer last computed it, or with its next
+        pass), its latest progress, or JobEnded if it had already finished.
+        No event is lost between reading the job and listening: the job is followed before it is read.
+        Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
+        inbox = self.events.follow(job_id)
+        try:
+            job = await self.job(job_id)
+            if job is None:
+                raise UserError("job_not_found", job_id=job_id)
+            started = job.state != JobState.QUEUED
+            position: int | None = None
+            if job.state == JobState.QUEUED:
+                position = self.queue.announced_position(job_id)
+                if position is not None:
+                    yield JobQueued(job_id, position)
+                else:
+                    self.queue.announce()  # its position comes with the announcer's next pass
+            elif job.state == JobState.RUNNING:
+                yield self.events.progress.get(job_id) or JobStarted(job_id, job.model)
+            while not job.state.finished:
+                event = await inbox.get()
+                if isinstance(event, JobFinished):
+                    fresh = await self.job(job_id)
+                    assert fresh is not None
+                    job = fresh
+                    continue
+                if isinstance(event, JobQueued):
+                    if started or event.position == position:
+                        continue  # announced late (it has started) or unchanged
+                    position = event.position
+                else:
+                    started = True
+                yield event
+            yield JobEnded(job)
+        finally:
+            self.events.unfollow(job_id, inbox)
+
     async def wait(self, job_id: int) -> JobRecord:
         """Wait until the job is done, failed or cancelled (and its images are recorded)."""
-        events = self.events.subscribe()
-        try:
-            while True:
-                job = await self.queue.jobs.get(job_id)
-                if job is None:
-                    raise UserError("job_not_found", job_id=job_id)
-                if job.state.finished:
-                    return job
-                event = await events.get()
-                while not (isinstance(event, JobFinished) and event.job_id == job_id):
-                    event = await events.get()
-        finally:
-            self.events.unsubscribe(events)
+        async with contextlib.aclosing(self.watch(job_id)) as events:
+            async for event in events:
+                if isinstance(event, JobEnded):
+                    return event.job
+        raise AssertionError("watch() ends with JobEnded")
+
+    async def job(self, job_id: int) -> JobRecord | None:
+        return await self._jobs.get(job_id)
+
+    async def images(self, job_id: int) -> list[ImageRecord]:
+        return await self._jobs.images(job_id)
+
+    async def mark_delivered(self, job_id: int, target: str = "") -> bool:
+        """Record that the job's result reached its user (`target`: where, e.g. "channel:message").
+        False if it already had: never deliver twice."""
+        return await self._jobs.mark_delivered(job_id, target)
+
+    async def undelivered(self) -> list[JobRecord]:
+        """Finished jobs (done or failed) whose result has not reached the user yet."""
+        return await self._jobs.undelivered()
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs waiting or running, oldest first."""
+        return await self._jobs.unfinished()
+
+    async def job_for_delivery(self, target: str) -> int | None:
+        """The job whose result was delivered to `target`."""
+        return await self._jobs.job_for_delivery(target)
 
     async def cancel(self, job_id: int, by: str, *, admin: bool = False) -> JobRecord:
         job = await self.queue.cancel(job_id, by, admin=admin)
@@ -178,19 +249,56 @@ class GenerationService:
             self.worker.cancel(job_id)
         return job
 
+    # -- the queue -------------------------------------------------------------------------------
+
+    async def position(self, job_id: int) -> int | None:
+        """The job's place in the queue (1 = runs next); None if it is not waiting."""
+        return await self.queue.position(job_id)
+
+    async def queue_positions(self, owner_id: str, limit: int = 10) -> tuple[list[tuple[int, int]], int]:
+        """(position, job id) of a user's first `limit` waiting jobs, first to run first; and how many
+        they have waiting in all."""
+        return await self.queue.positions_of(owner_id, limit)
+
+    async def queue_length(self) -> int:
+        """Jobs waiting (not counting the running ones)."""
+        return await self.queue.waiting()
+
+    async def running_jobs(self) -> list[int]:
+        """Jobs a worker runs now, first started first."""
+        return await self.queue.running()
+
+    async def paused(self) -> bool:
+        return await self.queue.paused()
+
+    async def set_paused(self, paused: bool) -> None:
+        """Paused: running jobs finish, no new job starts. Survives restarts."""
+        await self.queue.set_paused(paused)
+
+    async def clear_queue(self, by: str) -> int:
+        """Cancel every waiting job; how many were."""
+        return await self.queue.clear(by)
+
     async def drain(self) -> None:
         """Wait until nothing is running, nothing waits (unless the queue is paused: then waiting jobs
         stay) and every result is recorded."""
         while (
-            (len(self.queue) and not self.queue.paused)
-            or self.queue.running is not None
+            (await self.queue.waiting() and not await self.queue.paused())
+            or await self.queue.running()
             or self.worker.running_job is not None
         ):
             await asyncio.sleep(0.05)
         await self.worker.idle()
 
+    async def state(self, key: str) -> str | None:
+        """A value the bot keeps for itself (bot_state), e.g. the command tree's hash."""
+        return await self._settings.state(key)
+
+    async def set_state(self, key: str, value: str) -> None:
+        await self._settings.set_state(key, value)
+
     async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
-        return await self.queue.jobs.history(owner_id, page, per_page)
+        return await self._jobs.history(owner_id, page, per_page)
 
     async def quota(self, owner_id: str, role_ids: Sequence[str] = ()) -> QuotaStatus:
         return await self.quotas.status(owner_id, role_ids)
@@ -244,10 +352,7 @@ class GenerationService:
     async def active_model(self, guild_id: str | None = None) -> str:
         """The guild's model, else the global default, else the config's (a name no longer configured is
         skipped). One query: autocomplete asks on every keystroke."""
-        rows = await self.store.fetchall(
-            "SELECT guild_id, active_model FROM guild_settings WHERE guild_id IN (?, ?)", (guild_id or GLOBAL, GLOBAL)
-        )
-        chosen = {row["guild_id"]: row["active_model"] for row in rows}
+        chosen = await self._settings.active_models(guild_id)
         for key in (guild_id or GLOBAL, GLOBAL):
             if chosen.get(key) in self.config.models:
                 return str(chosen[key])
@@ -267,16 +372,8 @@ class GenerationService:
             await self.audit(actor, guild_id, "model.switch_failed", {"model": name, "error": str(e)})
             raise UserError("model_load_failed", model=name, reason=str(e), active=previous) from None
         async with self.store.transaction():
-            await self.store.execute(
-                "INSERT INTO guild_settings (guild_id, active_model, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (guild_id) DO UPDATE SET active_model = excluded.active_model, "
-                "updated_at = excluded.updated_at",
-                (guild_id or GLOBAL, name, time.time()),
-            )
+            await self._settings.set_active_model(guild_id, name)
             await self.audit(actor, guild_id, "model.switch", {"model": name, "previous": previous})
 
     async def audit(self, actor: str, guild_id: str | None, action: str, detail: Mapping[str, object]) -> None:
-        await self.store.execute(
-            "INSERT INTO audit_log (at, actor_id, guild_id, action, detail) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), actor, guild_id, action, json.dumps(detail, ensure_ascii=False)),
-        )
+        await self._audit.record(actor, guild_id, action, detail)

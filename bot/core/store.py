@@ -110,13 +110,15 @@ class Store:
             return int(cursor.lastrowid or 0)
 
     async def fetchall(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, tuple(args)) as cursor:
-            return list(await cursor.fetchall())
+        # One call on aiosqlite's thread: the statement runs to its end before another coroutine's statement
+        # (e.g. a BEGIN IMMEDIATE) can run on this connection. Stepped in two calls, a read left open there
+        # holds an old snapshot, and the BEGIN fails at once with "database is locked" when another
+        # connection has written meanwhile (SQLITE_BUSY_SNAPSHOT: the busy timeout does not apply).
+        return list(await self._db.execute_fetchall(sql, tuple(args)))
 
     async def fetchone(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
-        async with self._db.execute(sql, tuple(args)) as cursor:
-            row: sqlite3.Row | None = await cursor.fetchone()
-            return row
+        rows = await self.fetchall(sql, args)
+        return rows[0] if rows else None
 
     async def scalar(self, sql: str, args: Iterable[Any] = ()) -> Any:
         row = await self.fetchone(sql, args)

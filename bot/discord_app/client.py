@@ -79,8 +79,7 @@ class AnimeBot(commands.Bot):
     async def sync_commands(self) -> bool:
         """Register the commands with Discord if they changed since the last registration."""
         digest = await self.tree_hash()
-        store = self.service.store
-        if await store.scalar("SELECT value FROM bot_state WHERE key = ?", (SYNC_KEY,)) == digest:
+        if await self.service.state(SYNC_KEY) == digest:
             self.synced = False
             return False
         guild_ids = self.config.discord.guild_ids
@@ -91,10 +90,7 @@ class AnimeBot(commands.Bot):
                 await self.tree.sync(guild=guild)
         else:
             await self.tree.sync()
-        await store.execute(
-            "INSERT INTO bot_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (SYNC_KEY, digest),
-        )
+        await self.service.set_state(SYNC_KEY, digest)
         self.synced = True
         return True
 
@@ -104,9 +100,7 @@ class AnimeBot(commands.Bot):
         try:
             await super().close()
         finally:
-            if self.delivery is not None:
-                self.delivery.close()
-                self.delivery = None
+            self.delivery = None
             if self._owns_service:
                 await self.service.close()
                 self._owns_service = False

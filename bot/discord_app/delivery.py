@@ -5,6 +5,7 @@ interaction token has expired or the edit failed. Each job is delivered once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Coroutine
@@ -14,7 +15,7 @@ from typing import Any
 
 import discord
 
-from bot.core.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
+from bot.core.events import JobEnded, JobProgress, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
 from bot.core.service import GenerationService
@@ -33,11 +34,6 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
-
-
-def job_event(job_id: int) -> str:
-    """The discord.py event name (bot.dispatch / bot.wait_for) of one followed job's events."""
-    return f"animebot_job_{job_id}"
 
 
 class Unreachable(Exception):
@@ -95,21 +91,6 @@ class Delivery:
         self.progress_interval = PROGRESS_INTERVAL
         self.queue_interval = QUEUE_INTERVAL
         self.retry_delays = RETRY_DELAYS
-        self._inboxes: dict[int, asyncio.Queue[Event]] = {}  # the events of each followed job
-        self._unlisten = service.events.listen(self._route)
-
-    def _route(self, event: Event) -> None:
-        """Hand a job's event to the task following that job (one dict lookup, whatever the queue length)
-        and wake it: it waits with discord.py's wait_for on an event named after its job."""
-        job_id = getattr(event, "job_id", -1)
-        inbox = self._inboxes.get(job_id)
-        if inbox is not None:
-            inbox.put_nowait(event)
-            self.bot.dispatch(job_event(job_id), event)
-
-    def close(self) -> None:
-        """Stop receiving events (the bot is closing)."""
-        self._unlisten()
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run delivery work in a task that `cancel_all` stops."""
@@ -151,45 +132,37 @@ class Delivery:
                 await asyncio.sleep(delay)
 
     async def _wait(self, job_id: int, target: Target) -> JobRecord:
-        """Show the job's queue position and progress (throttled) until it finishes. The queue publishes
-        JobFinished after every way a job can finish is written, and the inbox is in place before the
-        job is read, so waiting for events needs no polling."""
-        inbox: asyncio.Queue[Event] = asyncio.Queue()
-        self._inboxes[job_id] = inbox  # before reading the job: no event can slip between
-        try:
-            job = await self.service.queue.jobs.get(job_id)
-            assert job is not None
-            last_edit: float | None = None  # loop time of the last progress edit
-            loop = asyncio.get_running_loop()
-            while not job.state.finished:
-                if inbox.empty():  # no await between this check and wait_for's registration
-                    await self.bot.wait_for(job_event(job_id))
-                event = inbox.get_nowait()
-                if isinstance(event, JobFinished):
-                    fresh = await self.service.queue.jobs.get(job_id)
-                    assert fresh is not None
-                    job = fresh
-                    continue
-                text = self._progress_text(event, job, target.locale)
+        """Show the job's queue position and progress (throttled) until it finishes (service.watch)."""
+        job = await self.service.job(job_id)
+        prompt = job.request.choices.prompt[:200] if job is not None else ""
+        last_edit: float | None = None  # loop time of the last progress edit
+        loop = asyncio.get_running_loop()
+        first = True
+        async with contextlib.aclosing(self.service.watch(job_id)) as events:
+            async for event in events:
+                if isinstance(event, JobEnded):
+                    return event.job
+                if first and isinstance(event, JobQueued):
+                    first = False
+                    continue  # where it waits now: the acknowledgement says so; edits show changes
+                first = False
+                text = self._progress_text(event, job_id, prompt, target.locale)
                 interval = self.queue_interval if isinstance(event, JobQueued) else self.progress_interval
                 due = last_edit is None or loop.time() - last_edit >= interval or isinstance(event, JobStarted)
                 if text is not None and due:
                     last_edit = loop.time()
                     await self._edit_progress(target, text)
-            return job
-        finally:
-            del self._inboxes[job_id]
+        raise AssertionError("watch() ends with JobEnded")
 
     @staticmethod
-    def _progress_text(event: Event, job: JobRecord, locale: str) -> str | None:
+    def _progress_text(event: WatchEvent, job_id: int, prompt: str, locale: str) -> str | None:
         if isinstance(event, JobQueued):
-            prompt = job.request.choices.prompt[:200]
-            return render("queued", locale, job_id=job.id, position=event.position, prompt=prompt)
+            return render("queued", locale, job_id=job_id, position=event.position, prompt=prompt)
         if isinstance(event, JobStarted):
-            return render("running", locale, job_id=job.id, model=event.model)
+            return render("running", locale, job_id=job_id, model=event.model)
         if isinstance(event, JobProgress):
             eta = max(0, round(event.eta))
-            return render("progress", locale, job_id=job.id, step=event.step, total=event.total, eta=eta)
+            return render("progress", locale, job_id=job_id, step=event.step, total=event.total, eta=eta)
         return None
 
     async def _edit_progress(self, target: Target, text: str) -> None:
@@ -214,12 +187,12 @@ class Delivery:
             return
         self._delivering.add(job.id)
         try:
-            fresh = await self.service.queue.jobs.get(job.id)
+            fresh = await self.service.job(job.id)
             if fresh is None or fresh.delivered:
                 return
             message = await self._send_result(job, target)
             if message is not None:
-                await self.service.queue.jobs.mark_delivered(job.id, f"{message.channel.id}:{message.id}")
+                await self.service.mark_delivered(job.id, f"{message.channel.id}:{message.id}")
         finally:
             self._delivering.discard(job.id)
 
@@ -271,7 +244,7 @@ class Delivery:
         limit = self.upload_limit(target)
         spoiler = self.sensitive(job)
         files = []
-        for image in await self.service.queue.jobs.images(job.id):
+        for image in await self.service.images(job.id):
             path = self.service.image_path(image.path)
             data = await asyncio.to_thread(path.read_bytes)
             data, name = await asyncio.to_thread(fit_image, data, limit, path.name)
@@ -290,8 +263,7 @@ class Delivery:
         """After a start: results that finished while the bot was away are posted in their channel
         (mentioning the owner), and jobs still waiting or running from before the restart are followed,
         so theirs are posted when they finish."""
-        jobs = self.service.queue.jobs
-        for job in await jobs.undelivered():
+        for job in await self.service.undelivered():
             target = self._channel_target(job)
             if target is None:
                 continue
@@ -299,7 +271,7 @@ class Delivery:
                 await self.deliver(job, target)
             except discord.HTTPException:
                 log.exception("could not deliver job %s after restart", job.id)
-        for job in await jobs.unfinished():
+        for job in await self.service.unfinished():
             target = self._channel_target(job)
             if target is not None:
                 self.start(job, target)
@@ -313,10 +285,7 @@ class Delivery:
 
     async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
         """The job whose result is the given message."""
-        value = await self.service.store.scalar(
-            "SELECT job_id FROM deliveries WHERE target = ?", (f"{channel_id}:{message_id}",)
-        )
-        return None if value is None else int(value)
+        return await self.service.job_for_delivery(f"{channel_id}:{message_id}")
 
 
 def token_alive(interaction: discord.Interaction) -> bool:

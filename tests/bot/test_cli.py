@@ -164,7 +164,7 @@ def test_work_refuses_a_paused_queue_until_resumed(capsys: pytest.CaptureFixture
         service = GenerationService(load_config(config))
         await service.start()
         try:
-            await service.queue.set_paused(True)
+            await service.set_paused(True)
             job = await service.submit(
                 GenerationRequest("tiny-anima", PromptChoices("1girl"), size="64x64", steps=1), "cli:test", exempt=True
             )

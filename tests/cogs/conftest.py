@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import simcord
+from simcord._runtime import _selected_env
 
 from bot.config import load_config
+from bot.core.events import EventBus, JobEvent
 from bot.core.service import GenerationService
 from bot.discord_app.client import AnimeBot, create_bot
 from inference.cache import ModelCache
@@ -42,10 +46,40 @@ size_scale = 0.0625
 """
 
 
+def parked_follow(events: EventBus) -> Callable[[int], asyncio.Queue[JobEvent]]:
+    """events.follow, whose queue's get() is declared to simcord as an external input when it waits.
+
+    simcord settles a command (returns from `member.slash`) once every task the bot started is done or
+    parked in a wait it recognizes (discord.py's wait_for, views, sleeps past the deadline). A delivery
+    task waiting in service.watch for its job's next event is neither; declared so, it counts as parked
+    until the event comes (and not while it then reads the database), and `await service.wait(job);
+    await env.settle()` lets the delivery finish."""
+    real = events.follow
+
+    def follow(job_id: int) -> asyncio.Queue[JobEvent]:
+        queue = real(job_id)
+        get = queue.get
+
+        async def parked_get() -> JobEvent:
+            env: Any = _selected_env(driver=False)  # the simcord Env, inside a task the bot started
+            if env is None or not queue.empty():
+                return await get()
+            event: JobEvent = await env.external_wait(get(), reason="a followed job's next event")
+            return event
+
+        queue.get = parked_get  # type: ignore[method-assign]
+        return queue
+
+    return follow
+
+
 @pytest.fixture
-async def make_bot(tmp_path: Path, models_dir: Path) -> AsyncIterator[BotFactory]:  # noqa: F811
+async def make_bot(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> AsyncIterator[BotFactory]:
     """A bot and its service on `tmp_path/data`. The test's service is started outside the bot (the
-    worker's idle wait must not count as the bot's unfinished work for simcord) and closed here."""
+    worker's idle wait must not count as the bot's unfinished work for simcord) and closed here; its
+    events.follow is `parked_follow`."""
     services: list[GenerationService] = []
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -64,6 +98,7 @@ async def make_bot(tmp_path: Path, models_dir: Path) -> AsyncIterator[BotFactory
         service = GenerationService(config, cache)
         await service.start()
         services.append(service)
+        monkeypatch.setattr(service.events, "follow", parked_follow(service.events))
         return create_bot(config, service)
 
     yield make

@@ -15,7 +15,7 @@ from tests.cogs.test_generate import jobs_of, nsfw_channels
 
 async def queue_jobs(bot: AnimeBot, user_id: int, count: int) -> list[JobRecord]:
     """Jobs waiting in a paused queue (nothing runs)."""
-    await bot.service.queue.set_paused(True)
+    await bot.service.set_paused(True)
     request = GenerationRequest("tiny", PromptChoices(f"1girl, prompt of user {user_id}"), steps=1, aspect="1:1")
     return [await bot.service.submit(request, f"discord:{user_id}") for _ in range(count)]
 
@@ -107,7 +107,7 @@ async def test_history_buttons_work_after_restart(make_bot: BotFactory) -> None:
 
         await retire(bot)
         again = await make_bot()  # a new service and bot on the same data dir
-        await again.service.queue.set_paused(True)
+        await again.service.set_paused(True)
         await env.restart_bot(again)
         await alice.click(result.response, custom_id=f"animebot:history:next:{alice.id}:1")
         assert "page 2 of 2" in result.response.content and f"#{jobs[0].id} " in result.response.content
@@ -126,7 +126,7 @@ async def test_history_rerun_of_an_nsfw_job_is_refused_in_a_normal_channel(
         adult = guild.create_text_channel("adult")
         nsfw_channels(monkeypatch, {adult.id})
         alice = guild.add_member(env.create_user("alice"))
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         made = await alice.slash(adult, "generate", prompt="1girl", rating="explicit", steps=1)
         assert not made.ephemeral
         explicit = (await jobs_of(bot, alice.id))[0]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import discord
@@ -10,6 +13,7 @@ import pytest
 import simcord
 from PIL import Image
 
+from bot.core.events import Event, JobQueued
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot
 from bot.prompts.builder import PromptChoices
@@ -27,9 +31,27 @@ async def jobs_of(bot: AnimeBot, user_id: int) -> list[JobRecord]:
 async def finish(env: simcord.Env, bot: AnimeBot, job_id: int) -> JobRecord:
     await bot.service.wait(job_id)
     await env.settle()
-    job = await bot.service.queue.jobs.get(job_id)
+    job = await bot.service.job(job_id)
     assert job is not None
     return job
+
+
+@asynccontextmanager
+async def announced(bot: AnimeBot, job_id: int, position: int) -> AsyncIterator[None]:
+    """Wait, after the block, until the queue has announced `position` for the job (listening from
+    before the block, so the announcement cannot come unseen)."""
+    heard = asyncio.get_running_loop().create_future()
+
+    def on_event(event: Event) -> None:
+        if event == JobQueued(job_id, position) and not heard.done():
+            heard.set_result(None)
+
+    unlisten = bot.service.events.listen(on_event)
+    try:
+        yield
+        await asyncio.wait_for(heard, 60)
+    finally:
+        unlisten()
 
 
 def requests(env: simcord.Env, method: str, fragment: str) -> list[Any]:
@@ -197,12 +219,12 @@ async def test_ack_shows_the_queue_position_and_dm_works(make_bot: BotFactory) -
         channel = guild.create_text_channel("general")
         user = env.create_user("alice")
         alice = guild.add_member(user)
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         first = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         second = await user.slash("generate", prompt="1boy", steps=1, aspect="1:1")  # in a DM
         callbacks = [str(r.json) for r in requests(env, "POST", "/callback")]
         assert "(position 1)" in callbacks[0] and "(position 2)" in callbacks[1]
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         for job in await jobs_of(bot, alice.id):
             await finish(env, bot, job.id)
         for result in (first, second):
@@ -213,24 +235,26 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (alice,) = server(env, "alice")
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
-        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        async with announced(bot, ahead[-1].id + 1, 4):  # the delivery task hears where its job waits
+            await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
-        assert bot.service.queue.position(job.id) == 4
+        assert job.id == ahead[-1].id + 1 and await bot.service.position(job.id) == 4
         bot.deliveries.queue_interval = 3600.0
 
         def edits() -> list[str]:
             return [str(r.json) for r in requests(env, "PATCH", "@original")]
 
-        for other in ahead[:2]:
-            await bot.service.cancel(other.id, other.owner_id)
+        for position, other in ((3, ahead[0]), (2, ahead[1])):
+            async with announced(bot, job.id, position):  # the queue announces positions in the background
+                await bot.service.cancel(other.id, other.owner_id)
             await env.settle()
         assert [e for e in edits() if "position" in e] == [e for e in edits() if "(position 3)" in e]
         assert len(edits()) == 1  # position 3 shown; position 2 came within the interval
         await bot.service.cancel(ahead[2].id, ahead[2].owner_id)
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         await finish(env, bot, job.id)
         assert any("generating with tiny" in e for e in edits()[1:])  # the start is shown despite the interval
         assert not any("(position 1)" in e for e in edits())

@@ -122,7 +122,7 @@ async def test_japanese_member_gets_japanese_messages(make_bot: BotFactory, japa
         refused = await hanako.slash(channel, "generate", prompt="1girl", steps=500)
         assert refused.ephemeral and refused.response is not None
         assert refused.response.content == "stepsは1〜150の範囲で指定してください（指定値: 500）。"
-        assert await bot.service.queue.jobs.get(1) is None  # nothing was queued
+        assert await bot.service.job(1) is None  # nothing was queued
 
         quota = await hanako.slash(channel, "quota")
         assert quota.ephemeral and quota.response is not None
@@ -166,7 +166,7 @@ async def test_result_delivered_after_a_restart_speaks_the_users_language(
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (hanako, alice) = server(env, "hanako", "alice")
         japanese_users.add(hanako.id)
-        await bot.service.queue.set_paused(True)  # asked before the restart, run after it
+        await bot.service.set_paused(True)  # asked before the restart, run after it
         for member in (hanako, alice):
             await member.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         japanese, english = (await jobs_of(bot, hanako.id))[0], (await jobs_of(bot, alice.id))[0]
@@ -175,7 +175,7 @@ async def test_result_delivered_after_a_restart_speaks_the_users_language(
         await retire(bot)
         again = await make_bot()  # a new service and bot on the same data dir: the old tokens are gone
         await env.restart_bot(again)
-        await again.service.queue.set_paused(False)  # a pause survives restarts
+        await again.service.set_paused(False)  # a pause survives restarts
         for job in (japanese, english):
             await finish(env, again, job.id)
         posts = [r.json for r in env.http_requests if r.method == "POST" and r.path.endswith("/messages")]

@@ -83,7 +83,7 @@ async def test_queue_shows_and_cancels_the_running_job(make_bot: BotFactory) -> 
         job = await finish(env, bot, job.id)
         assert job.state == "cancelled" and job.cancelled_by == f"discord:{alice.id}"
         assert asked.response is not None and f"job #{job.id} was cancelled" in asked.response.content
-        assert await bot.service.queue.jobs.images(job.id) == []
+        assert await bot.service.images(job.id) == []
         quota = await alice.slash(channel, "quota")
         assert quota.response is not None and "0 of 5 (5 left)" in quota.response.content
 
@@ -108,14 +108,15 @@ async def test_queue_admin_actions_refused_for_members(make_bot: BotFactory) -> 
             assert "Only admins" in refused.response.content
         refused = await bob.slash(channel, "queue", action="cancel", job=jobs[0].id)
         assert refused.ephemeral and refused.response is not None and "not yours" in refused.response.content
-        assert bot.service.queue.paused and len(bot.service.queue) == 2
+        assert await bot.service.paused() and await bot.service.queue_length() == 2
         states = await bot.service.store.fetchall("SELECT state FROM jobs WHERE owner_id = ?", (f"discord:{alice.id}",))
         assert [row["state"] for row in states] == ["queued", "queued"]
         assert await audit_actions(bot) == []
 
         own = await alice.slash(channel, "queue", action="cancel", job=jobs[0].id)
         assert own.response is not None and f"Job #{jobs[0].id} cancelled" in own.response.content
-        assert len(bot.service.queue) == 1 and await audit_actions(bot) == []  # an owner's own job: no admin act
+        assert await bot.service.queue_length() == 1
+        assert await audit_actions(bot) == []  # an owner's own job: no admin act
 
 
 async def test_queue_admin_pause_resume_clear_cancel_audited(make_bot: BotFactory) -> None:
@@ -128,17 +129,17 @@ async def test_queue_admin_pause_resume_clear_cancel_audited(make_bot: BotFactor
 
         paused = await mod.slash(channel, "queue", action="pause")
         assert paused.ephemeral and paused.response is not None and "paused" in paused.response.content
-        assert bot.service.queue.paused
+        assert await bot.service.paused()
         jobs = await queue_jobs(bot, alice.id, 3)
 
         cancelled = await mod.slash(channel, "queue", action="cancel", job=jobs[0].id)
         assert cancelled.response is not None and f"Job #{jobs[0].id} cancelled" in cancelled.response.content
         cleared = await mod.slash(channel, "queue", action="clear")
         assert cleared.response is not None and "Cancelled 2 waiting job(s)" in cleared.response.content
-        assert len(bot.service.queue) == 0
+        assert await bot.service.queue_length() == 0
         resumed = await mod.slash(channel, "queue", action="resume")
         assert resumed.response is not None and "resumed" in resumed.response.content
-        assert not bot.service.queue.paused
+        assert not await bot.service.paused()
         assert await audit_actions(bot) == ["queue.pause", "queue.cancel", "queue.clear", "queue.resume"]
         actors = await bot.service.store.fetchall("SELECT DISTINCT actor_id FROM audit_log")
         assert [row["actor_id"] for row in actors] == [f"discord:{mod.id}"]

@@ -125,12 +125,12 @@ async def test_expired_token_falls_back_to_a_channel_post(make_bot: BotFactory) 
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (alice,) = server(env, "alice")
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         assert result.acknowledged
         (job,) = await jobs_of(bot, alice.id)
         await env.advance_time(16 * 60)  # the interaction token is dead now
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         job = await finish(env, bot, job.id)
         assert job.delivered
         assert result.response is not None and not result.response.attachments
@@ -154,7 +154,7 @@ async def test_results_finished_while_away_are_delivered_at_start(make_bot: BotF
         await again.service.wait(job.id)
         await env.restart_bot(again)
         await env.settle()
-        record = await again.service.queue.jobs.get(job.id)
+        record = await again.service.job(job.id)
         assert record is not None and record.delivered
         last = channel.last_message
         assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
@@ -169,15 +169,15 @@ async def test_jobs_still_queued_at_start_are_delivered_when_they_finish(make_bo
         channel, (alice,) = server(env, "alice")
         await retire(bot)
         again = await make_bot()
-        await again.service.queue.set_paused(True)  # submitted before the restart, not run yet
+        await again.service.set_paused(True)  # submitted before the restart, not run yet
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         job = await again.service.submit(request, f"discord:{alice.id}", channel_id=str(channel.id))
         await env.restart_bot(again)
         await env.settle()
-        await again.service.queue.set_paused(False)
+        await again.service.set_paused(False)
         await again.service.wait(job.id)
         await env.settle()
-        record = await again.service.queue.jobs.get(job.id)
+        record = await again.service.job(job.id)
         assert record is not None and record.delivered
         last = channel.last_message
         assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
@@ -256,11 +256,11 @@ async def test_failed_edit_falls_back_to_a_channel_post(make_bot: BotFactory) ->
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (alice,) = server(env, "alice")
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
         env.inject_error("PATCH", "/webhooks/*/messages/@original", status=404, code=10008, times=None)
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         job = await finish(env, bot, job.id)
         assert job.delivered and result.response is not None and not result.response.attachments
         last = channel.last_message
@@ -289,15 +289,15 @@ async def test_failed_delivery_is_tried_again(make_bot: BotFactory) -> None:
     async with simcord.run(bot, settle_timeout=60) as env:
         bot.deliveries.retry_delays = (0.05, 0.05)
         channel, (alice,) = server(env, "alice")
-        await bot.service.queue.set_paused(True)
+        await bot.service.set_paused(True)
         await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
         env.inject_error("PATCH", "/webhooks/*/messages/@original", status=404, code=10008, times=None)
         env.inject_error("POST", "/channels/*/messages", status=403, code=50013, message="Missing Permissions")
-        await bot.service.queue.set_paused(False)
+        await bot.service.set_paused(False)
         await bot.service.wait(job.id)
         for _ in range(100):
-            record = await bot.service.queue.jobs.get(job.id)
+            record = await bot.service.job(job.id)
             if record is not None and record.delivered:
                 break
             await asyncio.sleep(0.02)  # the retry waits a pause first

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bot.core.audit import AuditLog
 from bot.core.errors import UserError
-from bot.core.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
+from bot.core.events import Event, JobEnded, JobFinished, JobProgress, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import JobState
 from bot.core.service import GenerationService
 from inference.backends.base import Backend
@@ -27,19 +29,33 @@ from tests.bot.conftest import ServiceFactory, request
 UNLIMITED = "[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n"
 
 
+class Recorder:
+    """Every event the service publishes, in order (an EventBus listener), with a queue to wait on."""
+
+    def __init__(self, service: GenerationService) -> None:
+        self.seen: list[Event] = []
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.stop = service.events.listen(self._record)
+
+    def _record(self, event: Event) -> None:
+        self.seen.append(event)
+        self.queue.put_nowait(event)
+
+    async def next(self) -> Event:
+        return await asyncio.wait_for(self.queue.get(), timeout=120)
+
+
 async def collect_until_done(service: GenerationService, job_ids: list[int]) -> list[Event]:
-    events = service.events.subscribe()
-    seen: list[Event] = []
+    recorder = Recorder(service)
     pending = set(job_ids)
     try:
         while pending:
-            event = await asyncio.wait_for(events.get(), timeout=120)
-            seen.append(event)
+            event = await recorder.next()
             if isinstance(event, JobFinished):
                 pending.discard(event.job_id)
     finally:
-        service.events.unsubscribe(events)
-    return seen
+        recorder.stop()
+    return recorder.seen
 
 
 async def test_submitted_job_runs_and_its_images_are_recorded(make_service: ServiceFactory) -> None:
@@ -48,7 +64,7 @@ async def test_submitted_job_runs_and_its_images_are_recorded(make_service: Serv
     assert job.state == JobState.QUEUED  # persisted before the caller hears back
     done = await service.wait(job.id)
     assert done.state == JobState.DONE and done.attempts == 1 and done.finished_at is not None
-    images = await service.queue.jobs.images(job.id)
+    images = await service.images(job.id)
     assert [(i.index, i.seed) for i in images] == [(0, 11), (1, 12)]
     for image in images:
         path = service.image_path(image.path)
@@ -60,17 +76,17 @@ async def test_submitted_job_runs_and_its_images_are_recorded(make_service: Serv
 
 async def test_fair_round_robin_between_users(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     heavy = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(6)]
     light = await service.submit(request(seed=99, steps=1), "light")
     other = await service.submit(request(seed=98, steps=1), "other")
-    order = service.queue.order()
+    order = await service.queue.order()
     assert order[:4] == [heavy[0].id, light.id, other.id, heavy[1].id]
-    assert service.queue.position(light.id) == 2
+    assert await service.position(light.id) == 2
 
     watcher = asyncio.create_task(collect_until_done(service, [j.id for j in [*heavy, light, other]]))
     await asyncio.sleep(0)
-    await service.queue.set_paused(False)
+    await service.set_paused(False)
     events = await watcher
     started = [e.job_id for e in events if isinstance(e, JobStarted)]
     assert started[:3] == [heavy[0].id, light.id, other.id]
@@ -81,85 +97,97 @@ async def test_a_user_who_was_served_goes_behind_a_newcomer(make_service: Servic
     service = await make_service(UNLIMITED)
     heavy = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(5)]
     await service.wait(heavy[0].id)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     late = await service.submit(request(seed=7, steps=1), "late")
-    assert service.queue.position(late.id) == 1
+    assert await service.position(late.id) == 1
 
 
 async def test_progress_and_position_events(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     first = await service.submit(request(steps=3), "a")
     second = await service.submit(request(steps=3), "b")
-    watcher = asyncio.create_task(collect_until_done(service, [first.id, second.id]))
-    await asyncio.sleep(0)
-    await service.queue.set_paused(False)
-    events = await watcher
-    progress = [e for e in events if isinstance(e, JobProgress) and e.job_id == first.id]
+
+    watches = [service.watch(job.id) for job in (first, second)]
+    heads = [await anext(watch) for watch in watches]  # where each waits now, before anything runs
+
+    async def rest(watch: AsyncGenerator[WatchEvent, None]) -> list[WatchEvent]:
+        return [event async for event in watch]
+
+    await service.set_paused(False)
+    tails = await asyncio.gather(*(rest(watch) for watch in watches))
+    events, second_events = [[head, *tail] for head, tail in zip(heads, tails, strict=True)]
+    assert events[0] == JobQueued(first.id, 1) and events[1] == JobStarted(first.id, "tiny-sdxl")
+    progress = [e for e in events if isinstance(e, JobProgress)]
     assert [(p.step, p.total) for p in progress] == [(1, 3), (2, 3), (3, 3)]
     assert all(p.elapsed >= 0 and p.eta >= 0 for p in progress) and progress[-1].eta == 0
-    positions = [e.position for e in events if isinstance(e, JobQueued) and e.job_id == second.id]
-    assert positions and positions[-1] == 1  # moved up to "next" when the first started
+    assert isinstance(events[-1], JobEnded) and events[-1].job.state == JobState.DONE
+    positions = [e.position for e in second_events if isinstance(e, JobQueued)]
+    assert positions == [2, 1]  # moved up to "next" when the first started
+    assert isinstance(second_events[-1], JobEnded) and second_events[-1].job.state == JobState.DONE
 
 
 async def test_cancel_queued_by_owner_or_admin_only(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     job = await service.submit(request(), "owner")
     with pytest.raises(UserError) as err:
         await service.cancel(job.id, "stranger")
     assert err.value.key == "not_your_job"
     cancelled = await service.cancel(job.id, "an admin", admin=True)
     assert cancelled.state == JobState.CANCELLED and cancelled.cancelled_by == "an admin"
-    assert len(service.queue) == 0
+    assert await service.queue_length() == 0
     with pytest.raises(UserError) as err:
         await service.cancel(job.id, "owner")
     assert err.value.key == "job_finished"
     with pytest.raises(UserError):
         await service.cancel(424242, "owner")
-    await service.queue.set_paused(False)
+    await service.set_paused(False)
     await service.drain()
-    assert (await service.queue.jobs.get(job.id)).state == JobState.CANCELLED  # type: ignore[union-attr]
-    assert await service.queue.jobs.images(job.id) == []
+    assert (await service.job(job.id)).state == JobState.CANCELLED  # type: ignore[union-attr]
+    assert await service.images(job.id) == []
 
 
 async def test_cancel_running_job_between_steps(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    events = service.events.subscribe()
+    recorder = Recorder(service)  # every progress event of the job, from its first step
     job = await service.submit(request(steps=40), "owner")
     follower = await service.submit(request(steps=1), "owner")
     while True:
-        event = await asyncio.wait_for(events.get(), timeout=60)
+        event = await recorder.next()
         if isinstance(event, JobProgress) and event.job_id == job.id and event.step >= 2:
             break
     await service.cancel(job.id, "owner")
     final = await service.wait(job.id)
     assert final.state == JobState.CANCELLED and final.cancelled_by == "owner"
     assert (await service.wait(follower.id)).state == JobState.DONE  # the worker goes on
-    steps = [e.step for e in _drain(events) if isinstance(e, JobProgress) and e.job_id == job.id]
-    assert not steps or max(steps) < 40
+    steps = [e.step for e in recorder.seen if isinstance(e, JobProgress) and e.job_id == job.id]
+    assert steps[:2] == [1, 2] and max(steps) < 40  # it ran, and stopped between steps before the end
+    assert await service.images(job.id) == []
 
 
-async def test_only_changed_positions_are_announced(make_service: ServiceFactory) -> None:
+async def test_watchers_hear_only_changed_positions(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
-    events = service.events.subscribe()
+    await service.set_paused(True)
     jobs = [await service.submit(request(seed=i, steps=1), f"user{i}") for i in range(4)]
-    announced = [(e.job_id, e.position) for e in _drain(events) if isinstance(e, JobQueued)]
-    assert announced == [(job.id, n) for n, job in enumerate(jobs, start=1)]  # one event per new job
+    watches = [service.watch(job.id) for job in jobs]
+    try:
+        assert [await anext(w) for w in watches] == [JobQueued(job.id, n) for n, job in enumerate(jobs, start=1)]
+        late = await service.submit(request(steps=1), "user9")  # at the end: nobody moves
 
-    await service.cancel(jobs[1].id, "user1")  # the jobs behind it move up; the one before it does not
-    announced = [(e.job_id, e.position) for e in _drain(events) if isinstance(e, JobQueued)]
-    assert announced == [(jobs[2].id, 2), (jobs[3].id, 3)]
-    assert service.queue.positions_of("user3") == [(3, jobs[3].id)]
-    service.events.unsubscribe(events)
+        await service.cancel(jobs[1].id, "user1")  # the jobs behind it move up; the one before it does not
+        ended = await anext(watches[1])
+        assert isinstance(ended, JobEnded) and ended.job.state == JobState.CANCELLED
+        assert await anext(watches[2]) == JobQueued(jobs[2].id, 2)
+        assert await anext(watches[3]) == JobQueued(jobs[3].id, 3)
+        assert await service.queue_positions("user3") == ([(3, jobs[3].id)], 1)
+        assert await service.position(late.id) == 4
 
-
-def _drain(queue: asyncio.Queue[Event]) -> list[Event]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
+        await service.cancel(jobs[0].id, "user0")  # its own position never changed: nothing came before the end
+        assert isinstance(await anext(watches[0]), JobEnded)
+    finally:
+        for watch in watches:
+            await watch.aclose()
 
 
 class FaultyBackend:
@@ -222,19 +250,19 @@ def faulty_loader(calls: list[int]) -> Any:
 async def test_failures_stay_inside_their_job(make_service: ServiceFactory, faulty_loader: Any,
                                               calls: list[int]) -> None:
     service = await make_service(UNLIMITED, loader=faulty_loader)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     boom = await service.submit(request("boom"), "u")
     oom_once = await service.submit(request("oom-once", count=2), "u")
     oom_always = await service.submit(request("oom-always"), "u")
     nan = await service.submit(request("nan"), "u")
     fine = await service.submit(request("fine"), "u")
-    await service.queue.set_paused(False)
+    await service.set_paused(False)
     results = {job.id: await service.wait(job.id) for job in (boom, oom_once, oom_always, nan, fine)}
 
     assert results[boom.id].state == JobState.FAILED
     assert results[boom.id].error == "Generation failed (ValueError)."
     assert results[oom_once.id].state == JobState.DONE  # retried one image at a time
-    assert len(await service.queue.jobs.images(oom_once.id)) == 2
+    assert len(await service.images(oom_once.id)) == 2
     assert results[oom_always.id].state == JobState.FAILED
     assert "Out of GPU memory" in (results[oom_always.id].error or "")
     assert results[nan.id].state == JobState.FAILED
@@ -251,14 +279,14 @@ async def test_switching_models_keeps_the_queue_and_each_jobs_model(make_service
                                                                       tmp_path: Path) -> None:
     service = await make_service(UNLIMITED + f'[models.broken]\nfamily = "sdxl"\npath = "{tmp_path}/nothing"\n')
     assert await service.active_model("guild") == "tiny-sdxl"
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     before = [await service.submit(request(model="tiny-sdxl"), f"u{i}") for i in range(3)]
-    order = service.queue.order()
+    order = await service.queue.order()
 
     await service.switch_model("tiny-anima", "admin", guild_id="guild")
     assert await service.active_model("guild") == "tiny-anima"
     assert await service.active_model("another guild") == "tiny-sdxl"
-    assert service.queue.order() == order  # nothing lost or reordered
+    assert await service.queue.order() == order  # nothing lost or reordered
 
     with pytest.raises(UserError) as err:
         await service.switch_model("broken", "admin", guild_id="guild")
@@ -266,12 +294,12 @@ async def test_switching_models_keeps_the_queue_and_each_jobs_model(make_service
     assert await service.active_model("guild") == "tiny-anima"
 
     after = await service.submit(request(model=await service.active_model("guild")), "u9")
-    await service.queue.set_paused(False)
+    await service.set_paused(False)
     for job in before:
         assert (await service.wait(job.id)).model == "tiny-sdxl"
     assert (await service.wait(after.id)).model == "tiny-anima"
-    audit = await service.store.fetchall("SELECT actor_id, action, guild_id FROM audit_log ORDER BY id")
-    assert [(r["actor_id"], r["action"], r["guild_id"]) for r in audit] == [
+    audit = await AuditLog(service.store).entries()
+    assert [(e.actor_id, e.action, e.guild_id) for e in audit] == [
         ("admin", "model.switch", "guild"), ("admin", "model.switch_failed", "guild"),
     ]
     await service.switch_model("tiny-anima", "owner")  # the global default
@@ -281,7 +309,7 @@ async def test_switching_models_keeps_the_queue_and_each_jobs_model(make_service
 
 async def test_history_is_paged_newest_first(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     jobs = [await service.submit(request(f"prompt {i}", seed=i), "u") for i in range(5)]
     await service.submit(request(), "someone else")
     page0, total = await service.history("u", page=0, per_page=2)
@@ -296,19 +324,19 @@ async def test_delivery_is_recorded_once(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
     job = await service.submit(request(), "u")
     await service.wait(job.id)
-    assert [j.id for j in await service.queue.jobs.undelivered()] == [job.id]
-    assert await service.queue.jobs.mark_delivered(job.id, "message 1")
-    assert not await service.queue.jobs.mark_delivered(job.id, "message 2")  # never twice
-    assert await service.queue.jobs.undelivered() == []
-    record = await service.queue.jobs.get(job.id)
+    assert [j.id for j in await service.undelivered()] == [job.id]
+    assert await service.mark_delivered(job.id, "message 1")
+    assert not await service.mark_delivered(job.id, "message 2")  # never twice
+    assert await service.undelivered() == []
+    record = await service.job(job.id)
     assert record is not None and record.delivered
 
 
 async def test_shutdown_mid_job_leaves_it_for_the_next_start(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    events = service.events.subscribe()
+    recorder = Recorder(service)
     job = await service.submit(request(steps=40), "u")
-    while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobProgress) and event.job_id == job.id):
+    while not (isinstance(event := await recorder.next(), JobProgress) and event.job_id == job.id):
         pass
     await service.close()  # e.g. the bot is stopped while it generates
     restarted = await make_service(UNLIMITED)  # same data_dir
@@ -319,7 +347,7 @@ async def test_shutdown_mid_job_leaves_it_for_the_next_start(make_service: Servi
 
 async def test_a_job_that_keeps_killing_the_process_is_given_up(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     job = await service.submit(request(), "u")
     survivor = await service.submit(request(), "u")
     # As if two processes died while running the first job and one while running the second.
@@ -328,70 +356,99 @@ async def test_a_job_that_keeps_killing_the_process_is_given_up(make_service: Se
     await service.close()
     restarted = await make_service(UNLIMITED)
     assert restarted.interrupted == [survivor.id]
-    given_up = await restarted.queue.jobs.get(job.id)
+    given_up = await restarted.job(job.id)
     assert given_up is not None and given_up.state == JobState.FAILED and "given up" in (given_up.error or "")
     assert (await restarted.quota("u")).used == 1  # its images were given back
 
 
 async def test_clear_never_cancels_a_job_the_worker_starts_meanwhile(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     first, second = [await service.submit(request(seed=i, steps=1), "heavy") for i in range(2)]
     light = await service.submit(request(seed=9, steps=1), "light")  # runs before `second`
-    events = service.events.subscribe()
-    await service.queue.set_paused(False)  # the worker wakes up while the admin clears the queue
-    cleared = await service.queue.clear("admin")
+    recorder = Recorder(service)
+    await service.set_paused(False)  # the worker wakes up while the admin clears the queue
+    cleared = await service.clear_queue("admin")
     await service.drain()
-    seen = _drain(events)
+    seen = recorder.seen
     started = {e.job_id for e in seen if isinstance(e, JobStarted)}
-    finals = {job.id: await service.queue.jobs.get(job.id) for job in (first, second, light)}
+    finals = {job.id: await service.job(job.id) for job in (first, second, light)}
     cancelled = {job_id for job_id, job in finals.items() if job and job.state == JobState.CANCELLED}
     assert cleared == len(cancelled)
     assert not started & cancelled  # a job clear() cancelled never ran; one that ran was not cancelled
     for job_id in started:
         assert finals[job_id].state == JobState.DONE  # type: ignore[union-attr]
-        assert await service.queue.jobs.images(job_id)
-    assert len(service.queue) == 0 and service.queue.running is None
+        assert await service.images(job_id)
+    assert await service.queue_length() == 0 and await service.running_jobs() == []
 
 
-async def test_cancelling_the_job_the_worker_is_about_to_claim(make_service: ServiceFactory,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cancel_that_loses_the_race_to_a_claim_stops_the_job(make_service: ServiceFactory,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker claims the job between cancel() reading it (queued) and cancelling it in the store: the
+    store refuses the waiting job's cancellation (no job is both started and cancelled as waiting), and
+    cancel() turns into a stop request that the worker honours between steps."""
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
+    job = await service.submit(request(steps=40), "owner")
+    cancel_waiting = service.queue.jobs.cancel_waiting
+    recorder = Recorder(service)
+
+    async def worker_claims_first(job_id: int, by: str) -> bool:
+        await service.set_paused(False)
+        while not any(isinstance(e, JobStarted) and e.job_id == job_id for e in recorder.seen):
+            await recorder.next()
+        return await cancel_waiting(job_id, by)
+
+    monkeypatch.setattr(service.queue.jobs, "cancel_waiting", worker_claims_first)
+    asked = await service.cancel(job.id, "owner")
+    monkeypatch.undo()
+    assert asked.state == JobState.RUNNING and asked.cancelled_by == "owner"
+    final = await service.wait(job.id)
+    assert final.state == JobState.CANCELLED and final.attempts == 1 and final.cancelled_by == "owner"
+    assert await service.images(job.id) == []
+
+
+async def test_a_cancel_that_wins_the_race_keeps_the_job_from_ever_starting(make_service: ServiceFactory,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker wakes up while the job is being cancelled, and the cancellation reaches the store first:
+    the claim finds nothing to run."""
+    service = await make_service(UNLIMITED)
+    await service.set_paused(True)
     job = await service.submit(request(steps=1), "owner")
-    cancel_in_store = service.queue.jobs.cancel
+    cancel_waiting = service.queue.jobs.cancel_waiting
+    recorder = Recorder(service)
 
-    async def worker_wakes_first(job_id: int, by: str) -> bool:
-        await service.queue.set_paused(False)
-        await asyncio.sleep(0)  # the worker looks for its next job before the cancellation is stored
-        return await cancel_in_store(job_id, by)
+    async def worker_wakes_meanwhile(job_id: int, by: str) -> bool:
+        cancelled = await cancel_waiting(job_id, by)
+        await service.set_paused(False)  # the worker looks for a job right after the cancellation
+        return cancelled
 
-    monkeypatch.setattr(service.queue.jobs, "cancel", worker_wakes_first)
+    monkeypatch.setattr(service.queue.jobs, "cancel_waiting", worker_wakes_meanwhile)
     cancelled = await service.cancel(job.id, "owner")
     monkeypatch.undo()
     assert cancelled.state == JobState.CANCELLED
     await service.drain()
-    final = await service.queue.jobs.get(job.id)
+    final = await service.job(job.id)
     assert final is not None and final.state == JobState.CANCELLED and final.attempts == 0
+    assert not any(isinstance(e, JobStarted) for e in recorder.seen)
 
 
 async def test_a_user_who_cancelled_everything_starts_the_round_robin_afresh(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
-    events = service.events.subscribe()
+    await service.set_paused(True)
+    recorder = Recorder(service)
     running = await service.submit(request(steps=40), "u1")
     waiting = await service.submit(request(steps=1), "u1")
-    await service.queue.set_paused(False)
-    while not (isinstance(event := await asyncio.wait_for(events.get(), 60), JobStarted)
-               and event.job_id == running.id):
+    await service.set_paused(False)
+    while not (isinstance(event := await recorder.next(), JobStarted) and event.job_id == running.id):
         pass
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     await service.cancel(waiting.id, "u1")  # u1 has nothing waiting now
     x1 = await service.submit(request(steps=1), "u2")
     x2 = await service.submit(request(steps=1), "u2")
     again = await service.submit(request(steps=1), "u1")
-    assert service.queue.order() == [x1.id, again.id, x2.id]
-    service.events.unsubscribe(events)
+    assert await service.queue.order() == [x1.id, again.id, x2.id]
+    recorder.stop()
     await service.cancel(running.id, "u1")
     await service.wait(running.id)
 
@@ -417,7 +474,7 @@ async def test_a_broken_event_listener_does_not_stop_the_worker(make_service: Se
 
 async def test_a_running_job_whose_cancel_was_asked_is_not_rerun_after_a_crash(make_service: ServiceFactory) -> None:
     service = await make_service(UNLIMITED)
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     job = await service.submit(request(), "u")
     # As if the owner asked to cancel it while it ran, and the process died before the worker stopped it.
     await service.store.execute("UPDATE jobs SET state = 'running', attempts = 1, cancelled_by = 'u' WHERE id = ?",
@@ -425,6 +482,6 @@ async def test_a_running_job_whose_cancel_was_asked_is_not_rerun_after_a_crash(m
     await service.close()
     restarted = await make_service(UNLIMITED)
     assert restarted.interrupted == []
-    final = await restarted.queue.jobs.get(job.id)
+    final = await restarted.job(job.id)
     assert final is not None and final.state == JobState.CANCELLED and final.cancelled_by == "u"
     assert (await restarted.quota("u")).used == 0

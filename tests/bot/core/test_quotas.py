@@ -14,7 +14,7 @@ from tests.bot.conftest import ServiceFactory, request
 
 async def test_100_concurrent_submissions_with_a_limit_of_5_accept_exactly_5(make_service: ServiceFactory) -> None:
     service = await make_service("[quotas]\nimages_per_day = 5\nmax_queued_jobs = 0\n")
-    await service.queue.set_paused(True)  # nothing runs: only the accounting is under test
+    await service.set_paused(True)  # nothing runs: only the accounting is under test
     results = await asyncio.gather(
         *(service.submit(request(), "discord:1") for _ in range(100)), return_exceptions=True
     )
@@ -24,12 +24,12 @@ async def test_100_concurrent_submissions_with_a_limit_of_5_accept_exactly_5(mak
     assert all(isinstance(r, UserError) and r.key == "quota_daily" for r in refused)
     assert await service.store.scalar("SELECT COUNT(*) FROM jobs") == 5
     assert await service.store.scalar("SELECT SUM(images) FROM usage") == 5
-    assert len(service.queue) == 5
+    assert await service.queue_length() == 5
 
 
 async def test_max_queued_jobs_and_cooldown(make_service: ServiceFactory) -> None:
     service = await make_service("[quotas]\nimages_per_day = 0\nmax_queued_jobs = 2\ncooldown_seconds = 0\n")
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     await service.submit(request(), "u")
     await service.submit(request(), "u")
     with pytest.raises(UserError) as err:
@@ -64,7 +64,7 @@ async def test_status_remaining_and_reset_time(make_service: ServiceFactory) -> 
     service = await make_service("[quotas]\nimages_per_day = 3\nmax_queued_jobs = 0\n")
     now = [1_000_000.0]
     service.quotas.clock = lambda: now[0]
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     await service.submit(request(count=2), "u")
     now[0] += 600
     await service.submit(request(count=1), "u")
@@ -81,7 +81,7 @@ async def test_status_remaining_and_reset_time(make_service: ServiceFactory) -> 
 
 async def test_cancelled_and_failed_jobs_give_their_images_back(make_service: ServiceFactory) -> None:
     service = await make_service("[quotas]\nimages_per_day = 2\nmax_queued_jobs = 0\n")
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     job = await service.submit(request(count=2), "u")
     assert (await service.quota("u")).remaining == 0
     cancelled = await service.cancel(job.id, "u")
@@ -107,7 +107,7 @@ async def test_rerolls_count_as_generations(make_service: ServiceFactory) -> Non
 
 async def test_admin_quota_override_is_audited(make_service: ServiceFactory) -> None:
     service = await make_service("[quotas]\nimages_per_day = 1\nmax_queued_jobs = 0\n")
-    await service.queue.set_paused(True)
+    await service.set_paused(True)
     await service.set_quota("user", "u", "admin", images_per_day=3, guild_id="g")
     for _ in range(3):
         await service.submit(request(), "u")

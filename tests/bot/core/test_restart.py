@@ -71,7 +71,7 @@ async def child_submit(config_path: Path, jobs: int, paused: bool) -> None:
     service = GenerationService(load_config(config_path))
     await service.start()
     if paused:
-        await service.queue.set_paused(True)
+        await service.set_paused(True)
     for i in range(jobs):
         await service.submit(job_request(i), OWNERS[i % len(OWNERS)])
     print(f"submitted {jobs}", flush=True)
