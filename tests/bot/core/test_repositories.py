@@ -18,7 +18,7 @@ REPOSITORIES = {
     "bot/core/quotas.py",
     "bot/core/store.py",
     "bot/core/migrations.py",
-    "bot/prompts/tags.py",  # the tag database: its own file, schema and reader
+    "bot/prompts/tags/db.py",  # the tag database: its own file, schema and reader
 }
 FRONTENDS = ("cogs", "bot/discord_app", "bot/cli.py")
 REACHING_IN = re.compile(r"\.store\b|\.queue\.jobs\b|service\.queue\b|\._store\b")
