@@ -11,65 +11,27 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.messages import render
+from bot.discord_app.choices import (
+    MAX_CHOICES,
+    Choice,
+    aspect_pairs,
+    choice,
+    dialect_for,
+    filter_choices,
+    quality_pairs,
+    rating_pairs,
+    year_pairs,
+)
 from bot.discord_app.delivery import Target
+from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
 from bot.prompts.builder import PromptChoices
-from bot.prompts.dialects import Dialect, load_dialect
+from bot.prompts.dialects import load_dialect
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
-from cogs.interactions import bot_of, guild_key, locale_of
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
-
-MAX_CHOICES = 25
-MAX_NAME = 100
-
-Choice = app_commands.Choice[str]
-
-
-def choice(name: str, value: str) -> Choice:
-    """A choice within Discord's limits (name and value 1–100 characters)."""
-    return app_commands.Choice(name=(name or value)[:MAX_NAME], value=value[:MAX_NAME])
-
-
-def filter_choices(pairs: list[tuple[str, str]], current: str) -> list[Choice]:
-    """Pairs (name, value) whose name or value contains the typed text, first those that start with it."""
-    text = current.strip().lower()
-    hits = [(n, v) for n, v in pairs if text in n.lower() or text in v.lower()]
-    hits.sort(key=lambda p: not (p[0].lower().startswith(text) or p[1].lower().startswith(text)))
-    return [choice(n, v) for n, v in hits[:MAX_CHOICES]]
-
-
-async def dialect_for(interaction: discord.Interaction) -> Dialect:
-    bot = bot_of(interaction)
-    guild = guild_key(interaction)
-    name = await bot.service.active_model(guild)
-    return load_dialect(bot.config.models[name].dialect)
-
-
-def quality_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    return [(f"{key} — {terms}", key) for key, terms in dialect.quality_choices.items()]
-
-
-def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    periods = [(f"{key} — {terms}", key) for key, terms in dialect.period_choices.items()]
-    years = [(str(y), str(y)) for y in range(dialect.year_max, dialect.year_min - 1, -1)]
-    return periods + years
-
-
-def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
-    nsfw = dialect.choices.nsfw_ratings
-    return [
-        (f"{key} — {terms}", key)
-        for key, terms in dialect.rating_choices.items()
-        if nsfw_allowed or dialect.choices.canonical_rating(key) not in nsfw
-    ]
-
-
-def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    return [(bucket.label, bucket.aspect) for bucket in dialect.buckets]
-
 
 class Generate(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:

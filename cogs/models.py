@@ -17,9 +17,9 @@ from bot.core.errors import UserError
 from bot.core.events import Event, ModelLoading
 from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
+from bot.discord_app.choices import Choice, filter_choices
+from bot.discord_app.interactions import bot_of, guild_key, locale_of
 from bot.discord_app.permissions import is_admin, owner_key
-from cogs.generate import Choice, filter_choices
-from cogs.interactions import bot_of, guild_key, locale_of
 from inference.sources import SourceState, describe_source
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from bot.core.errors import UserError
 from bot.core.events import Event, JobFinished, JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
+from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import is_admin, owner_key
-from cogs.interactions import guild_key, locale_of
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot

@@ -17,6 +17,7 @@ from bot.config import Config
 from bot.core.service import GenerationService
 from bot.discord_app.delivery import Delivery
 from bot.discord_app.translator import CommandTranslator
+from bot.discord_app.views import result_view
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ class AnimeBot(commands.Bot):
         return self.delivery
 
     async def setup_hook(self) -> None:
-        from cogs.results import result_view
-
         if self._owns_service:
             await self.service.start()
         self.delivery = Delivery(self, self.service, result_view)
