@@ -35,7 +35,14 @@ def intents() -> discord.Intents:
 
 class AnimeBot(commands.Bot):
     def __init__(self, config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            help_command=None,
+            # Every message echoes what users typed (prompts): by default nothing in it pings anyone. A
+            # message that addresses a user allows exactly that user (Delivery.post).
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
         self.config = config
         self._owns_service = service is None
         self.service = service or GenerationService(config)

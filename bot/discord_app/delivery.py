@@ -249,8 +249,7 @@ class Delivery:
         channel = self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             return None
-        mentions = discord.AllowedMentions(users=[discord.Object(target.user_id)], roles=False, everyone=False)
-        return await channel.send(allowed_mentions=mentions, **kwargs)
+        return await channel.send(allowed_mentions=addressing(target.user_id), **kwargs)
 
     def _summary(self, job: JobRecord, locale: str) -> str:
         p = job.params
@@ -317,6 +316,12 @@ class Delivery:
             "SELECT job_id FROM deliveries WHERE target = ?", (f"{channel_id}:{message_id}",)
         )
         return None if value is None else int(value)
+
+
+def addressing(user_id: int) -> discord.AllowedMentions:
+    """Allowed mentions of a message addressed to one user: that user may be pinged, nobody else (not the
+    users, roles, @everyone or @here that a prompt in the same message may contain)."""
+    return discord.AllowedMentions(users=[discord.Object(user_id)], roles=False, everyone=False, replied_user=False)
 
 
 def token_alive(interaction: discord.Interaction) -> bool:

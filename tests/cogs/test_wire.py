@@ -20,6 +20,7 @@ from PIL import Image
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot, intents
 from tests.cogs.conftest import BotFactory, retire
+from tests.cogs.test_mentions import check_payloads
 from tests.fakes.discord_server import PNG_SIGNATURE, FakeDiscord, GatewaySession, RecordedRequest
 
 TIMEOUT = 30.0
@@ -245,6 +246,8 @@ async def test_generate_and_reroll_over_the_wire(make_bot: BotFactory, fake_disc
         target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (new.id,))
         assert target == f"{fake.channel_id}:{final.response['id']}"
 
-        # Everything went through the interactions; nothing fell back to a channel post.
+        # Everything went through the interactions; nothing fell back to a channel post; no payload could
+        # ping anyone.
         assert not fake.find("POST", r"/channels/\d+/messages")
+        assert check_payloads(fake.requests, set()) >= 4
         assert all(r.status < 400 for r in fake.requests), [(r.method, r.path, r.status) for r in fake.requests]
