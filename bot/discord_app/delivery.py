@@ -225,11 +225,15 @@ class Delivery:
 
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:
-            files = await self._files(job, target)
+            try:
+                files = await self._files(job, target)
+            except OSError as error:  # the PNGs were deleted or damaged: say so once, never retry forever
+                log.warning("the images of job %s cannot be read (%s); telling its owner", job.id, error)
+                content = render("job_images_missing", target.locale, mention=target.mention, job_id=job.id)
+                return await self._send_text(target, content)
             summary = self._summary(job, target.locale)
             kwargs: dict[str, Any] = {"view": self.view_factory(job)}
-            edit_ok = not target.failed and (target.interaction is not None or target.message is not None)
-            if edit_ok:
+            if self._editable(target):
                 try:
                     return await self._edit(target, content=summary, attachments=files, **kwargs)
                 except (discord.HTTPException, Unreachable):
@@ -238,7 +242,15 @@ class Delivery:
             return await self.post(target, content=content, files=files, **kwargs)
         key = "job_cancelled" if job.state == JobState.CANCELLED else "job_failed"
         content = render(key, target.locale, mention=target.mention, job_id=job.id, error=job.error or "")
-        if not target.failed and (target.interaction is not None or target.message is not None):
+        return await self._send_text(target, content)
+
+    @staticmethod
+    def _editable(target: Target) -> bool:
+        return not target.failed and (target.interaction is not None or target.message is not None)
+
+    async def _send_text(self, target: Target, content: str) -> discord.Message | None:
+        """A final text: edit the job's message if it can be edited, else post it in the channel."""
+        if self._editable(target):
             try:
                 return await self._edit(target, content=content)
             except (discord.HTTPException, Unreachable):
@@ -296,8 +308,8 @@ class Delivery:
                 continue
             try:
                 await self.deliver(job, target)
-            except discord.HTTPException:
-                log.exception("could not deliver job %s after restart", job.id)
+            except Exception:  # one job (a channel gone, a bug) never holds up the others
+                log.exception("could not deliver job %s after restart; trying again at the next start", job.id)
         for job in await jobs.unfinished():
             target = self._channel_target(job)
             if target is not None:
