@@ -24,7 +24,7 @@ from bot.discord_app.choices import (
 )
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import guild_key, locale_of
-from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
+from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_bot_admin, owner_key, role_ids
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import load_dialect
 from bot.prompts.requests import GenerationRequest
@@ -97,7 +97,7 @@ class Generate(commands.Cog):
             guild_id=guild_id,
             channel_id=str(interaction.channel_id) if interaction.channel_id else None,
             role_ids=role_ids(user),
-            exempt=is_admin(bot.config.discord, user),
+            exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
             locale=locale,
         )
         position = bot.service.queue.position(job.id) or 1

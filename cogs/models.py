@@ -1,6 +1,8 @@
 """/model list, /model info, and the admin commands /model switch (load, then make active; a failed
-load leaves the previous model active) and /model quota (a user's or role's limits). Admin rights
-are checked here in code; the service writes every admin action to the audit log."""
+load leaves the previous model active) and /model quota (a user's or role's limits). Server admins
+switch their server's model and set their server's roles' limits; bot admins also the global default
+model and users' limits (which apply everywhere). Rights are checked here in code; the service writes
+every admin action to the audit log."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
 from bot.discord_app.choices import Choice, filter_choices
 from bot.discord_app.interactions import bot_of, guild_key, locale_of
-from bot.discord_app.permissions import is_admin, owner_key
+from bot.discord_app.permissions import is_bot_admin, is_server_admin, owner_key
 from inference.sources import SourceState, describe_source
 
 if TYPE_CHECKING:
@@ -29,8 +31,15 @@ log = logging.getLogger(__name__)
 LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message
 
 
-def require_admin(interaction: discord.Interaction) -> None:
-    if not is_admin(bot_of(interaction).config.discord, interaction.user):
+def require_server_admin(interaction: discord.Interaction) -> None:
+    """Manage Server in the interaction's server (or a bot admin); else admin_only, and nothing changes."""
+    if not is_server_admin(bot_of(interaction).config.discord, interaction.user, guild_key(interaction)):
+        raise UserError("admin_only")
+
+
+def require_bot_admin(interaction: discord.Interaction) -> None:
+    """A configured bot admin: for what reaches every server. Else admin_only, and nothing changes."""
+    if not is_bot_admin(bot_of(interaction).config.discord, interaction.user):
         raise UserError("admin_only")
 
 
@@ -80,14 +89,21 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         await interaction.response.send_message(text[:2000], ephemeral=True)
 
     @app_commands.command(name="switch", description="Admins: load a model and make it the active one")
-    @app_commands.describe(name="Model to switch to")
-    async def switch(self, interaction: discord.Interaction, name: str) -> None:
-        require_admin(interaction)
+    @app_commands.describe(
+        name="Model to switch to",
+        everywhere="Bot admins: the default of every server that has not chosen its own",
+    )
+    async def switch(self, interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
+        # A server's own model: its admins. The global default (also what a DM switches): bot admins.
+        guild_id = None if everywhere else guild_key(interaction)
+        if guild_id is None:
+            require_bot_admin(interaction)
+        else:
+            require_server_admin(interaction)
         models = self.bot.config.models
         if name not in models:
             raise UserError("unknown_model", value=name, options=", ".join(models))
         locale = locale_of(interaction)
-        guild_id = guild_key(interaction)
         previous = await self.bot.service.active_model(guild_id)
         if name == previous:
             await interaction.response.send_message(render("model_already_active", locale, model=name), ephemeral=True)
@@ -156,9 +172,14 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         cooldown: app_commands.Range[int, 0, 86400] | None = None,
         reset: bool = False,
     ) -> None:
-        require_admin(interaction)
         if (user is None) == (role is None):
             raise UserError("quota_target")
+        if role is None:
+            require_bot_admin(interaction)  # a user's limits apply in every server
+        elif str(role.guild.id) != guild_key(interaction):
+            raise UserError("admin_only")  # a role of another server
+        else:
+            require_server_admin(interaction)
         locale = locale_of(interaction)
         service = self.bot.service
         scope: Literal["user", "role"] = "user" if user is not None else "role"

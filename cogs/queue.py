@@ -1,6 +1,6 @@
-"""/queue: length, your positions, the running job's progress; admins can pause, resume and clear, and
-cancel any job (owners their own). Admin rights are checked here in code, and every admin action is
-written to the audit log."""
+"""/queue: length, your positions, the running job's progress; bot admins can pause, resume and clear the
+(global) queue; owners cancel their own jobs, server admins the jobs asked in their server, bot admins any
+job. Rights are checked here in code (bot/discord_app/permissions.py); every admin action is audited."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bot.core.events import Event, JobFinished, JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
 from bot.discord_app.interactions import guild_key, locale_of
-from bot.discord_app.permissions import is_admin, owner_key
+from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -78,19 +78,23 @@ class Queue(commands.Cog):
         user = interaction.user
         actor = owner_key(user)
         guild_id = guild_key(interaction)
-        admin = is_admin(bot.config.discord, user)
+        settings = bot.config.discord
         queue = bot.service.queue
         if action == "show":
             text = await self.status_text(user, locale)
         elif action == "cancel":
             if job is None:
                 raise UserError("queue_job_needed")
-            record = await bot.service.cancel(job, actor, admin=admin)
+            found = await queue.jobs.get(job)
+            if found is None:
+                raise UserError("job_not_found", job_id=job)
+            # Its owner; an admin of the server it was asked in; a bot admin (any job).
+            record = await bot.service.cancel(job, actor, admin=may_manage(settings, user, found))
             if record.owner_id != actor:
                 await bot.service.audit(actor, guild_id, "queue.cancel", {"job": job, "owner": record.owner_id})
             key = "queue_cancelled" if record.state == JobState.CANCELLED else "queue_cancel_requested"
             text = render(key, locale, job_id=job)
-        elif not admin:
+        elif not is_bot_admin(settings, user):  # the queue is every server's: pause, resume, clear are global
             raise UserError("admin_only")
         elif action == "clear":
             count = await queue.clear(actor)

@@ -12,7 +12,7 @@ from bot.core.jobs import JobRecord
 from bot.core.messages import render
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import locale_of
-from bot.discord_app.permissions import channel_allows_nsfw, is_admin, may_reroll, owner_key, role_ids
+from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, may_reroll, owner_key, role_ids
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -37,7 +37,7 @@ async def reroll(
     like a new request. The reply is in the interaction's locale, or (a reaction has none) in `locale`."""
     job = await job_or_error(bot, job_id)
     settings = bot.config.discord
-    if not may_reroll(settings, user, job.owner_id):
+    if not may_reroll(settings, user, job):
         raise UserError("not_allowed", job_id=job.id)
     locale = locale_of(interaction) if interaction is not None else locale
     guild = getattr(channel, "guild", None)
@@ -45,7 +45,7 @@ async def reroll(
         job.id,
         owner_key(user),
         role_ids=role_ids(user),
-        exempt=is_admin(settings, user),
+        exempt=is_bot_admin(settings, user),
         guild_id=str(guild.id) if guild is not None else None,
         channel_id=str(channel.id) if channel is not None else None,
         nsfw_allowed=channel_allows_nsfw(channel),

@@ -64,7 +64,7 @@ class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
 
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
         job = await job_or_error(bot, self.job_id)
-        if not may_manage(bot.config.discord, interaction.user, job.owner_id):
+        if not may_manage(bot.config.discord, interaction.user, job):
             raise UserError("not_allowed", job_id=job.id)
         await interaction.response.send_message(render("deleted", locale_of(interaction)), ephemeral=True)
         if interaction.message is not None:
