@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.messages import render
+from bot.discord_app.acknowledge import acknowledged, answer
 from bot.discord_app.choices import (
     MAX_CHOICES,
     Choice,
@@ -90,22 +91,24 @@ class Generate(commands.Cog):
         )
         user = interaction.user
         locale = locale_of(interaction)
-        job = await bot.service.submit(
-            request,
-            owner_key(user),
-            owner_name=user.display_name,
-            guild_id=guild_id,
-            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-            role_ids=role_ids(user),
-            exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
-            locale=locale,
+        job, deferred = await acknowledged(  # deferred first if the store is slow (a lock held elsewhere)
+            interaction,
+            lambda: bot.service.submit(
+                request,
+                owner_key(user),
+                owner_name=user.display_name,
+                guild_id=guild_id,
+                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+                role_ids=role_ids(user),
+                exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
+                locale=locale,
+            ),
         )
         position = bot.service.queue.position(job.id) or 1
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
+        text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
         try:
-            await interaction.response.send_message(
-                render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
-            )
+            await answer(interaction, deferred, text)
         except discord.HTTPException:
             target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
             raise

@@ -3,6 +3,7 @@ with a new seed, under the asking channel's nsfw rule, delivered like a new requ
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -10,6 +11,7 @@ import discord
 from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
+from bot.discord_app.acknowledge import acknowledged, answer, retry_busy
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import locale_of
 from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, may_reroll, owner_key, role_ids
@@ -41,22 +43,29 @@ async def reroll(
         raise UserError("not_allowed", job_id=job.id)
     locale = locale_of(interaction) if interaction is not None else locale
     guild = getattr(channel, "guild", None)
-    new = await bot.service.reroll(
-        job.id,
-        owner_key(user),
-        role_ids=role_ids(user),
-        exempt=is_bot_admin(settings, user),
-        guild_id=str(guild.id) if guild is not None else None,
-        channel_id=str(channel.id) if channel is not None else None,
-        nsfw_allowed=channel_allows_nsfw(channel),
-        locale=locale,
-    )
+    def submit() -> Awaitable[JobRecord]:
+        return bot.service.reroll(
+            job.id,
+            owner_key(user),
+            role_ids=role_ids(user),
+            exempt=is_bot_admin(settings, user),
+            guild_id=str(guild.id) if guild is not None else None,
+            channel_id=str(channel.id) if channel is not None else None,
+            nsfw_allowed=channel_allows_nsfw(channel),
+            locale=locale,
+        )
+
+    deferred = False
+    if interaction is not None:
+        new, deferred = await acknowledged(interaction, submit)  # in time even if the store is slow
+    else:
+        new = await retry_busy(submit)
     position = bot.service.queue.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
     try:
         if interaction is not None:
-            await interaction.response.send_message(text)
+            await answer(interaction, deferred, text)
             target.interaction = interaction
         else:
             target.message = await bot.deliveries.post(target, content=f"{target.mention} {text}")
