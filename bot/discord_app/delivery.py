@@ -14,6 +14,7 @@ from typing import Any
 
 import discord
 
+from bot.core.errors import StoreBusy
 from bot.core.events import Event, JobFinished, JobProgress, JobQueued, JobStarted
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
@@ -31,6 +32,7 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+RECORD_PATIENCE = 600.0  # seconds to keep trying to record a sent result while the database is busy
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
@@ -91,6 +93,8 @@ class Delivery:
         self.view_factory = view_factory
         self._delivering: set[int] = set()
         self._followed: set[int] = set()  # jobs a task follows now
+        self._sent: set[int] = set()  # results sent by this process (in case recording one failed)
+        self.record_patience = RECORD_PATIENCE
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
         self.queue_interval = QUEUE_INTERVAL
@@ -215,13 +219,30 @@ class Delivery:
         self._delivering.add(job.id)
         try:
             fresh = await self.service.queue.jobs.get(job.id)
-            if fresh is None or fresh.delivered:
+            if fresh is None or fresh.delivered or job.id in self._sent:
                 return
             message = await self._send_result(job, target)
             if message is not None:
-                await self.service.queue.jobs.mark_delivered(job.id, f"{message.channel.id}:{message.id}")
+                self._sent.add(job.id)  # sent: never again from this process, even if recording it fails
+                await self._record_delivery(job.id, f"{message.channel.id}:{message.id}")
         finally:
             self._delivering.discard(job.id)
+
+    async def _record_delivery(self, job_id: int, where: str) -> None:
+        """Mark the job delivered, trying again while the database is busy (a lock held elsewhere)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.record_patience
+        delay = 0.5
+        while True:
+            try:
+                await self.service.queue.jobs.mark_delivered(job_id, where)
+                return
+            except StoreBusy:
+                if loop.time() + delay > deadline:
+                    log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:

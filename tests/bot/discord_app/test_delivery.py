@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import simcord
 
+from bot.core.errors import StoreBusy
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot
 from bot.discord_app.delivery import Delivery, Target
@@ -190,3 +191,35 @@ async def test_one_bad_job_does_not_hold_up_the_others(
         await env.settle()
         assert len(result_posts(env, channel, broken.id)) == 1
         assert len([m for m in channel.history() if "images are gone" in m.content]) == 1
+
+
+async def test_a_busy_database_when_recording_a_delivery_does_not_send_it_twice(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The result went out, but recording it meets a busy database (StoreBusy): recording is tried again,
+    and the follower's retry of a failed delivery never sends the result a second time."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        bot.deliveries.retry_delays = (0.01, 0.01)
+        channel, (alice,) = server(env, "alice")
+        jobs = bot.service.queue.jobs
+        mark = jobs.mark_delivered
+        tries: list[int] = []
+
+        async def busy_twice(job_id: int, target: str = "") -> bool:
+            tries.append(job_id)
+            if len(tries) <= 2:
+                raise StoreBusy("database is locked")
+            return await mark(job_id, target)
+
+        monkeypatch.setattr(jobs, "mark_delivered", busy_twice)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        await finish(env, bot, job.id)
+        await asyncio.gather(*bot.deliveries.tasks)
+        assert len(tries) == 3 and await delivered_rows(bot, job.id) == 1
+        assert result.response is not None and result.response.attachments
+        uploads = [r for r in env.http_requests if r.method == "PATCH" and "attachments" in (r.json or {})]
+        assert len(uploads) == 1
+        assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
