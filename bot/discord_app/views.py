@@ -15,7 +15,7 @@ from bot.core.jobs import JobRecord
 from bot.core.messages import render
 from bot.discord_app.errors import report_error
 from bot.discord_app.interactions import bot_of, locale_of, send_ephemeral
-from bot.discord_app.permissions import may_manage, owner_key
+from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
 from bot.discord_app.rerolls import job_or_error, reroll
 
 if TYPE_CHECKING:
@@ -49,12 +49,24 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"anim
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
         raise NotImplementedError
 
+    async def job(self, interaction: discord.Interaction, bot: AnimeBot) -> JobRecord:
+        """The button's job, if it belongs where the button was clicked: a result's buttons sit in its job's
+        channel. A custom_id naming a job of another channel (forged, or replayed elsewhere) is answered as
+        if the job did not exist, so it reveals nothing (the owner and bot admins excepted)."""
+        job = await job_or_error(bot, self.job_id)
+        user = interaction.user
+        here = job.channel_id is not None and job.channel_id == str(interaction.channel_id)
+        if not (here or owner_key(user) == job.owner_id or is_bot_admin(bot.config.discord, user)):
+            raise UserError("job_not_found", job_id=self.job_id)
+        return job
+
 
 class RerollButton(_JobButton, template=r"animebot:reroll:(?P<job>\d+)"):
     action = "reroll"
     emoji = REROLL_EMOJI
 
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+        await self.job(interaction, bot)
         await reroll(bot, self.job_id, interaction.user, interaction.channel, interaction)
 
 
@@ -63,7 +75,7 @@ class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
     emoji = "🗑️"
 
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
-        job = await job_or_error(bot, self.job_id)
+        job = await self.job(interaction, bot)
         if not may_manage(bot.config.discord, interaction.user, job):
             raise UserError("not_allowed", job_id=job.id)
         await interaction.response.send_message(render("deleted", locale_of(interaction)), ephemeral=True)
@@ -76,7 +88,7 @@ class InfoButton(_JobButton, template=r"animebot:info:(?P<job>\d+)"):
     emoji = "ℹ️"
 
     async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
-        job = await job_or_error(bot, self.job_id)
+        job = await self.job(interaction, bot)
         await send_ephemeral(interaction, parameters_text(job, locale_of(interaction)))
 
 
@@ -209,7 +221,11 @@ class HistoryRerunMenu(discord.ui.DynamicItem[discord.ui.Select[Any]], template=
         try:
             if await _owner_only(interaction, self.user_id):
                 job_id = int(self.item.values[0])
-                await reroll(bot_of(interaction), job_id, interaction.user, interaction.channel, interaction)
+                bot = bot_of(interaction)
+                job = await job_or_error(bot, job_id)
+                if job.owner_id != owner_key(interaction.user):  # a forged value: the menu lists own jobs only
+                    raise UserError("job_not_found", job_id=job_id)
+                await reroll(bot, job_id, interaction.user, interaction.channel, interaction)
         except Exception as error:  # e.g. the quota: the same ephemeral report as the command tree's
             await report_error(interaction, error)
 
