@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.messages import render
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.interactions import locale_of
 from bot.discord_app.permissions import owner_key, role_ids
 from bot.discord_app.views import HISTORY_ITEMS, history_page
@@ -24,13 +25,17 @@ class Account(commands.Cog):
 
     @app_commands.command(name="quota", description="Your remaining images and when more free up")
     async def quota(self, interaction: discord.Interaction) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.quota_text(interaction))
+
+    async def quota_text(self, interaction: discord.Interaction) -> str:
         locale = locale_of(interaction)
         user = interaction.user
         status = await self.bot.service.quota(owner_key(user), role_ids(user))
         unlimited = render("quota_unlimited", locale)
         limit = status.limits.images_per_day
         reset = render("quota_reset", locale, at=math.ceil(status.resets_at)) if status.resets_at else ""
-        text = render(
+        return render(
             "quota_status",
             locale,
             used=status.used,
@@ -39,16 +44,16 @@ class Account(commands.Cog):
             reset=reset,
             queued=status.queued,
         )
-        await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="history", description="Your past jobs, newest first, with a way to rerun one")
     @app_commands.describe(page="Page number (5 jobs a page)")
     async def history(self, interaction: discord.Interaction, page: app_commands.Range[int, 1, 10000] = 1) -> None:
-        text, view = await history_page(self.bot, interaction.user, page - 1, locale_of(interaction))
-        if view is None:
-            await interaction.response.send_message(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, view=view, ephemeral=True)
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            text, view = await history_page(self.bot, interaction.user, page - 1, locale_of(interaction))
+            if view is None:
+                await reply.send(text)
+            else:
+                await reply.send(text, view=view)
 
 
 async def setup(bot: AnimeBot) -> None:

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.messages import render
-from bot.discord_app.acknowledge import acknowledged, answer
+from bot.discord_app.acknowledge import InTime, retry_busy
 from bot.discord_app.choices import (
     MAX_CHOICES,
     Choice,
@@ -67,6 +67,27 @@ class Generate(commands.Cog):
         cfg: float | None = None,
         count: int = 1,
     ) -> None:
+        async with InTime(interaction) as reply:  # in time, however slow the store (a lock held elsewhere)
+            await self._generate(
+                interaction, reply, prompt, negative, quality, year, rating, artist, aspect, seed, steps, cfg, count
+            )
+
+    async def _generate(
+        self,
+        interaction: discord.Interaction,
+        reply: InTime,
+        prompt: str,
+        negative: str | None = None,
+        quality: str | None = None,
+        year: str | None = None,
+        rating: str | None = None,
+        artist: str | None = None,
+        aspect: str | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        count: int = 1,
+    ) -> None:
         bot = self.bot
         guild_id = guild_key(interaction)
         model = await bot.service.active_model(guild_id)
@@ -91,8 +112,7 @@ class Generate(commands.Cog):
         )
         user = interaction.user
         locale = locale_of(interaction)
-        job, deferred = await acknowledged(  # deferred first if the store is slow (a lock held elsewhere)
-            interaction,
+        job = await retry_busy(  # a busy store is tried again; the user sees "thinking…" meanwhile
             lambda: bot.service.submit(
                 request,
                 owner_key(user),
@@ -102,13 +122,13 @@ class Generate(commands.Cog):
                 role_ids=role_ids(user),
                 exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
                 locale=locale,
-            ),
+            )
         )
         position = bot.service.queue.position(job.id) or 1
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
         text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
         try:
-            await answer(interaction, deferred, text)
+            await reply.send(text)
         except discord.HTTPException:
             target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
             raise

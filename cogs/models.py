@@ -19,6 +19,7 @@ from bot.core.errors import UserError
 from bot.core.events import Event, ModelLoading
 from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.choices import Choice, filter_choices
 from bot.discord_app.interactions import bot_of, guild_key, locale_of
 from bot.discord_app.permissions import is_bot_admin, is_server_admin, owner_key
@@ -172,6 +173,21 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         cooldown: app_commands.Range[int, 0, 86400] | None = None,
         reset: bool = False,
     ) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            text = await self.quota_action(interaction, user, role, images_per_day, max_queued, cooldown, reset)
+            await reply.send(text, allowed_mentions=discord.AllowedMentions.none())
+
+    async def quota_action(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User | None,
+        role: discord.Role | None,
+        images_per_day: int | None,
+        max_queued: int | None,
+        cooldown: int | None,
+        reset: bool,
+    ) -> str:
+        """Set, show or reset the limits (admin rights checked here); the answer."""
         if (user is None) == (role is None):
             raise UserError("quota_target")
         if role is None:
@@ -204,7 +220,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
                 guild_id=guild_id,
             )
             text = quota_text(limits, target, locale)
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        return text
 
 
 def quota_text(limits: QuotaLimits | None, target: str, locale: str) -> str:

@@ -14,6 +14,7 @@ from bot.core.errors import UserError
 from bot.core.events import Event, JobFinished, JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
 
@@ -73,6 +74,11 @@ class Queue(commands.Cog):
     @app_commands.command(name="queue", description="The queue: length, your position, the running job")
     @app_commands.describe(action="Admins: pause, resume, clear; anyone: cancel (your own job)", job="Job id to cancel")
     async def queue(self, interaction: discord.Interaction, action: Action = "show", job: int | None = None) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.act(interaction, action, job))
+
+    async def act(self, interaction: discord.Interaction, action: Action, job: int | None) -> str:
+        """Do the action (admin rights checked here) and return the answer."""
         bot = self.bot
         locale = locale_of(interaction)
         user = interaction.user
@@ -105,7 +111,7 @@ class Queue(commands.Cog):
             await queue.set_paused(paused)
             await bot.service.audit(actor, guild_id, f"queue.{action}", {})
             text = render("queue_paused_now" if paused else "queue_resumed_now", locale)
-        await interaction.response.send_message(text, ephemeral=True)
+        return text
 
 
 async def setup(bot: AnimeBot) -> None:

@@ -1,7 +1,8 @@
 """Answering Discord in time when the database is slow. Discord drops an interaction not acknowledged
 within 3 seconds; a write can wait up to the store's busy timeout (another process holding a write
-transaction) and then raise StoreBusy. So a submit that has not finished after ACK_AFTER seconds is
-acknowledged first (deferred: the user sees "thinking…"), and a busy store is tried again, with growing
+transaction) and then raise StoreBusy; meanwhile every other statement waits behind it on the one
+connection. So a command that has not answered ACK_AFTER seconds after it started is acknowledged first
+(deferred: the user sees "thinking…"; InTime), and a busy store is tried again, with growing
 pauses, for up to BUSY_PATIENCE seconds (well inside the 15 minutes an interaction token lives) before the
 user is told that nothing was queued. StoreBusy promises that nothing was written, so a retry never
 queues a request twice."""
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import discord
 
@@ -45,36 +46,58 @@ async def retry_busy(work: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, BUSY_MAX_DELAY)
 
 
-async def acknowledged(interaction: discord.Interaction, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-    """Run `work` (retried while the store is busy); if it has not finished within ACK_AFTER, defer the
-    interaction meanwhile. Returns its result and whether the interaction was deferred: then the caller
-    answers by editing the original response. If the work fails after a deferral, the public "thinking…"
-    message is removed, so the error can go out as an ephemeral followup (the tree's error handler)."""
-    task = asyncio.ensure_future(retry_busy(work))
-    try:
-        done, _ = await asyncio.wait({task}, timeout=ACK_AFTER)
-        deferred = False
-        if not done:
+class InTime:
+    """Answers an interaction within Discord's 3 seconds however slow the store is:
+
+        async with InTime(interaction, ephemeral=True) as reply:
+            ...  # reads and writes that may wait for a lock held elsewhere
+            await reply.send(text, view=view)
+
+    If `send` has not been called ACK_AFTER seconds after entering, the interaction is deferred (the user
+    sees "thinking…", ephemeral or not as asked) and `send` then edits that response. If the block raises
+    after a deferral, the "thinking…" response is deleted, so the error handler's ephemeral followup is a
+    message of its own (never an edit of a public response)."""
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+        self.deferred = False
+        self._lock = asyncio.Lock()  # the deferral and the answer never cross
+        self._timer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> InTime:
+        self._timer = asyncio.create_task(self._defer_later(), name=f"defer-{self.interaction.id}")
+        return self
+
+    async def _defer_later(self) -> None:
+        await asyncio.sleep(ACK_AFTER)
+        async with self._lock:
+            if self.interaction.response.is_done():
+                return
             try:
-                await interaction.response.defer(thinking=True)
-                deferred = True
+                await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+                self.deferred = True
             except discord.HTTPException:
-                log.warning("could not defer interaction %s; its answer may come too late", interaction.id)
-        try:
-            return await task, deferred
-        except BaseException:
-            if deferred:
+                log.warning("could not defer interaction %s; its answer may come too late", self.interaction.id)
+
+    async def _stop_timer(self) -> None:
+        timer = self._timer
+        if timer is not None and not timer.done():
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
+
+    async def send(self, content: str, **kwargs: Any) -> None:
+        """The answer: the response itself, or an edit of the deferred one."""
+        async with self._lock:
+            await self._stop_timer()
+            if self.deferred:
+                await self.interaction.edit_original_response(content=content, **kwargs)
+            else:
+                await self.interaction.response.send_message(content, ephemeral=self.ephemeral, **kwargs)
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        async with self._lock:
+            await self._stop_timer()
+            if error is not None and self.deferred and self.interaction.response.is_done():
                 with contextlib.suppress(discord.HTTPException):
-                    await interaction.delete_original_response()
-            raise
-    finally:
-        if not task.done():
-            task.cancel()  # the command itself was cancelled
-
-
-async def answer(interaction: discord.Interaction, deferred: bool, text: str) -> None:
-    """The public answer to an interaction `acknowledged` may have deferred."""
-    if deferred:
-        await interaction.edit_original_response(content=text)
-    else:
-        await interaction.response.send_message(text)
+                    await self.interaction.delete_original_response()

@@ -3,7 +3,6 @@ with a new seed, under the asking channel's nsfw rule, delivered like a new requ
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -11,7 +10,7 @@ import discord
 from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
-from bot.discord_app.acknowledge import acknowledged, answer, retry_busy
+from bot.discord_app.acknowledge import InTime, retry_busy
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import locale_of
 from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, may_reroll, owner_key, role_ids
@@ -32,19 +31,20 @@ async def reroll(
     job_id: int,
     user: discord.abc.User,
     channel: Any,
-    interaction: discord.Interaction | None = None,
+    reply: InTime | None = None,
     locale: str = "en",
 ) -> None:
     """Queue the job again with a new seed for `user`, in `channel` (under its nsfw rule), and deliver it
-    like a new request. The reply is in the interaction's locale, or (a reaction has none) in `locale`."""
+    like a new request. Answered through `reply` (a button's or menu's interaction, in its locale), or
+    (a reaction has no interaction) by a channel post in `locale`."""
     job = await job_or_error(bot, job_id)
     settings = bot.config.discord
     if not may_reroll(settings, user, job):
         raise UserError("not_allowed", job_id=job.id)
-    locale = locale_of(interaction) if interaction is not None else locale
+    locale = locale_of(reply.interaction) if reply is not None else locale
     guild = getattr(channel, "guild", None)
-    def submit() -> Awaitable[JobRecord]:
-        return bot.service.reroll(
+    new = await retry_busy(  # a busy store is tried again
+        lambda: bot.service.reroll(
             job.id,
             owner_key(user),
             role_ids=role_ids(user),
@@ -54,19 +54,14 @@ async def reroll(
             nsfw_allowed=channel_allows_nsfw(channel),
             locale=locale,
         )
-
-    deferred = False
-    if interaction is not None:
-        new, deferred = await acknowledged(interaction, submit)  # in time even if the store is slow
-    else:
-        new = await retry_busy(submit)
+    )
     position = bot.service.queue.position(new.id) or 1
     text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
     try:
-        if interaction is not None:
-            await answer(interaction, deferred, text)
-            target.interaction = interaction
+        if reply is not None:
+            await reply.send(text)
+            target.interaction = reply.interaction
         else:
             target.message = await bot.deliveries.post(target, content=f"{target.mention} {text}")
     finally:

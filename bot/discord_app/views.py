@@ -13,6 +13,7 @@ import discord
 from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.errors import report_error
 from bot.discord_app.interactions import bot_of, locale_of, send_ephemeral
 from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
@@ -40,13 +41,16 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"anim
     ) -> _JobButton:
         return cls(int(match["job"]))
 
+    ephemeral = True  # whether the answer (and a deferral while the store is slow) is ephemeral
+
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            await self.run(interaction, bot_of(interaction))
+            async with InTime(interaction, ephemeral=self.ephemeral) as reply:
+                await self.run(reply, bot_of(interaction))
         except Exception as error:  # buttons have no tree error handler: the same report
             await report_error(interaction, error)
 
-    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
         raise NotImplementedError
 
     async def job(self, interaction: discord.Interaction, bot: AnimeBot) -> JobRecord:
@@ -64,21 +68,24 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"anim
 class RerollButton(_JobButton, template=r"animebot:reroll:(?P<job>\d+)"):
     action = "reroll"
     emoji = REROLL_EMOJI
+    ephemeral = False
 
-    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
+        interaction = reply.interaction
         await self.job(interaction, bot)
-        await reroll(bot, self.job_id, interaction.user, interaction.channel, interaction)
+        await reroll(bot, self.job_id, interaction.user, interaction.channel, reply)
 
 
 class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
     action = "delete"
     emoji = "🗑️"
 
-    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
+        interaction = reply.interaction
         job = await self.job(interaction, bot)
         if not may_manage(bot.config.discord, interaction.user, job):
             raise UserError("not_allowed", job_id=job.id)
-        await interaction.response.send_message(render("deleted", locale_of(interaction)), ephemeral=True)
+        await reply.send(render("deleted", locale_of(interaction)))
         if interaction.message is not None:
             await interaction.message.delete()
 
@@ -87,9 +94,9 @@ class InfoButton(_JobButton, template=r"animebot:info:(?P<job>\d+)"):
     action = "info"
     emoji = "ℹ️"
 
-    async def run(self, interaction: discord.Interaction, bot: AnimeBot) -> None:
-        job = await self.job(interaction, bot)
-        await send_ephemeral(interaction, parameters_text(job, locale_of(interaction)))
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
+        job = await self.job(reply.interaction, bot)
+        await reply.send(parameters_text(job, locale_of(reply.interaction)))
 
 
 BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, DeleteButton, InfoButton)
@@ -222,10 +229,11 @@ class HistoryRerunMenu(discord.ui.DynamicItem[discord.ui.Select[Any]], template=
             if await _owner_only(interaction, self.user_id):
                 job_id = int(self.item.values[0])
                 bot = bot_of(interaction)
-                job = await job_or_error(bot, job_id)
-                if job.owner_id != owner_key(interaction.user):  # a forged value: the menu lists own jobs only
-                    raise UserError("job_not_found", job_id=job_id)
-                await reroll(bot, job_id, interaction.user, interaction.channel, interaction)
+                async with InTime(interaction) as reply:
+                    job = await job_or_error(bot, job_id)
+                    if job.owner_id != owner_key(interaction.user):  # forged: the menu lists own jobs only
+                        raise UserError("job_not_found", job_id=job_id)
+                    await reroll(bot, job_id, interaction.user, interaction.channel, reply)
         except Exception as error:  # e.g. the quota: the same ephemeral report as the command tree's
             await report_error(interaction, error)
 

@@ -205,3 +205,42 @@ async def test_a_store_busy_past_the_patience_tells_the_user_nothing_was_queued(
         (what, body), *rest = sequence[2:]
         assert what == "followup" and body["flags"] & EPHEMERAL and not rest
         assert "nothing was queued" in body["content"]
+
+
+async def test_every_command_waiting_behind_the_lock_is_deferred(
+    make_bot: BotFactory,
+    fake_discord: FakeDiscord,  # noqa: F811
+) -> None:
+    """While one /generate's write waits for the lock, every other statement waits behind it on the bot's
+    one database connection: a second /generate (its model lookup) and a /quota (a read) are deferred too,
+    ephemerally for /quota, and answered once the lock goes."""
+    fake = fake_discord
+    bot = await make_bot()
+    async with online(bot, fake):
+        bob = fake.add_member("bob")
+        async with WriteLock(bot.config.database):
+            first, alice = await ask(fake)
+            second = fake.slash("generate", bob, prompt="smile", steps=1, aspect="1:1")
+            quota = fake.slash("quota", bob)
+            for interaction in (second, quota):
+                await fake.dispatch("INTERACTION_CREATE", interaction)
+            kinds = [await first_callback(fake, i["token"]) for i in (first, second, quota)]
+        assert kinds == [5, 5, 5]
+        (deferred_quota,) = [r for r in fake.requests if r.path.endswith(f"/{quota['token']}/callback")]
+        assert deferred_quota.json["data"]["flags"] & EPHEMERAL
+
+        bob_id = int(bob["user"]["id"])
+        for user_id, interaction in ((alice, first), (bob_id, second)):
+            await asyncio.wait_for(until_jobs(bot, user_id), TIMEOUT)
+            (job,) = await jobs_of(bot, user_id)
+            await settled(bot, job.id)
+            sequence = calls(fake, interaction["token"])
+            assert sequence[0] == ("callback", 5) and sequence[1][0] == "edit" and "queued" in sequence[1][1]
+
+        async def answered() -> None:
+            while len(calls(fake, quota["token"])) < 2:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(answered(), TIMEOUT)
+        what, content = calls(fake, quota["token"])[1]
+        assert what == "edit" and content.startswith("Images in the last 24 hours")
