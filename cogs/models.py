@@ -55,6 +55,10 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
 
     @app_commands.command(name="list", description="The configured models and which one is active")
     async def list_models(self, interaction: discord.Interaction) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.list_text(interaction))
+
+    async def list_text(self, interaction: discord.Interaction) -> str:
         locale = locale_of(interaction)
         active = await self.bot.service.active_model(guild_key(interaction))
         lines = [render("model_list_header", locale, active=active)]
@@ -64,11 +68,15 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             lines.append(
                 render("model_list_line", locale, marker=marker, name=name, family=spec.family, state=state.state)
             )
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        return "\n".join(lines)[:2000]
 
     @app_commands.command(name="info", description="Where a model comes from and whether it is ready")
     @app_commands.describe(name="Model (default: the active one)")
     async def info(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.info_text(interaction, name))
+
+    async def info_text(self, interaction: discord.Interaction, name: str | None) -> str:
         locale = locale_of(interaction)
         models = self.bot.config.models
         active = await self.bot.service.active_model(guild_key(interaction))
@@ -87,7 +95,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             state=state.state,
             active=render("model_yes" if name == active else "model_no", locale),
         )
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+        return text[:2000]
 
     @app_commands.command(name="switch", description="Admins: load a model and make it the active one")
     @app_commands.describe(
@@ -105,11 +113,12 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         if name not in models:
             raise UserError("unknown_model", value=name, options=", ".join(models))
         locale = locale_of(interaction)
-        previous = await self.bot.service.active_model(guild_id)
-        if name == previous:
-            await interaction.response.send_message(render("model_already_active", locale, model=name), ephemeral=True)
-            return
-        await interaction.response.send_message(render("model_loading", locale, model=name), ephemeral=True)
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            previous = await self.bot.service.active_model(guild_id)
+            if name == previous:
+                await reply.send(render("model_already_active", locale, model=name))
+                return
+            await reply.send(render("model_loading", locale, model=name))
         stages: asyncio.Queue[ModelLoading | None] = asyncio.Queue()
 
         def on_event(event: Event) -> None:

@@ -54,13 +54,15 @@ class InTime:
             await reply.send(text, view=view)
 
     If `send` has not been called ACK_AFTER seconds after entering, the interaction is deferred (the user
-    sees "thinking…", ephemeral or not as asked) and `send` then edits that response. If the block raises
-    after a deferral, the "thinking…" response is deleted, so the error handler's ephemeral followup is a
-    message of its own (never an edit of a public response)."""
+    sees "thinking…", ephemeral or not as asked; with `update`, a component's message is edited later) and
+    `send` then edits that response. If the block raises after a deferral, the "thinking…" response is
+    deleted, so the error handler's ephemeral followup is a message of its own (never an edit of a public
+    response)."""
 
-    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False, update: bool = False) -> None:
         self.interaction = interaction
         self.ephemeral = ephemeral
+        self.update = update  # answer by editing the component's message (history paging)
         self.deferred = False
         self._lock = asyncio.Lock()  # the deferral and the answer never cross
         self._timer: asyncio.Task[None] | None = None
@@ -75,7 +77,10 @@ class InTime:
             if self.interaction.response.is_done():
                 return
             try:
-                await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+                if self.update:
+                    await self.interaction.response.defer()  # a component's: the message is edited later
+                else:
+                    await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
                 self.deferred = True
             except discord.HTTPException:
                 log.warning("could not defer interaction %s; its answer may come too late", self.interaction.id)
@@ -92,12 +97,14 @@ class InTime:
             await self._stop_timer()
             if self.deferred:
                 await self.interaction.edit_original_response(content=content, **kwargs)
+            elif self.update:
+                await self.interaction.response.edit_message(content=content, **kwargs)
             else:
                 await self.interaction.response.send_message(content, ephemeral=self.ephemeral, **kwargs)
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         async with self._lock:
             await self._stop_timer()
-            if error is not None and self.deferred and self.interaction.response.is_done():
+            if error is not None and self.deferred and not self.update:
                 with contextlib.suppress(discord.HTTPException):
                     await self.interaction.delete_original_response()

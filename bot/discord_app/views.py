@@ -188,9 +188,10 @@ class HistoryPageButton(
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
             if await _owner_only(interaction, self.user_id):
-                locale = locale_of(interaction)
-                text, view = await history_page(bot_of(interaction), interaction.user, self.page, locale)
-                await interaction.response.edit_message(content=text, view=view)
+                async with InTime(interaction, update=True) as reply:  # in time, however slow the store
+                    locale = locale_of(interaction)
+                    text, view = await history_page(bot_of(interaction), interaction.user, self.page, locale)
+                    await reply.send(text, view=view)
         except Exception as error:  # components have no tree error handler: the same report
             await report_error(interaction, error)
 

@@ -19,6 +19,8 @@ import pytest
 from bot.core.errors import StoreBusy
 from bot.discord_app import acknowledge
 from bot.discord_app.client import AnimeBot
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory
 from tests.cogs.test_wire import TIMEOUT, delivered, fake_discord, jobs_of, online  # noqa: F401  (fixture)
 from tests.fakes.discord_server import EPHEMERAL, FakeDiscord
@@ -218,21 +220,29 @@ async def test_every_command_waiting_behind_the_lock_is_deferred(
     bot = await make_bot()
     async with online(bot, fake):
         bob = fake.add_member("bob")
+        bob_id = int(bob["user"]["id"])
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        earlier = await bot.service.submit(request, f"discord:{bob_id}", channel_id=str(fake.channel_id))
+        history = fake.slash("history", bob)
+        await fake.dispatch("INTERACTION_CREATE", history)
+        assert await first_callback(fake, history["token"]) == 4
+        listed = next(r for r in fake.requests if r.path.endswith(f"/{history['token']}/callback"))
+        page = fake.click(int(listed.response["resource"]["message"]["id"]), f"animebot:history:next:{bob_id}:0", bob)
+
         async with WriteLock(bot.config.database):
             first, alice = await ask(fake)
             second = fake.slash("generate", bob, prompt="smile", steps=1, aspect="1:1")
             quota = fake.slash("quota", bob)
-            for interaction in (second, quota):
+            for interaction in (second, quota, page):
                 await fake.dispatch("INTERACTION_CREATE", interaction)
-            kinds = [await first_callback(fake, i["token"]) for i in (first, second, quota)]
-        assert kinds == [5, 5, 5]
+            kinds = [await first_callback(fake, i["token"]) for i in (first, second, quota, page)]
+        assert kinds == [5, 5, 5, 6]  # 6: a deferred update of the history list
         (deferred_quota,) = [r for r in fake.requests if r.path.endswith(f"/{quota['token']}/callback")]
         assert deferred_quota.json["data"]["flags"] & EPHEMERAL
 
-        bob_id = int(bob["user"]["id"])
         for user_id, interaction in ((alice, first), (bob_id, second)):
             await asyncio.wait_for(until_jobs(bot, user_id), TIMEOUT)
-            (job,) = await jobs_of(bot, user_id)
+            job = (await jobs_of(bot, user_id))[-1]
             await settled(bot, job.id)
             sequence = calls(fake, interaction["token"])
             assert sequence[0] == ("callback", 5) and sequence[1][0] == "edit" and "queued" in sequence[1][1]
@@ -244,3 +254,6 @@ async def test_every_command_waiting_behind_the_lock_is_deferred(
         await asyncio.wait_for(answered(), TIMEOUT)
         what, content = calls(fake, quota["token"])[1]
         assert what == "edit" and content.startswith("Images in the last 24 hours")
+        await settled(bot, earlier.id)
+        what, content = calls(fake, page["token"])[1]
+        assert what == "edit" and content.startswith("Your jobs (page 1 of 1")
