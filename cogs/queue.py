@@ -72,7 +72,10 @@ class Queue(commands.Cog):
         return "\n".join(lines)[:2000]
 
     @app_commands.command(name="queue", description="The queue: length, your position, the running job")
-    @app_commands.describe(action="Admins: pause, resume, clear; anyone: cancel (your own job)", job="Job id to cancel")
+    @app_commands.describe(
+        action="Bot admins: pause, resume, clear; anyone: cancel (your own job; admins: their server's)",
+        job="Job id to cancel",
+    )
     async def queue(self, interaction: discord.Interaction, action: Action = "show", job: int | None = None) -> None:
         async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
             await reply.send(await self.act(interaction, action, job))
