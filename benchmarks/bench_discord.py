@@ -85,12 +85,12 @@ from bot.config import Config, load_config  # noqa: E402
 from bot.core.events import EventBus, JobQueued  # noqa: E402
 from bot.core.jobs import JobState  # noqa: E402
 from bot.core.service import GenerationService  # noqa: E402
+from bot.discord_app.choices import quality_pairs, rating_pairs, year_pairs  # noqa: E402
 from bot.discord_app.client import SYNC_KEY, AnimeBot, create_bot  # noqa: E402
 from bot.prompts.builder import PromptChoices  # noqa: E402
 from bot.prompts.dialects import Dialect, load_dialect  # noqa: E402
 from bot.prompts.requests import GenerationRequest  # noqa: E402
 from bot.prompts.tags import import_csv  # noqa: E402
-from cogs.generate import quality_pairs, rating_pairs, year_pairs  # noqa: E402
 from tests.cogs.conftest import parked_follow  # noqa: E402
 
 T = TypeVar("T")

@@ -1,41 +1,15 @@
-"""The one error handler of the command tree: UserError → its message, ephemeral; anything else →
-logged with detail, and a short generic ephemeral message."""
+"""The one error handler of the command tree (bot/discord_app/errors.py says how errors are answered)."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-import discord
-from discord import app_commands
 from discord.ext import commands
 
-from bot.core.errors import UserError
-from bot.core.messages import render
-from cogs.interactions import locale_of, send_ephemeral
+from bot.discord_app.errors import report_error
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
-
-log = logging.getLogger(__name__)
-
-
-def error_text(interaction: discord.Interaction, error: BaseException) -> str:
-    if isinstance(error, app_commands.CommandInvokeError):
-        error = error.original
-    if isinstance(error, UserError):
-        return render(error.key, locale_of(interaction), **error.params)
-    command = interaction.command.qualified_name if interaction.command else "?"
-    log.error("interaction %s (%s) failed", interaction.id, command, exc_info=error)
-    return render("generic_error", locale_of(interaction))
-
-
-async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
-    """Tell the user what went wrong (and log what they need not see)."""
-    try:
-        await send_ephemeral(interaction, error_text(interaction, error))
-    except discord.HTTPException:
-        log.warning("could not report an error to the user of interaction %s", interaction.id)
 
 
 class Errors(commands.Cog):

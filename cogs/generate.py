@@ -11,65 +11,28 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.messages import render
+from bot.discord_app.acknowledge import InTime, retry_busy
+from bot.discord_app.choices import (
+    MAX_CHOICES,
+    Choice,
+    aspect_pairs,
+    choice,
+    dialect_for,
+    filter_choices,
+    quality_pairs,
+    rating_pairs,
+    year_pairs,
+)
 from bot.discord_app.delivery import Target
-from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
+from bot.discord_app.interactions import guild_key, locale_of
+from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_bot_admin, owner_key, role_ids
 from bot.prompts.builder import PromptChoices
-from bot.prompts.dialects import Dialect, load_dialect
+from bot.prompts.dialects import load_dialect
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
-from cogs.interactions import bot_of, guild_key, locale_of
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
-
-MAX_CHOICES = 25
-MAX_NAME = 100
-
-Choice = app_commands.Choice[str]
-
-
-def choice(name: str, value: str) -> Choice:
-    """A choice within Discord's limits (name and value 1–100 characters)."""
-    return app_commands.Choice(name=(name or value)[:MAX_NAME], value=value[:MAX_NAME])
-
-
-def filter_choices(pairs: list[tuple[str, str]], current: str) -> list[Choice]:
-    """Pairs (name, value) whose name or value contains the typed text, first those that start with it."""
-    text = current.strip().lower()
-    hits = [(n, v) for n, v in pairs if text in n.lower() or text in v.lower()]
-    hits.sort(key=lambda p: not (p[0].lower().startswith(text) or p[1].lower().startswith(text)))
-    return [choice(n, v) for n, v in hits[:MAX_CHOICES]]
-
-
-async def dialect_for(interaction: discord.Interaction) -> Dialect:
-    bot = bot_of(interaction)
-    guild = guild_key(interaction)
-    name = await bot.service.active_model(guild)
-    return load_dialect(bot.config.models[name].dialect)
-
-
-def quality_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    return [(f"{key} — {terms}", key) for key, terms in dialect.quality_choices.items()]
-
-
-def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    periods = [(f"{key} — {terms}", key) for key, terms in dialect.period_choices.items()]
-    years = [(str(y), str(y)) for y in range(dialect.year_max, dialect.year_min - 1, -1)]
-    return periods + years
-
-
-def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
-    nsfw = dialect.choices.nsfw_ratings
-    return [
-        (f"{key} — {terms}", key)
-        for key, terms in dialect.rating_choices.items()
-        if nsfw_allowed or dialect.choices.canonical_rating(key) not in nsfw
-    ]
-
-
-def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    return [(bucket.label, bucket.aspect) for bucket in dialect.buckets]
-
 
 class Generate(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:
@@ -92,6 +55,27 @@ class Generate(commands.Cog):
     async def generate(
         self,
         interaction: discord.Interaction,
+        prompt: str,
+        negative: str | None = None,
+        quality: str | None = None,
+        year: str | None = None,
+        rating: str | None = None,
+        artist: str | None = None,
+        aspect: str | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        count: int = 1,
+    ) -> None:
+        async with InTime(interaction) as reply:  # in time, however slow the store (a lock held elsewhere)
+            await self._generate(
+                interaction, reply, prompt, negative, quality, year, rating, artist, aspect, seed, steps, cfg, count
+            )
+
+    async def _generate(
+        self,
+        interaction: discord.Interaction,
+        reply: InTime,
         prompt: str,
         negative: str | None = None,
         quality: str | None = None,
@@ -128,22 +112,23 @@ class Generate(commands.Cog):
         )
         user = interaction.user
         locale = locale_of(interaction)
-        job = await bot.service.submit(
-            request,
-            owner_key(user),
-            owner_name=user.display_name,
-            guild_id=guild_id,
-            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-            role_ids=role_ids(user),
-            exempt=is_admin(bot.config.discord, user),
-            locale=locale,
+        job = await retry_busy(  # a busy store is tried again; the user sees "thinking…" meanwhile
+            lambda: bot.service.submit(
+                request,
+                owner_key(user),
+                owner_name=user.display_name,
+                guild_id=guild_id,
+                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+                role_ids=role_ids(user),
+                exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
+                locale=locale,
+            )
         )
         position = await bot.service.position(job.id) or 1
         target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
+        text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
         try:
-            await interaction.response.send_message(
-                render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
-            )
+            await reply.send(text)
         except discord.HTTPException:
             target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
             raise

@@ -1,6 +1,8 @@
 """/model list, /model info, and the admin commands /model switch (load, then make active; a failed
-load leaves the previous model active) and /model quota (a user's or role's limits). Admin rights
-are checked here in code; the service writes every admin action to the audit log."""
+load leaves the previous model active) and /model quota (a user's or role's limits). Server admins
+switch their server's model and set their server's roles' limits; bot admins also the global default
+model and users' limits (which apply everywhere). Rights are checked here in code; the service writes
+every admin action to the audit log."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from bot.core.errors import UserError
 from bot.core.events import Event, ModelLoading
 from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
-from bot.discord_app.permissions import is_admin, owner_key
-from cogs.generate import Choice, filter_choices
-from cogs.interactions import bot_of, guild_key, locale_of
+from bot.discord_app.acknowledge import InTime
+from bot.discord_app.choices import Choice, filter_choices
+from bot.discord_app.interactions import bot_of, guild_key, locale_of
+from bot.discord_app.permissions import is_bot_admin, is_server_admin, owner_key
 from inference.sources import SourceState, describe_source
 
 if TYPE_CHECKING:
@@ -29,8 +32,15 @@ log = logging.getLogger(__name__)
 LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message
 
 
-def require_admin(interaction: discord.Interaction) -> None:
-    if not is_admin(bot_of(interaction).config.discord, interaction.user):
+def require_server_admin(interaction: discord.Interaction) -> None:
+    """Manage Server in the interaction's server (or a bot admin); else admin_only, and nothing changes."""
+    if not is_server_admin(bot_of(interaction).config.discord, interaction.user, guild_key(interaction)):
+        raise UserError("admin_only")
+
+
+def require_bot_admin(interaction: discord.Interaction) -> None:
+    """A configured bot admin: for what reaches every server. Else admin_only, and nothing changes."""
+    if not is_bot_admin(bot_of(interaction).config.discord, interaction.user):
         raise UserError("admin_only")
 
 
@@ -45,6 +55,10 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
 
     @app_commands.command(name="list", description="The configured models and which one is active")
     async def list_models(self, interaction: discord.Interaction) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.list_text(interaction))
+
+    async def list_text(self, interaction: discord.Interaction) -> str:
         locale = locale_of(interaction)
         active = await self.bot.service.active_model(guild_key(interaction))
         lines = [render("model_list_header", locale, active=active)]
@@ -54,11 +68,15 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             lines.append(
                 render("model_list_line", locale, marker=marker, name=name, family=spec.family, state=state.state)
             )
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        return "\n".join(lines)[:2000]
 
     @app_commands.command(name="info", description="Where a model comes from and whether it is ready")
     @app_commands.describe(name="Model (default: the active one)")
     async def info(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.info_text(interaction, name))
+
+    async def info_text(self, interaction: discord.Interaction, name: str | None) -> str:
         locale = locale_of(interaction)
         models = self.bot.config.models
         active = await self.bot.service.active_model(guild_key(interaction))
@@ -77,22 +95,30 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             state=state.state,
             active=render("model_yes" if name == active else "model_no", locale),
         )
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+        return text[:2000]
 
     @app_commands.command(name="switch", description="Admins: load a model and make it the active one")
-    @app_commands.describe(name="Model to switch to")
-    async def switch(self, interaction: discord.Interaction, name: str) -> None:
-        require_admin(interaction)
+    @app_commands.describe(
+        name="Model to switch to",
+        everywhere="Bot admins: the default of every server that has not chosen its own",
+    )
+    async def switch(self, interaction: discord.Interaction, name: str, everywhere: bool = False) -> None:
+        # A server's own model: its admins. The global default (also what a DM switches): bot admins.
+        guild_id = None if everywhere else guild_key(interaction)
+        if guild_id is None:
+            require_bot_admin(interaction)
+        else:
+            require_server_admin(interaction)
         models = self.bot.config.models
         if name not in models:
             raise UserError("unknown_model", value=name, options=", ".join(models))
         locale = locale_of(interaction)
-        guild_id = guild_key(interaction)
-        previous = await self.bot.service.active_model(guild_id)
-        if name == previous:
-            await interaction.response.send_message(render("model_already_active", locale, model=name), ephemeral=True)
-            return
-        await interaction.response.send_message(render("model_loading", locale, model=name), ephemeral=True)
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            previous = await self.bot.service.active_model(guild_id)
+            if name == previous:
+                await reply.send(render("model_already_active", locale, model=name))
+                return
+            await reply.send(render("model_loading", locale, model=name))
         stages: asyncio.Queue[ModelLoading | None] = asyncio.Queue()
 
         def on_event(event: Event) -> None:
@@ -156,9 +182,29 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
         cooldown: app_commands.Range[int, 0, 86400] | None = None,
         reset: bool = False,
     ) -> None:
-        require_admin(interaction)
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            text = await self.quota_action(interaction, user, role, images_per_day, max_queued, cooldown, reset)
+            await reply.send(text, allowed_mentions=discord.AllowedMentions.none())
+
+    async def quota_action(
+        self,
+        interaction: discord.Interaction,
+        user: discord.User | None,
+        role: discord.Role | None,
+        images_per_day: int | None,
+        max_queued: int | None,
+        cooldown: int | None,
+        reset: bool,
+    ) -> str:
+        """Set, show or reset the limits (admin rights checked here); the answer."""
         if (user is None) == (role is None):
             raise UserError("quota_target")
+        if role is None:
+            require_bot_admin(interaction)  # a user's limits apply in every server
+        elif str(role.guild.id) != guild_key(interaction):
+            raise UserError("admin_only")  # a role of another server
+        else:
+            require_server_admin(interaction)
         locale = locale_of(interaction)
         service = self.bot.service
         scope: Literal["user", "role"] = "user" if user is not None else "role"
@@ -183,7 +229,7 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
                 guild_id=guild_id,
             )
             text = quota_text(limits, target, locale)
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        return text
 
 
 def quota_text(limits: QuotaLimits | None, target: str, locale: str) -> str:

@@ -1,6 +1,6 @@
-"""/queue: length, your positions, the running job's progress; admins can pause, resume and clear, and
-cancel any job (owners their own). Admin rights are checked here in code, and every admin action is
-written to the audit log."""
+"""/queue: length, your positions, the running job's progress; bot admins can pause, resume and clear the
+(global) queue; owners cancel their own jobs, server admins the jobs asked in their server, bot admins any
+job. Rights are checked here in code (bot/discord_app/permissions.py); every admin action is audited."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from bot.core.errors import UserError
 from bot.core.events import JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
-from bot.discord_app.permissions import is_admin, owner_key
-from cogs.interactions import guild_key, locale_of
+from bot.discord_app.acknowledge import InTime
+from bot.discord_app.interactions import guild_key, locale_of
+from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -68,25 +69,37 @@ class Queue(commands.Cog):
         return "\n".join(lines)[:2000]
 
     @app_commands.command(name="queue", description="The queue: length, your position, the running job")
-    @app_commands.describe(action="Admins: pause, resume, clear; anyone: cancel (your own job)", job="Job id to cancel")
+    @app_commands.describe(
+        action="Bot admins: pause, resume, clear; anyone: cancel (your own job; admins: their server's)",
+        job="Job id to cancel",
+    )
     async def queue(self, interaction: discord.Interaction, action: Action = "show", job: int | None = None) -> None:
+        async with InTime(interaction, ephemeral=True) as reply:  # in time, however slow the store
+            await reply.send(await self.act(interaction, action, job))
+
+    async def act(self, interaction: discord.Interaction, action: Action, job: int | None) -> str:
+        """Do the action (admin rights checked here) and return the answer."""
         bot = self.bot
         locale = locale_of(interaction)
         user = interaction.user
         actor = owner_key(user)
         guild_id = guild_key(interaction)
-        admin = is_admin(bot.config.discord, user)
+        settings = bot.config.discord
         if action == "show":
             text = await self.status_text(user, locale)
         elif action == "cancel":
             if job is None:
                 raise UserError("queue_job_needed")
-            record = await bot.service.cancel(job, actor, admin=admin)
+            found = await bot.service.job(job)
+            if found is None:
+                raise UserError("job_not_found", job_id=job)
+            # Its owner; an admin of the server it was asked in; a bot admin (any job).
+            record = await bot.service.cancel(job, actor, admin=may_manage(settings, user, found))
             if record.owner_id != actor:
                 await bot.service.audit(actor, guild_id, "queue.cancel", {"job": job, "owner": record.owner_id})
             key = "queue_cancelled" if record.state == JobState.CANCELLED else "queue_cancel_requested"
             text = render(key, locale, job_id=job)
-        elif not admin:
+        elif not is_bot_admin(settings, user):  # the queue is every server's: pause, resume, clear are global
             raise UserError("admin_only")
         elif action == "clear":
             count = await bot.service.clear_queue(actor)
@@ -97,7 +110,7 @@ class Queue(commands.Cog):
             await bot.service.set_paused(paused)
             await bot.service.audit(actor, guild_id, f"queue.{action}", {})
             text = render("queue_paused_now" if paused else "queue_resumed_now", locale)
-        await interaction.response.send_message(text, ephemeral=True)
+        return text
 
 
 async def setup(bot: AnimeBot) -> None:

@@ -17,6 +17,7 @@ from bot.config import Config
 from bot.core.service import GenerationService
 from bot.discord_app.delivery import Delivery
 from bot.discord_app.translator import CommandTranslator
+from bot.discord_app.views import result_view
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,14 @@ def intents() -> discord.Intents:
 
 class AnimeBot(commands.Bot):
     def __init__(self, config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            help_command=None,
+            # Every message echoes what users typed (prompts): by default nothing in it pings anyone. A
+            # message that addresses a user allows exactly that user (Delivery.post).
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
         self.config = config
         self._owns_service = service is None
         self.service = service or GenerationService(config)
@@ -48,8 +56,6 @@ class AnimeBot(commands.Bot):
         return self.delivery
 
     async def setup_hook(self) -> None:
-        from cogs.results import result_view
-
         if self._owns_service:
             await self.service.start()
         self.delivery = Delivery(self, self.service, result_view)

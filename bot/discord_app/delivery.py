@@ -15,6 +15,7 @@ from typing import Any
 
 import discord
 
+from bot.core.errors import StoreBusy
 from bot.core.events import JobEnded, JobProgress, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
@@ -32,6 +33,7 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+RECORD_PATIENCE = 600.0  # seconds to keep trying to record a sent result while the database is busy
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
@@ -87,6 +89,8 @@ class Delivery:
         self.view_factory = view_factory
         self._delivering: set[int] = set()
         self._followed: set[int] = set()  # jobs a task follows now
+        self._sent: set[int] = set()  # results sent by this process (in case recording one failed)
+        self.record_patience = RECORD_PATIENCE
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
         self.queue_interval = QUEUE_INTERVAL
@@ -188,21 +192,42 @@ class Delivery:
         self._delivering.add(job.id)
         try:
             fresh = await self.service.job(job.id)
-            if fresh is None or fresh.delivered:
+            if fresh is None or fresh.delivered or job.id in self._sent:
                 return
             message = await self._send_result(job, target)
             if message is not None:
-                await self.service.mark_delivered(job.id, f"{message.channel.id}:{message.id}")
+                self._sent.add(job.id)  # sent: never again from this process, even if recording it fails
+                await self._record_delivery(job.id, f"{message.channel.id}:{message.id}")
         finally:
             self._delivering.discard(job.id)
 
+    async def _record_delivery(self, job_id: int, where: str) -> None:
+        """Mark the job delivered, trying again while the database is busy (a lock held elsewhere)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.record_patience
+        delay = 0.5
+        while True:
+            try:
+                await self.service.mark_delivered(job_id, where)
+                return
+            except StoreBusy:
+                if loop.time() + delay > deadline:
+                    log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:
-            files = await self._files(job, target)
+            try:
+                files = await self._files(job, target)
+            except OSError as error:  # the PNGs were deleted or damaged: say so once, never retry forever
+                log.warning("the images of job %s cannot be read (%s); telling its owner", job.id, error)
+                content = render("job_images_missing", target.locale, mention=target.mention, job_id=job.id)
+                return await self._send_text(target, content)
             summary = self._summary(job, target.locale)
             kwargs: dict[str, Any] = {"view": self.view_factory(job)}
-            edit_ok = not target.failed and (target.interaction is not None or target.message is not None)
-            if edit_ok:
+            if self._editable(target):
                 try:
                     return await self._edit(target, content=summary, attachments=files, **kwargs)
                 except (discord.HTTPException, Unreachable):
@@ -211,7 +236,15 @@ class Delivery:
             return await self.post(target, content=content, files=files, **kwargs)
         key = "job_cancelled" if job.state == JobState.CANCELLED else "job_failed"
         content = render(key, target.locale, mention=target.mention, job_id=job.id, error=job.error or "")
-        if not target.failed and (target.interaction is not None or target.message is not None):
+        return await self._send_text(target, content)
+
+    @staticmethod
+    def _editable(target: Target) -> bool:
+        return not target.failed and (target.interaction is not None or target.message is not None)
+
+    async def _send_text(self, target: Target, content: str) -> discord.Message | None:
+        """A final text: edit the job's message if it can be edited, else post it in the channel."""
+        if self._editable(target):
             try:
                 return await self._edit(target, content=content)
             except (discord.HTTPException, Unreachable):
@@ -222,8 +255,7 @@ class Delivery:
         channel = self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
         if not isinstance(channel, discord.abc.Messageable):
             return None
-        mentions = discord.AllowedMentions(users=[discord.Object(target.user_id)], roles=False, everyone=False)
-        return await channel.send(allowed_mentions=mentions, **kwargs)
+        return await channel.send(allowed_mentions=addressing(target.user_id), **kwargs)
 
     def _summary(self, job: JobRecord, locale: str) -> str:
         p = job.params
@@ -269,8 +301,8 @@ class Delivery:
                 continue
             try:
                 await self.deliver(job, target)
-            except discord.HTTPException:
-                log.exception("could not deliver job %s after restart", job.id)
+            except Exception:  # one job (a channel gone, a bug) never holds up the others
+                log.exception("could not deliver job %s after restart; trying again at the next start", job.id)
         for job in await self.service.unfinished():
             target = self._channel_target(job)
             if target is not None:
@@ -286,6 +318,12 @@ class Delivery:
     async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
         """The job whose result is the given message."""
         return await self.service.job_for_delivery(f"{channel_id}:{message_id}")
+
+
+def addressing(user_id: int) -> discord.AllowedMentions:
+    """Allowed mentions of a message addressed to one user: that user may be pinged, nobody else (not the
+    users, roles, @everyone or @here that a prompt in the same message may contain)."""
+    return discord.AllowedMentions(users=[discord.Object(user_id)], roles=False, everyone=False, replied_user=False)
 
 
 def token_alive(interaction: discord.Interaction) -> bool:

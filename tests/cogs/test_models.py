@@ -87,11 +87,12 @@ async def test_model_switch_failure_keeps_the_previous_model(make_bot: BotFactor
         assert listed.response is not None and "broken · sdxl · missing" in listed.response.content
 
 
-async def test_model_quota_by_admin(make_bot: BotFactory) -> None:
+async def test_model_quota_by_bot_admin(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
-        guild, channel, mod = await admin(env)
-        alice = guild.add_member(env.create_user("alice"))
+        guild = env.create_guild()
+        channel, (mod, alice) = server(env, "owner", "alice", guild=guild)
+        bot.config.discord.admin_user_ids.append(mod.id)  # user limits apply everywhere: bot admins only
 
         async def reply(**options: object) -> str:
             result = await mod.slash(channel, "model quota", **options)

@@ -123,9 +123,8 @@ async def test_queue_admin_pause_resume_clear_cancel_audited(make_bot: BotFactor
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         guild = env.create_guild()
-        channel, (alice,) = server(env, "alice", guild=guild)
-        mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
-        mod = guild.add_member(env.create_user("mod"), roles=[mods])
+        channel, (alice, mod) = server(env, "alice", "mod", guild=guild)
+        bot.config.discord.admin_user_ids.append(mod.id)  # the queue is global: a configured bot admin
 
         paused = await mod.slash(channel, "queue", action="pause")
         assert paused.ephemeral and paused.response is not None and "paused" in paused.response.content

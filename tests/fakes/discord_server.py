@@ -471,10 +471,16 @@ class FakeDiscord:
             data["guild_id"] = str(scope)
         return self._interaction(2, member, data, locale)
 
-    def click(self, message_id: int, custom_id: str, member: Json, *, locale: str = "en-US") -> Json:
-        """An INTERACTION_CREATE payload for a button press on a message the fake holds."""
+    def click(
+        self, message_id: int, custom_id: str, member: Json, *, locale: str = "en-US", forged: bool = False
+    ) -> Json:
+        """An INTERACTION_CREATE payload for a button press on a message the fake holds. Discord only sends
+        custom_ids the message has; `forged` builds one with any custom_id (a hostile client, or a gap in
+        Discord's checks) to test that the bot does not trust it."""
         message = self.messages[message_id]
         button = next((c for c in _walk(message["components"]) if c.get("custom_id") == custom_id), None)
+        if button is None and forged:
+            button = {"type": 2, "id": 1}
         if button is None:
             raise LookupError(f"message {message_id} has no component {custom_id!r}")
         data = {"component_type": button["type"], "custom_id": custom_id, "id": button["id"]}

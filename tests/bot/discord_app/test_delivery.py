@@ -1,0 +1,225 @@
+"""Delivery through the real bot and command tree (simcord): each result reaches its user exactly once,
+however reconnects (on_ready runs deliver_pending each time) and followers race; and one bad job never
+holds up the others."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import simcord
+
+from bot.core.errors import StoreBusy
+from bot.core.jobs import JobRecord
+from bot.discord_app.client import AnimeBot
+from bot.discord_app.delivery import Delivery, Target
+from bot.prompts.builder import PromptChoices
+from bot.prompts.requests import GenerationRequest
+from tests.cogs.conftest import BotFactory, make_bot, retire, server  # noqa: F401  (fixture)
+from tests.cogs.test_generate import finish, jobs_of
+
+
+async def finished_while_away(bot: AnimeBot, user_id: int, channel_id: int, prompts: list[str]) -> list[JobRecord]:
+    """Jobs submitted and finished without a Discord frontend following them (as while the bot was away)."""
+    jobs = []
+    for prompt in prompts:
+        request = GenerationRequest("tiny", PromptChoices(prompt), steps=1, aspect="1:1")
+        job = await bot.service.submit(request, f"discord:{user_id}", channel_id=str(channel_id))
+        jobs.append(await bot.service.wait(job.id))
+    return jobs
+
+
+def result_posts(env: simcord.Env, channel: simcord.ChannelHandle, job_id: int) -> list[Any]:
+    """Messages in the channel that carry the job's result (its images)."""
+    return [m for m in channel.history() if m.attachments and f"#{job_id} " in m.content]
+
+
+def pending_tasks(bot: AnimeBot) -> set[asyncio.Task[None]]:
+    return {task for task in bot.deliveries.tasks if task.get_name() == "deliver-pending"}
+
+
+async def delivered_rows(bot: AnimeBot, job_id: int) -> int:
+    return int(await bot.service.store.scalar("SELECT COUNT(*) FROM deliveries WHERE job_id = ?", (job_id,)))
+
+
+async def test_reconnects_during_a_delivery_post_each_result_once(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two reconnects while the first delivery after the start is still sending, and a third afterwards:
+    each on_ready runs deliver_pending over the same undelivered jobs. Covers the in-flight guard (the
+    second run must not send the job the first is sending) and the already-delivered check (the first run
+    must not send again the job the second has delivered meanwhile)."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        first_job, second_job = await finished_while_away(bot, alice.id, channel.id, ["1girl", "smile"])
+
+        entered, gate = asyncio.Event(), asyncio.Event()
+        send = Delivery._send_result
+        calls: list[int] = []
+
+        async def held_first(self: Delivery, job: JobRecord, target: Target) -> Any:
+            calls.append(job.id)
+            if len(calls) == 1:  # the first send waits until the test lets it go
+                entered.set()
+                await gate.wait()
+            return await send(self, job, target)
+
+        monkeypatch.setattr(Delivery, "_send_result", held_first)
+        await bot.on_ready()  # a reconnect
+        await entered.wait()
+        first_run = pending_tasks(bot)
+        await bot.on_ready()  # another, while the first run is sending
+        await asyncio.gather(*(pending_tasks(bot) - first_run))
+        gate.set()
+        await asyncio.gather(*first_run)
+        await bot.on_ready()  # and one more afterwards
+        await asyncio.gather(*pending_tasks(bot))
+        await env.settle()
+
+        for job in (first_job, second_job):
+            assert len(result_posts(env, channel, job.id)) == 1
+            assert await delivered_rows(bot, job.id) == 1
+        assert sorted(calls) == sorted({first_job.id, second_job.id})  # nothing was even tried twice
+
+
+async def test_follower_and_deliver_pending_racing_post_once(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A /generate job finishes; a reconnect's deliver_pending lists it as undelivered, but the job's follower
+    delivers it before deliver_pending gets to it. Covers the already-delivered check."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await bot.service.queue.set_paused(True)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+
+        pending_listed, follower_done = asyncio.Event(), asyncio.Event()
+        deliver = bot.deliveries.deliver
+
+        async def racing(job: JobRecord, target: Target) -> None:
+            if target.interaction is not None:  # the follower of the /generate
+                await pending_listed.wait()
+                try:
+                    await deliver(job, target)
+                finally:
+                    follower_done.set()
+            else:  # deliver_pending, with the job it listed before the follower marked it delivered
+                pending_listed.set()
+                await follower_done.wait()
+                await deliver(job, target)
+
+        monkeypatch.setattr(bot.deliveries, "deliver", racing)
+        await bot.service.queue.set_paused(False)
+        await bot.service.wait(job.id)
+        await bot.on_ready()  # a reconnect
+        await asyncio.gather(*bot.deliveries.tasks)
+        await env.settle()
+
+        assert follower_done.is_set()
+        assert result.response is not None and result.response.attachments  # the follower edited the reply
+        assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
+        assert await delivered_rows(bot, job.id) == 1
+
+
+async def test_reconnects_while_jobs_wait_follow_each_job_once(make_bot: BotFactory) -> None:  # noqa: F811
+    """Jobs waiting while the bot reconnects twice: deliver_pending must not start a second follower of a
+    job already followed. Covers the followed-job guard: one follower per job, and each result replaces
+    its own /generate reply, with no extra channel post."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice, bob) = server(env, "alice", "bob")
+        await bot.service.queue.set_paused(True)
+        replies = [
+            await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1"),
+            await bob.slash(channel, "generate", prompt="smile", steps=1, aspect="1:1"),
+        ]
+        jobs = [(await jobs_of(bot, alice.id))[0], (await jobs_of(bot, bob.id))[0]]
+        for _ in range(2):
+            await bot.on_ready()
+            await asyncio.gather(*pending_tasks(bot))
+        names = [task.get_name() for task in bot.deliveries.tasks]
+        assert sorted(names) == sorted(f"deliver-{job.id}" for job in jobs)
+
+        await bot.service.queue.set_paused(False)
+        for job, reply in zip(jobs, replies, strict=True):
+            await finish(env, bot, job.id)
+            assert reply.response is not None and reply.response.attachments
+            assert await delivered_rows(bot, job.id) == 1
+        assert not [m for m in channel.history() if m.attachments and m.interaction_metadata is None]
+
+
+async def test_one_bad_job_does_not_hold_up_the_others(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At a start, three results wait: the first's PNG was deleted, the second trips a bug in delivery, the
+    third is fine. The third is delivered; the first's owner is told once that its images are gone (not
+    retried at every start); the second is left for the next start."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await retire(bot)
+        again = await make_bot()
+        missing, broken, fine = await finished_while_away(again, alice.id, channel.id, ["1girl", "smile", "1girl"])
+        for image in await again.service.queue.jobs.images(missing.id):
+            again.service.image_path(image.path).unlink()
+        summary = Delivery._summary
+
+        def buggy(self: Delivery, job: JobRecord, locale: str) -> str:
+            if job.id == broken.id:
+                raise RuntimeError("a bug in delivering this one job")
+            return summary(self, job, locale)
+
+        monkeypatch.setattr(Delivery, "_summary", buggy)
+        await env.restart_bot(again)
+        await env.settle()
+
+        assert len(result_posts(env, channel, fine.id)) == 1 and await delivered_rows(again, fine.id) == 1
+        told = [m for m in channel.history() if f"job #{missing.id} finished, but its images are gone" in m.content]
+        assert len(told) == 1 and f"<@{alice.id}>" in told[0].content and not told[0].attachments
+        assert await delivered_rows(again, missing.id) == 1
+        assert await delivered_rows(again, broken.id) == 0
+
+        monkeypatch.setattr(Delivery, "_summary", summary)  # the bug is fixed; the bot reconnects
+        await again.on_ready()
+        await asyncio.gather(*pending_tasks(again))
+        await env.settle()
+        assert len(result_posts(env, channel, broken.id)) == 1
+        assert len([m for m in channel.history() if "images are gone" in m.content]) == 1
+
+
+async def test_a_busy_database_when_recording_a_delivery_does_not_send_it_twice(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The result went out, but recording it meets a busy database (StoreBusy): recording is tried again,
+    and the follower's retry of a failed delivery never sends the result a second time."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        bot.deliveries.retry_delays = (0.01, 0.01)
+        channel, (alice,) = server(env, "alice")
+        jobs = bot.service.queue.jobs
+        mark = jobs.mark_delivered
+        tries: list[int] = []
+
+        async def busy_twice(job_id: int, target: str = "") -> bool:
+            tries.append(job_id)
+            if len(tries) <= 2:
+                raise StoreBusy("database is locked")
+            return await mark(job_id, target)
+
+        monkeypatch.setattr(jobs, "mark_delivered", busy_twice)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        await finish(env, bot, job.id)
+        await asyncio.gather(*bot.deliveries.tasks)
+        assert len(tries) == 3 and await delivered_rows(bot, job.id) == 1
+        assert result.response is not None and result.response.attachments
+        uploads = [r for r in env.http_requests if r.method == "PATCH" and "attachments" in (r.json or {})]
+        assert len(uploads) == 1
+        assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
