@@ -1,5 +1,6 @@
-"""/generate: parse, check (channel rating, banned words), submit, acknowledge with the queue position,
-hand the job to delivery. Autocomplete from the active model's dialect and the tag database."""
+"""/generate: read the options and the channel's nsfw rule, submit (the service's request validation and
+content policy decide; a refusal is a UserError), acknowledge with the queue position, hand the job to
+delivery. Autocomplete from the active model's dialect and the tag database."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.errors import UserError
 from bot.core.messages import render
 from bot.discord_app.delivery import Target
-from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_admin, owner_key, role_ids
+from bot.discord_app.permissions import channel_allows_nsfw, is_admin, owner_key, role_ids
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import Dialect, load_dialect
+from bot.prompts.policy import rating_options
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
 from cogs.interactions import bot_of, guild_key, locale_of
@@ -59,12 +60,8 @@ def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
 
 
 def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
-    nsfw = dialect.choices.nsfw_ratings
-    return [
-        (f"{key} — {terms}", key)
-        for key, terms in dialect.rating_choices.items()
-        if nsfw_allowed or dialect.choices.canonical_rating(key) not in nsfw
-    ]
+    """The ratings the content policy lets this channel offer."""
+    return [(f"{key} — {terms}", key) for key, terms in rating_options(dialect, nsfw_allowed).items()]
 
 
 def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:
@@ -108,21 +105,9 @@ class Generate(commands.Cog):
         guild_id = guild_key(interaction)
         model = await bot.service.active_model(guild_id)
         nsfw_allowed = channel_allows_nsfw(interaction.channel)
-        dialect = load_dialect(bot.config.models[model].dialect)
-        nsfw_rating = bool(rating) and dialect.choices.canonical_rating(rating or "") in dialect.choices.nsfw_ratings
-        word = banned_word(bot.config.discord, prompt, artist or "")
-        if word is not None:
-            raise UserError("banned_word", word=word)
-        choices = PromptChoices(
-            prompt,
-            negative or "",
-            quality=quality,
-            year=year,
-            rating=rating,
-            artist=artist,
-            # An explicit SFW rating keeps nsfw out even in age-restricted channels: its tags go negative.
-            sfw=not nsfw_allowed or (rating is not None and not nsfw_rating),
-        )
+        # The content policy decides in the service (resolve_request): nsfw ratings, banned words, SFW
+        # negatives. Refusals come back as UserError, answered ephemerally by the error handler.
+        choices = PromptChoices(prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist)
         request = GenerationRequest(
             model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
         )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
+from bot.prompts.policy import Verdict
 from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
@@ -70,6 +71,7 @@ class JobRecord:
     finished_at: float | None
     delivered: bool
     locale: str | None = None  # the asker's message language, for a delivery after a restart
+    verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -94,7 +96,7 @@ def params_from_json(text: str) -> GenerationParams:
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
-    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale,
+    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale, j.verdict,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
 """
 
@@ -118,6 +120,7 @@ def _job(row: Any) -> JobRecord:
         finished_at=row["finished_at"],
         delivered=bool(row["delivered"]),
         locale=row["locale"],
+        verdict=Verdict.from_json(row["verdict"]),
     )
 
 
@@ -143,7 +146,7 @@ class JobRepository:
     async def insert(self, resolved: ResolvedRequest, origin: JobOrigin, reroll_of: int | None = None) -> int:
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
-            "reroll_of, created_at, locale) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "reroll_of, created_at, locale, verdict) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
             (
                 origin.owner_id,
                 origin.guild_id,
@@ -155,6 +158,7 @@ class JobRepository:
                 reroll_of,
                 time.time(),
                 origin.locale,
+                resolved.verdict.to_json(),
             ),
         )
 

@@ -164,7 +164,7 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
     if choices.artist and choices.artist.strip():
         for name in _terms(choices.artist):
-            if len(name) > MAX_ARTIST_LENGTH:
+            if not 1 <= len(name.lstrip("@").strip()) <= MAX_ARTIST_LENGTH:
                 raise PromptError("bad_artist", limit=MAX_ARTIST_LENGTH)
             text = dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(text.lstrip("@"))))
@@ -224,6 +224,8 @@ def _free_entries(dialect: Dialect, prompt: str, cls: _Classifier, tags: TagLook
             entries.append(vocab)
             continue
         if name.startswith("@"):
+            if not name.lstrip("@").strip():
+                continue  # a lone `@` names no one
             text = piece if in_weight else dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(name.lstrip("@"))))
             continue
@@ -277,10 +279,11 @@ def _negative(dialect: Dialect, choices: PromptChoices, ratings: frozenset[str])
 
 def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | None = None) -> BuiltPrompt:
     """The final prompt and negative prompt for `dialect`. Raises PromptError on bad input."""
-    if not choices.prompt.strip():
-        raise PromptError("empty_prompt")
     cls = _Classifier(dialect)
-    entries = _choice_entries(dialect, choices, cls) + _free_entries(dialect, choices.prompt, cls, tags)
+    free = _free_entries(dialect, choices.prompt, cls, tags)
+    if not free:  # nothing but separators, `@` or empty weight groups: ` , , `, `@`, `(:1.2)`
+        raise PromptError("empty_prompt")
+    entries = _choice_entries(dialect, choices, cls) + free
 
     seen: set[tuple[str, str]] = set()
     unique: list[_Entry] = []
