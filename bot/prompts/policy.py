@@ -118,10 +118,16 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(fold(text)))
 
 
-def squeezed_pieces(text: str) -> list[str]:
-    """Each comma-separated piece of a text (folded first) with everything but letters and digits removed:
-    `e x p l i c i t` and `ex-plicit` both give `explicit`."""
-    return ["".join(_WORD.findall(piece)) for piece in _PIECE_SEPARATORS.split(fold(text))]
+def piece_words(text: str) -> list[tuple[str, ...]]:
+    """The words of each comma-separated piece (tag) of a text, folded first."""
+    return [tuple(_WORD.findall(piece)) for piece in _PIECE_SEPARATORS.split(fold(text))]
+
+
+def _read(text: str) -> tuple[list[tuple[str, ...]], set[str]]:
+    """A text's pieces as words, and each piece squeezed to its letters and digits (`e x p l i c i t`
+    and `ex-plicit` both give `explicit`)."""
+    pieces = [p for p in piece_words(text) if p]
+    return pieces, {"".join(p) for p in pieces}
 
 
 def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
@@ -233,13 +239,11 @@ class ContentPolicy:
     def ratings_in(self, text: str) -> list[str]:
         """Canonical ratings a free text names, mildest first."""
         found: set[str] = set()
-        tokens = words(text)
+        pieces, squeezed = _read(text)
         for key, canon in self.rating_names.items():
-            if canon not in found and _contains(tokens, key):
+            if canon not in found and any(_contains(piece, key) for piece in pieces):
                 found.add(canon)
-        for piece in squeezed_pieces(text):
-            if piece in self.squeezed:
-                found.add(self.squeezed[piece])
+        found.update(self.squeezed[s] for s in squeezed if s in self.squeezed)
         return sorted(found, key=self.order.__getitem__)
 
     def is_nsfw_rating(self, value: str) -> bool:
@@ -291,16 +295,16 @@ class ContentPolicy:
 
 
 def banned_word(banned: Sequence[str], texts: Iterable[str]) -> str | None:
-    """The first banned word found in the texts, matched on the folded words (whole words, in order), or
-    as a whole tag squeezed to its letters."""
+    """The first banned word found in the texts, matched on the folded words of one tag (whole words, in
+    order), or as a whole tag squeezed to its letters."""
     prepared = [(word, words(word), "".join(words(word))) for word in banned]
     prepared = [p for p in prepared if p[1]]
     if not prepared:
         return None
-    read = [(words(text), squeezed_pieces(text)) for text in texts if text]
+    read = [_read(text) for text in texts if text]
     for word, key, squeezed in prepared:
-        for tokens, pieces in read:
-            if _contains(tokens, key) or squeezed in pieces:
+        for pieces, squeezed_pieces in read:
+            if squeezed in squeezed_pieces or any(_contains(piece, key) for piece in pieces):
                 return word
     return None
 
