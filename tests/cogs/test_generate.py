@@ -13,6 +13,7 @@ from PIL import Image
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot
 from bot.prompts.builder import PromptChoices
+from bot.prompts.policy import Verdict
 from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory, server
 
@@ -312,3 +313,33 @@ async def test_empty_and_oversized_options_are_refused(make_bot: BotFactory) -> 
             assert result.ephemeral and result.response is not None, options
             assert text in result.response.content, (options, result.response.content)
         assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
+
+
+async def test_spoilers_follow_the_stored_verdict(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery reads the verdict stored at submit (it never rebuilds the prompt); a job stored before
+    verdicts existed (NULL) is read by the policy, so `rating:explicit` typed in the prompt is spoilered too."""
+    bot = await make_bot("[discord]\nspoiler_sensitive = true\n")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        adult = guild.create_text_channel("adult")
+        nsfw_channels(monkeypatch, {adult.id})
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        stored = await alice.slash(adult, "generate", prompt="1girl, rating:explicit", steps=1, aspect="1:1")
+        old = await alice.slash(adult, "generate", prompt="1girl, ｅｘ\u200dplicit", steps=1, aspect="1:1")
+        overridden = await alice.slash(adult, "generate", prompt="1girl, explicit", steps=1, aspect="1:1")
+        first, second, third = sorted(job.id for job in await jobs_of(bot, alice.id))
+        job = await bot.service.queue.jobs.get(first)
+        assert job is not None and job.verdict is not None and job.verdict.ratings == ("explicit",)
+        await bot.service.store.execute("UPDATE jobs SET verdict = NULL WHERE id = ?", (second,))
+        sfw = Verdict((), False, True).to_json()  # what the policy would have said of a SFW prompt
+        await bot.service.store.execute("UPDATE jobs SET verdict = ? WHERE id = ?", (sfw, third))
+        await bot.service.queue.set_paused(False)
+        for job_id in (first, second, third):
+            await finish(env, bot, job_id)
+        spoilers = []
+        for result in (stored, old, overridden):
+            assert result.response is not None
+            (attachment,) = result.response.attachments
+            spoilers.append(attachment.filename.startswith("SPOILER_"))
+        assert spoilers == [True, True, False]
