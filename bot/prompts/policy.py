@@ -92,6 +92,8 @@ def _normalize_once(text: str) -> str:
 
 def normalize_text(text: str) -> str:
     """A user's text as it is stored and given to the model (see the module docstring). Idempotent."""
+    if text.isascii() and text.isprintable():
+        return text  # the common case: nothing to remove, and NFKC leaves printable ASCII as it is
     for _ in range(_MAX_PASSES):
         out = _normalize_once(text)
         if out == text:
@@ -107,7 +109,10 @@ def normalize_optional(text: str | None) -> str | None:
 def fold(text: str) -> str:
     """The form the policy matches on: normalized, casefolded, combining marks dropped, lookalike letters
     folded to Latin, `_` read as a space."""
-    text = normalize_text(text).casefold().translate(_LOOKALIKES)
+    text = normalize_text(text)
+    if text.isascii():
+        return text.lower().replace("_", " ")
+    text = text.casefold().translate(_LOOKALIKES)
     decomposed = unicodedata.normalize("NFKD", text)
     bare = "".join(ch for ch in decomposed if not unicodedata.category(ch).startswith("M"))
     return unicodedata.normalize("NFKC", bare).casefold().translate(_LOOKALIKES).replace("_", " ")
@@ -123,16 +128,30 @@ def piece_words(text: str) -> list[tuple[str, ...]]:
     return [tuple(_WORD.findall(piece)) for piece in _PIECE_SEPARATORS.split(fold(text))]
 
 
-def _read(text: str) -> tuple[list[tuple[str, ...]], set[str]]:
-    """A text's pieces as words, and each piece squeezed to its letters and digits (`e x p l i c i t`
-    and `ex-plicit` both give `explicit`)."""
-    pieces = [p for p in piece_words(text) if p]
-    return pieces, {"".join(p) for p in pieces}
-
-
 def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     n = len(needle)
     return n > 0 and any(tuple(haystack[i : i + n]) == tuple(needle) for i in range(len(haystack) - n + 1))
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """A text read for matching: its pieces as words, every word, and each piece squeezed to its letters
+    and digits (`e x p l i c i t` and `ex-plicit` both give `explicit`)."""
+
+    pieces: tuple[tuple[str, ...], ...]
+    words: frozenset[str]
+    squeezed: frozenset[str]
+
+    def has(self, key: tuple[str, ...]) -> bool:
+        """Whether one piece holds these words, in order (one set lookup for one word)."""
+        if not key or key[0] not in self.words:
+            return False
+        return len(key) == 1 or any(_contains(piece, key) for piece in self.pieces)
+
+
+def _read(text: str) -> _Reading:
+    pieces = tuple(p for p in piece_words(text) if p)
+    return _Reading(pieces, frozenset(w for p in pieces for w in p), frozenset("".join(p) for p in pieces))
 
 
 # --- the verdict ------------------------------------------------------------------------------
@@ -238,12 +257,11 @@ class ContentPolicy:
 
     def ratings_in(self, text: str) -> list[str]:
         """Canonical ratings a free text names, mildest first."""
-        found: set[str] = set()
-        pieces, squeezed = _read(text)
-        for key, canon in self.rating_names.items():
-            if canon not in found and any(_contains(piece, key) for piece in pieces):
-                found.add(canon)
-        found.update(self.squeezed[s] for s in squeezed if s in self.squeezed)
+        return self._ratings(_read(text))
+
+    def _ratings(self, reading: _Reading) -> list[str]:
+        found = {canon for key, canon in self.rating_names.items() if reading.has(key)}
+        found.update(self.squeezed[s] for s in reading.squeezed if s in self.squeezed)
         return sorted(found, key=self.order.__getitem__)
 
     def is_nsfw_rating(self, value: str) -> bool:
@@ -270,18 +288,16 @@ class ContentPolicy:
     ) -> Verdict:
         """The decision on a request: its normalized fields and the prompt built from them (what the model
         reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused."""
-        positive = [fields.prompt, fields.artist or "", fields.quality or "", fields.year or "", built_prompt]
-        word = banned_word(banned_words, [*positive, fields.negative, fields.rating or ""])
+        positive = [_read(t) for t in (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt) if t]
+        rating = _read(fields.rating or "")
+        word = _banned_in(banned_words, [*positive, _read(fields.negative), rating])
         if word is not None:
             raise UserError("banned_word", word=word)
         found: set[str] = set()
-        for text in positive:
-            found.update(self.ratings_in(text))
+        for reading in positive:
+            found.update(self._ratings(reading))
         chosen = self.chosen_rating(fields.rating)
-        if chosen is not None:
-            found.add(chosen)
-        elif fields.rating:
-            found.update(self.ratings_in(fields.rating))
+        found.update([chosen] if chosen is not None else self._ratings(rating))
         ratings = tuple(sorted(found, key=self.order.__getitem__))
         nsfw = [r for r in ratings if r in self.choices.nsfw_ratings]
         if nsfw and not nsfw_allowed:
@@ -297,16 +313,22 @@ class ContentPolicy:
 def banned_word(banned: Sequence[str], texts: Iterable[str]) -> str | None:
     """The first banned word found in the texts, matched on the folded words of one tag (whole words, in
     order), or as a whole tag squeezed to its letters."""
-    prepared = [(word, words(word), "".join(words(word))) for word in banned]
-    prepared = [p for p in prepared if p[1]]
-    if not prepared:
-        return None
-    read = [_read(text) for text in texts if text]
+    return _banned_in(banned, [_read(text) for text in texts if text])
+
+
+def _banned_in(banned: Sequence[str], readings: Sequence[_Reading]) -> str | None:
+    prepared = _prepared(tuple(banned))
     for word, key, squeezed in prepared:
-        for pieces, squeezed_pieces in read:
-            if squeezed in squeezed_pieces or any(_contains(piece, key) for piece in pieces):
-                return word
+        if any(squeezed in reading.squeezed or reading.has(key) for reading in readings):
+            return word
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _prepared(banned: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], str]]:
+    """Each banned word with its folded words and its squeezed form (the configured list is read once)."""
+    out = [(word, words(word), "".join(words(word))) for word in banned]
+    return [p for p in out if p[1]]
 
 
 @functools.cache
