@@ -2,19 +2,25 @@
 /generate): p50/p99 over prompts of the longest allowed size, ASCII or full of full-width and invisible
 characters, with 0 or 1,000 configured banned words.
 
-    PYTHONPATH=$PWD python benchmarks/bench_policy.py [--rounds 200]
+    python benchmarks/bench_policy.py [--rounds 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
-from benchmarks.measure import ms, percentile
-from bot.config import load_config
-from bot.prompts.builder import PromptChoices
-from bot.prompts.requests import MAX_PROMPT_LENGTH, GenerationRequest, resolve_request
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from measure import ms, percentile  # noqa: E402  (benchmarks/measure.py)
+
+from bot.config import load_config  # noqa: E402
+from bot.prompts.builder import PromptChoices  # noqa: E402
+from bot.prompts.requests import MAX_PROMPT_LENGTH, GenerationRequest, resolve_request  # noqa: E402
 
 
 def main() -> None:
