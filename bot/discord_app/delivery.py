@@ -279,13 +279,10 @@ class Delivery:
 
     def sensitive(self, job: JobRecord) -> bool:
         """Spoilers where configured, as the content policy decided when the job was submitted. A job stored
-        before verdicts existed is read by the policy (never refusing), as leniently as it reads new ones."""
+        before verdicts existed (NULL) is read by the same policy, which never refuses here."""
         if not self.service.config.discord.spoiler_sensitive:
             return False
-        verdict = job.verdict
-        if verdict is None:
-            c = job.request.choices
-            verdict = content_policy().assess(PolicyFields(c.prompt, c.negative, c.quality, c.year, c.rating, c.artist))
+        verdict = job.verdict or content_policy().assess(PolicyFields.of(job.request.choices))
         return verdict.spoiler
 
     async def deliver_pending(self) -> None:

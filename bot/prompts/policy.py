@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bot.core.errors import UserError
+from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import Choices, Dialect, available_dialects, load_choices, load_dialect
 
 VERDICT_VERSION = 1
@@ -215,6 +216,10 @@ class PolicyFields:
     year: str | None = None
     rating: str | None = None
     artist: str | None = None
+
+    @classmethod
+    def of(cls, choices: PromptChoices) -> PolicyFields:
+        return cls(choices.prompt, choices.negative, choices.quality, choices.year, choices.rating, choices.artist)
 
 
 class ContentPolicy:

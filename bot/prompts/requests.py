@@ -179,10 +179,9 @@ def resolve_request(
     width, height = resolve_size(request, spec, dialect)
 
     policy = content_policy()
-    c = request.choices
-    fields = PolicyFields(c.prompt, c.negative, c.quality, c.year, c.rating, c.artist)
-    sfw = policy.sfw_negative(fields, request.nsfw_allowed, asked=c.sfw)
-    request = replace(request, choices=replace(c, sfw=sfw))
+    fields = PolicyFields.of(request.choices)
+    sfw = policy.sfw_negative(fields, request.nsfw_allowed, asked=request.choices.sfw)
+    request = replace(request, choices=replace(request.choices, sfw=sfw))
     built = build_prompt(dialect, request.choices, tags)
     verdict = policy.judge(
         fields, built.prompt, nsfw_allowed=request.nsfw_allowed, sfw_negative=sfw, banned_words=banned_words

@@ -240,8 +240,7 @@ def check_resolved(resolved: ResolvedRequest) -> None:
     if not request.nsfw_allowed:
         assert not verdict.nsfw and request.choices.sfw
         assert not set(POLICY.ratings_in(p.prompt)) & POLICY.choices.nsfw_ratings
-    c = request.choices
-    assert POLICY.assess(PolicyFields(c.prompt, c.negative, c.quality, c.year, c.rating, c.artist)).nsfw <= verdict.nsfw
+    assert POLICY.assess(PolicyFields.of(request.choices)).nsfw <= verdict.nsfw
     # Resolving the stored (normalized) request again gives the same decision (rerolls read it).
     again = resolve_request(request, MODELS)
     assert again.verdict == verdict and again.params.prompt == p.prompt
