@@ -6,7 +6,7 @@ Two forms of a text:
 
 - `normalize_text`: what is stored, built into the prompt and given to the model. Lone surrogates
   (an undecodable byte on the command line) become U+FFFD, line breaks become a tag separator (`,`),
-  other control characters a space, invisible characters (Unicode format characters Cf such as zero-width
+  other control characters a space (runs of spaces become one), invisible characters (Unicode format characters Cf such as zero-width
   joiners and spaces, soft hyphens, bidi marks; Hangul fillers, variation selectors...) are removed, and
   the text is NFKC-normalized (full-width `ｅｘｐｌｉｃｉｔ` → `explicit`), until nothing changes.
 - `fold`: the form the policy matches on: the normalized text casefolded, accents and other combining
@@ -44,6 +44,7 @@ _INVISIBLE = frozenset(
 )
 _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _MAX_PASSES = 4
+_SPACES = re.compile(r"  +")
 
 # Letters that survive NFKC and casefolding but look like a Latin letter (the usual spoofing set).
 _LOOKALIKES = str.maketrans(
@@ -88,13 +89,13 @@ def _normalize_once(text: str) -> str:
             if category == "Cf":
                 continue
             out.append(" " if category == "Cc" else ch)
-    return unicodedata.normalize("NFKC", "".join(out))
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", "".join(out)))
 
 
 def normalize_text(text: str) -> str:
     """A user's text as it is stored and given to the model (see the module docstring). Idempotent."""
-    if text.isascii() and text.isprintable():
-        return text  # the common case: nothing to remove, and NFKC leaves printable ASCII as it is
+    if text.isascii() and text.isprintable() and "  " not in text:
+        return text  # the common case: nothing to change (NFKC leaves printable ASCII as it is)
     for _ in range(_MAX_PASSES):
         out = _normalize_once(text)
         if out == text:

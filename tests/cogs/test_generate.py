@@ -343,3 +343,21 @@ async def test_spoilers_follow_the_stored_verdict(make_bot: BotFactory, monkeypa
             (attachment,) = result.response.attachments
             spoilers.append(attachment.filename.startswith("SPOILER_"))
         assert spoilers == [True, True, False]
+
+
+async def test_control_characters_never_reach_the_png(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        result = await alice.slash(
+            channel, "generate", prompt="1girl\x00, smile\x07\x1b[31m, ｈａｔ\u200b", negative="odd\x00hands",
+            steps=1, seed=3, aspect="1:1",
+        )
+        (job,) = await jobs_of(bot, alice.id)
+        await finish(env, bot, job.id)
+        assert result.response is not None
+        (attachment,) = result.response.attachments
+        parameters = Image.open(io.BytesIO(await attachment.read())).info["parameters"]
+        prompt, negative, _ = parameters.split("\n")  # the A1111 layout: no line break but its own two
+        assert not any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 or ch == "\u200b" for ch in prompt + negative)
+        assert prompt == "1girl, smile [31m, hat" and ", odd hands, " in negative
