@@ -6,9 +6,10 @@ Two forms of a text:
 
 - `normalize_text`: what is stored, built into the prompt and given to the model. Lone surrogates
   (an undecodable byte on the command line) become U+FFFD, line breaks become a tag separator (`,`),
-  other control characters a space (runs of spaces become one), invisible characters (Unicode format characters Cf such as zero-width
-  joiners and spaces, soft hyphens, bidi marks; Hangul fillers, variation selectors...) are removed, and
-  the text is NFKC-normalized (full-width `ｅｘｐｌｉｃｉｔ` → `explicit`), until nothing changes.
+  other control characters a space (runs of spaces become one), invisible characters (Unicode format
+  characters Cf such as zero-width joiners and spaces, soft hyphens, bidi marks; Hangul fillers,
+  variation selectors...) are removed, and the text is NFKC-normalized (full-width `ｅｘｐｌｉｃｉｔ` →
+  `explicit`), until nothing changes.
 - `fold`: the form the policy matches on: the normalized text casefolded, accents and other combining
   marks dropped, letters that only look Latin (Cyrillic `е`, Greek `ο`, dotless `ı`, small capitals)
   folded to it, and Danbooru's `_` read as a space.
