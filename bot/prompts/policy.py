@@ -17,7 +17,10 @@ Two forms of a text:
 The decision reads the folded text as words (runs of letters and digits: `explicit.`, `rating:explicit`,
 `rating_explicit`, `artist:explicit` all hold the word `explicit`) and as tags squeezed to their letters
 (`e x p l i c i t`, `ex-plicit`). Which words name which rating comes from the data: data/choices.toml
-(ratings, which are nsfw, aliases) and every dialect's rating vocabulary (data/models/*.toml).
+(ratings, which are nsfw, aliases) and every dialect's rating vocabulary (data/models/*.toml). The fields
+read are the ones that reach the prompt (prompt, artist, quality, year, rating), the built prompt (tag
+aliases resolved), and what the negative prompt weights below zero (`(nsfw:-1)` there asks for it).
+Banned words are looked for in every field, the negative prompt included.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Literal
 from bot.core.errors import UserError
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import Choices, Dialect, available_dialects, load_choices, load_dialect
+from inference.prompt_weighting import parse_weighted
 
 VERDICT_VERSION = 1
 
@@ -295,7 +299,10 @@ class ContentPolicy:
     ) -> Verdict:
         """The decision on a request: its normalized fields and the prompt built from them (what the model
         reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused."""
-        positive = [_read(t) for t in (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt) if t]
+        # A negative weight in the negative prompt asks for the thing: `(nsfw:-1.5)` there is read as asked.
+        negated = ", ".join(piece for piece, weight in parse_weighted(fields.negative) if weight < 0)
+        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, negated)
+        positive = [_read(t) for t in texts if t]
         rating = _read(fields.rating or "")
         word = _banned_in(banned_words, [*positive, _read(fields.negative), rating])
         if word is not None:

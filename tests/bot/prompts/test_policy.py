@@ -126,6 +126,14 @@ def test_verdict_names_the_ratings_and_the_sfw_negative() -> None:
     assert resolve(PromptChoices("1girl"), nsfw_allowed=True) == Verdict((), False, False)
 
 
+def test_a_negative_weight_in_the_negative_prompt_asks_for_it() -> None:
+    for negative in ("(nsfw:-1.5)", "lowres, (ｅｘｐｌｉｃｉｔ:-0.5)", "((bad hands), rating_explicit:-1)"):
+        with pytest.raises(UserError) as err:
+            resolve(PromptChoices("1girl", negative=negative))
+        assert err.value.key == "nsfw_not_allowed", negative
+    assert not resolve(PromptChoices("1girl", negative="nsfw, (explicit:1.5), (safe:-1)")).nsfw
+
+
 def test_tag_aliases_are_read_after_resolution() -> None:
     """The built prompt is judged too: a tag database alias that resolves to an nsfw rating is caught."""
 
