@@ -1,9 +1,12 @@
 """Hostile input on the command line: undecodable bytes in argv (Python hands them over as lone surrogates),
 control characters and huge numbers give valid UTF-8 output or a one-line error, never a traceback; the same
-text is stored in the database without an encoding error, with its content verdict."""
+text is stored in the database without an encoding error, with its content verdict. The in-process fuzz is
+bounded in CI; ANIMEBOT_FUZZ_LONG=1 runs it long (see tests/fuzz.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -11,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.cli import main
 from bot.config import load_config
@@ -18,6 +23,7 @@ from bot.core.jobs import JobOrigin, JobRepository
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest, resolve_request
+from tests.fuzz import fuzz_settings, nasty_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,3 +85,36 @@ async def test_surrogates_are_stored_and_the_verdict_with_them(tmp_path: Path) -
         assert await store.scalar("SELECT verdict FROM jobs WHERE id = ?", (job.id,)) == resolved.verdict.to_json()
     finally:
         await store.close()
+
+
+FLAGS = ["--model", "--quality", "--year", "--rating", "--artist", "--negative", "--seed", "--steps", "--cfg",
+         "--sampler", "--aspect", "--size", "--count"]
+FLAG_VALUES = st.one_of(
+    nasty_text(30),
+    st.sampled_from(["tiny-sdxl", "tiny-anima", "best", "2019", "explicit", "13:19", "64x64", "1", "0", "-1", "nan",
+                     "inf", "1e400", "9" * 400, "euler_a", "flow_euler"]),
+)
+
+
+@fuzz_settings(60)
+@given(nasty_text(80), st.lists(st.tuples(st.sampled_from(FLAGS), FLAG_VALUES), max_size=5))
+def test_fuzz_the_cli_in_process(prompt: str, flags: list[tuple[str, str]]) -> None:
+    """Random arguments: exit 0 with valid UTF-8 JSON, or exit 2 with one `animebot: error:` line (or
+    argparse's usage error); never a traceback."""
+    argv = ["generate", "--dry-run", *[part for flag in flags for part in flag], "--", prompt]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse: a value of the wrong type
+            code = int(exit.code or 0)
+            assert code == 2 and "error:" in err.getvalue()
+            return
+    out.getvalue().encode("utf-8")
+    if code == 0:
+        json.loads(out.getvalue())
+    else:
+        assert code == 2, err.getvalue()
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("animebot: error: "), lines
+        lines[0].encode("utf-8")
