@@ -1,7 +1,8 @@
 """Shared by the property and fuzz tests: bounded counts in CI, a long run by hand.
 
     ANIMEBOT_FUZZ_LONG=1 PYTHONPATH=$PWD python -m pytest -q tests/bot/prompts/test_properties.py \\
-        tests/inference/test_prompt_weighting_properties.py tests/cogs/test_generate_fuzz.py
+        tests/inference/test_prompt_weighting_properties.py tests/bot/test_cli_input.py \\
+        tests/cogs/test_generate_fuzz.py
 
 raises every count (hypothesis examples x50, Discord fuzz rounds x20) and, for the Discord fuzz, draws a new
 random seed (printed, so a failure can be replayed with ANIMEBOT_FUZZ_SEED=<seed>)."""
