@@ -1,15 +1,18 @@
 """Fuzzing /generate through the real command tree (simcord): random option values, hostile text in every
 string option. Each call either answers with an ephemeral message from the catalog and queues nothing, or
-queues exactly one job and says so publicly; never the generic error. A fixed seed in CI; see tests/fuzz.py
+queues exactly one job and says so publicly; never the generic error. Autocomplete gets random text too
+and answers within Discord's limits. A fixed seed in CI; see tests/fuzz.py
 for the long mode (ANIMEBOT_FUZZ_LONG=1: more rounds, a new seed each run, printed; replay a failure with
 ANIMEBOT_FUZZ_SEED=<seed>)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import Any
 
+import pytest
 import simcord
 
 from bot.core.messages import render
@@ -60,7 +63,7 @@ def options(rng: random.Random) -> dict[str, Any]:
     return opts
 
 
-async def test_fuzz_generate_options(make_bot: BotFactory) -> None:
+async def test_fuzz_generate_options(make_bot: BotFactory, caplog: pytest.LogCaptureFixture) -> None:
     seed = int(os.environ.get("ANIMEBOT_FUZZ_SEED") or (random.randrange(2**32) if LONG else 8))
     print(f"fuzz seed {seed}")
     rng = random.Random(seed)
@@ -83,5 +86,11 @@ async def test_fuzz_generate_options(make_bot: BotFactory) -> None:
             else:
                 queued += 1
                 assert after == before + 1 and content.startswith(f"#{after} queued"), (seed, opts, content)
+            option = rng.choice(["quality", "year", "rating", "artist", "aspect"])
+            choices = await alice.autocomplete(channel, "generate", option, text(rng, 100))
+            assert len(choices) <= 25 and all(1 <= len(c["name"]) <= 100 for c in choices), (seed, option)
+            assert all(1 <= len(c["value"]) <= 100 for c in choices), (seed, option)
         print(f"{queued} queued, {refused} refused")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [], (seed, errors)  # an autocomplete or command error is logged, not answered
         assert queued and refused  # the generator reaches both outcomes
