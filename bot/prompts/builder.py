@@ -98,6 +98,11 @@ def split_top_level(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def _blank(name: str) -> bool:
+    """Names no one: nothing but `@`, `_` (Danbooru's space) and spaces."""
+    return not name.lstrip("@").replace("_", " ").strip()
+
+
 def _unescape(text: str) -> str:
     return text.replace("\\(", "(").replace("\\)", ")").replace("\\[", "[").replace("\\]", "]")
 
@@ -164,7 +169,7 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
     if choices.artist and choices.artist.strip():
         for name in _terms(choices.artist):
-            if not 1 <= len(name.lstrip("@").strip()) <= MAX_ARTIST_LENGTH:
+            if _blank(name) or len(name.lstrip("@").strip()) > MAX_ARTIST_LENGTH:
                 raise PromptError("bad_artist", limit=MAX_ARTIST_LENGTH)
             text = dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(text.lstrip("@"))))
@@ -213,8 +218,8 @@ def _free_entries(dialect: Dialect, prompt: str, cls: _Classifier, tags: TagLook
     entries: list[_Entry] = []
     for piece in pieces:
         name = names[piece]
-        if not name:
-            continue
+        if _blank(name):
+            continue  # ` , _ , @` holds no tag
         key = _key(name)
         in_weight = piece in weighted
         vocab = cls.vocabulary(key)
@@ -224,8 +229,6 @@ def _free_entries(dialect: Dialect, prompt: str, cls: _Classifier, tags: TagLook
             entries.append(vocab)
             continue
         if name.startswith("@"):
-            if not name.lstrip("@").strip():
-                continue  # a lone `@` names no one
             text = piece if in_weight else dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(name.lstrip("@"))))
             continue
@@ -281,7 +284,7 @@ def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | Non
     """The final prompt and negative prompt for `dialect`. Raises PromptError on bad input."""
     cls = _Classifier(dialect)
     free = _free_entries(dialect, choices.prompt, cls, tags)
-    if not free:  # nothing but separators, `@` or empty weight groups: ` , , `, `@`, `(:1.2)`
+    if not free:  # nothing but separators, `@`, `_` or empty weight groups: ` , , `, `@`, `[_]`
         raise PromptError("empty_prompt")
     entries = _choice_entries(dialect, choices, cls) + free
 

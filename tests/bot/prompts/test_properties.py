@@ -131,6 +131,7 @@ OPTIONAL = st.integers(0, 5).flatmap(
     st.booleans(),
 )
 @example("anima", "@", "", None, None, None, None, True, False)  # a lone `@` built an empty artist before
+@example("animagine-xl-4.0", "_", "", None, None, None, None, True, False)  # `_` (a space) was a tag before
 def test_the_builder_refuses_clearly_or_builds(
     dialect_id: str,
     prompt: str,
@@ -150,7 +151,7 @@ def test_the_builder_refuses_clearly_or_builds(
         assert e.key in CATALOG["en"]
         return
     assert built.prompt.strip() and not built.prompt.startswith(",") and ", ," not in built.prompt
-    assert all(p.strip() not in ("", "@") for p in built.prompt.split(", ")), built.prompt
+    assert all(p.replace("_", " ").strip() not in ("", "@") for p in built.prompt.split(", ")), built.prompt
     assert built.ratings <= set(dialect.choices.rating)
 
 

@@ -108,6 +108,9 @@ def test_huge_and_tiny_aspect_values_neither_overflow_nor_crash() -> None:
         ({"prompt": " , , "}, "empty_prompt"),
         ({"prompt": "@"}, "empty_prompt"),
         ({"prompt": "@ , [@]"}, "empty_prompt"),
+        ({"prompt": "_"}, "empty_prompt"),  # found by the property tests: `_` is Danbooru's space
+        ({"prompt": "@_, (_ _:1.2)"}, "empty_prompt"),
+        ({"artist": "@_"}, "bad_artist"),
         ({"prompt": "\u200b\u00ad\x00"}, "empty_prompt"),
         ({"negative": "x" * 6000}, "option_too_long"),
         ({"artist": "x" * 1001}, "option_too_long"),
