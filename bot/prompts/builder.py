@@ -256,11 +256,13 @@ def _ratings_of(dialect: Dialect, entries: Iterable[_Entry]) -> frozenset[str]:
     return frozenset(first_term[e.key] for e in entries if e.section == "rating" and e.key in first_term)
 
 
-def _negative(dialect: Dialect, choices: PromptChoices, ratings: frozenset[str]) -> str:
+def negative_prompt(dialect: Dialect, choices: PromptChoices, nsfw: bool) -> str:
+    """The negative prompt: the model's recommended one (without its nsfw terms when the request is `nsfw`),
+    the user's, and the model's nsfw tags when the choices keep nsfw out (`sfw`)."""
     parts = []
     if choices.default_negative:
         default = split_top_level(dialect.negative)
-        if ratings & dialect.choices.nsfw_ratings:
+        if nsfw:
             # An nsfw request must not carry the model's "nsfw" in its own default negative (3.1 does).
             nsfw_terms = {_key(t) for t in _terms(dialect.nsfw_negative)}
             default = [p for p in default if _key(p) not in nsfw_terms]
@@ -303,4 +305,5 @@ def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | Non
     )
     prompt = ", ".join(entry.text for _, entry in ordered)
     ratings = _ratings_of(dialect, unique)
-    return BuiltPrompt(prompt, _negative(dialect, choices, ratings), ratings)
+    nsfw = bool(ratings & dialect.choices.nsfw_ratings)
+    return BuiltPrompt(prompt, negative_prompt(dialect, choices, nsfw), ratings)

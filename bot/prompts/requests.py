@@ -9,7 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bot.core.errors import UserError
-from bot.prompts.builder import MAX_ARTIST_LENGTH, BuiltPrompt, PromptChoices, TagLookup, build_prompt
+from bot.prompts.builder import (
+    MAX_ARTIST_LENGTH,
+    BuiltPrompt,
+    PromptChoices,
+    TagLookup,
+    build_prompt,
+    negative_prompt,
+)
 from bot.prompts.dialects import Bucket, Dialect, load_dialect
 from bot.prompts.policy import PolicyFields, Verdict, content_policy, normalize_optional, normalize_text
 from inference.samplers import SAMPLERS, samplers_for
@@ -186,6 +193,8 @@ def resolve_request(
     verdict = policy.judge(
         fields, built.prompt, nsfw_allowed=request.nsfw_allowed, sfw_negative=sfw, banned_words=banned_words
     )
+    # The negative follows the policy's reading (`rating:explicit` is nsfw too), not the builder's own.
+    built = replace(built, negative_prompt=negative_prompt(dialect, request.choices, verdict.nsfw))
 
     seed = secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed
     seeds = tuple((seed + i) % (SEED_MAX + 1) for i in range(request.count))

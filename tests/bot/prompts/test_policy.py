@@ -3,6 +3,8 @@ words, the verdict and its storage form."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bot.config import load_config
@@ -132,6 +134,17 @@ def test_a_negative_weight_in_the_negative_prompt_asks_for_it() -> None:
             resolve(PromptChoices("1girl", negative=negative))
         assert err.value.key == "nsfw_not_allowed", negative
     assert not resolve(PromptChoices("1girl", negative="nsfw, (explicit:1.5), (safe:-1)")).nsfw
+
+
+def test_the_negative_follows_the_verdict() -> None:
+    """Animagine XL 3.1's recommended negative starts with `nsfw`: an nsfw request drops it, however the
+    rating was written (the builder alone knew only its own vocabulary)."""
+    models = {"m": replace(MODELS["tiny-sdxl"], name="m", dialect="animagine-xl-3.1")}
+    for prompt in ("1girl, explicit", "1girl, rating:explicit", "1girl, ｅｘｐｌｉｃｉｔ."):
+        resolved = resolve_request(GenerationRequest("m", PromptChoices(prompt)), models)
+        assert resolved.verdict.nsfw and "nsfw" not in resolved.params.negative_prompt.split(", "), prompt
+    safe = resolve_request(GenerationRequest("m", PromptChoices("1girl")), models)
+    assert safe.params.negative_prompt.startswith("nsfw, ")
 
 
 def test_tag_aliases_are_read_after_resolution() -> None:
