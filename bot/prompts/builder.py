@@ -169,7 +169,9 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
     if choices.artist and choices.artist.strip():
         for name in _terms(choices.artist):
-            if _blank(name) or len(name.lstrip("@").strip()) > MAX_ARTIST_LENGTH:
+            if _blank(name):
+                continue  # `@` or `_` alone names no one, like an empty name between two commas
+            if len(name.lstrip("@").strip()) > MAX_ARTIST_LENGTH:
                 raise PromptError("bad_artist", limit=MAX_ARTIST_LENGTH)
             text = dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(text.lstrip("@"))))

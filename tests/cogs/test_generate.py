@@ -305,7 +305,7 @@ async def test_empty_and_oversized_options_are_refused(make_bot: BotFactory) -> 
             ({"prompt": "\u200b\u200d"}, "The prompt is empty."),
             ({"prompt": "[@], @@, (  )"}, "The prompt is empty."),
             ({"prompt": "1girl", "negative": "x" * 6000}, "The negative option is too long (6000 characters"),
-            ({"prompt": "1girl", "artist": "@"}, "Artist names must be 1 to 100 characters."),
+            ({"prompt": "1girl", "artist": "a" * 101}, "Artist names must be 1 to 100 characters."),
             ({"prompt": "1girl", "aspect": "9" * 400 + ":1"}, "The aspect option is too long (402 characters"),
             ({"prompt": "1girl", "quality": "q" * 500}, "The quality option is too long"),
         ]

@@ -110,11 +110,10 @@ def test_huge_and_tiny_aspect_values_neither_overflow_nor_crash() -> None:
         ({"prompt": "@ , [@]"}, "empty_prompt"),
         ({"prompt": "_"}, "empty_prompt"),  # found by the property tests: `_` is Danbooru's space
         ({"prompt": "@_, (_ _:1.2)"}, "empty_prompt"),
-        ({"artist": "@_"}, "bad_artist"),
         ({"prompt": "\u200b\u00ad\x00"}, "empty_prompt"),
         ({"negative": "x" * 6000}, "option_too_long"),
         ({"artist": "x" * 1001}, "option_too_long"),
-        ({"artist": "@"}, "bad_artist"),
+        ({"artist": "a" * 101}, "bad_artist"),
         ({"quality": "q" * 101}, "option_too_long"),
         ({"sampler": "s" * 101}, "option_too_long"),
         ({"prompt": "\ufdfa" * 200}, "prompt_too_long"),  # NFKC makes each 18 characters: measured after
@@ -139,3 +138,14 @@ def test_control_characters_and_surrogates_never_reach_the_parameters() -> None:
     assert "smile" in p.prompt and "hat" in p.prompt and "\ufffd" in p.prompt and "a b" in p.prompt
     stored = resolved.request.choices  # what the job stores (and a reroll reads) is the normalized text
     assert stored.prompt == "1girl , smile ,hat, \ufffd" and stored.artist == "a b"
+
+
+def test_blank_artist_names_name_no_one() -> None:
+    """`@`, `_` (Danbooru's space) and `@_` are read like an empty name between two commas (the property
+    tests found `a, _` refused while `a,  ` was accepted)."""
+    def prompt(artist: str) -> str:
+        request = GenerationRequest("tiny-sdxl", PromptChoices("1girl", artist=artist), seed=1)
+        return resolve_request(request, MODELS).params.prompt
+
+    for artist in ("artist_a, _", "artist_a, @", "@_, artist_a", "artist_a"):
+        assert prompt(artist) == prompt("artist_a,  ") == "1girl, artist a", artist
