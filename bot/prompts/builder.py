@@ -180,7 +180,7 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
 def year_text(dialect: Dialect, value: str) -> str:
     """A year (`2019`, `year 2019`) or period (`recent`) as this model writes it."""
-    raw = value.strip().lower()
+    raw = " ".join(value.replace("_", " ").lower().split())  # `Year_2019`, `year  2019`: Danbooru spellings
     match = re.fullmatch(r"(?:year\s*)?(\d{4})", raw)
     if match:
         year = int(match.group(1))
