@@ -90,20 +90,32 @@ def outcome(request: GenerationRequest, banned: tuple[str, ...] = ()) -> tuple[s
     return ("verdict", resolved.verdict)
 
 
+RATINGS = st.sampled_from([None, "explicit", "general", "e", "nsfw", "sensitive", "rating:e"])
+QUALITIES = st.sampled_from([None, "best", "masterpiece", "best_quality", "score_9, good quality", "divine"])
+YEARS = st.sampled_from([None, "2019", "year_2019", "newest", "1850", "soon"])
+
+
 @fuzz_settings(100)
-@given(st.data(), PROMPTS, st.sampled_from([None, "explicit", "general", "e", "nsfw", "sensitive"]), st.booleans())
+@given(st.data(), PROMPTS, RATINGS, QUALITIES, YEARS, st.booleans())
 def test_disguises_never_change_the_decision(
-    data: st.DataObject, prompt: str, rating: str | None, nsfw_allowed: bool
+    data: st.DataObject, prompt: str, rating: str | None, quality: str | None, year: str | None, nsfw_allowed: bool
 ) -> None:
+    """The same request, disguised field by field, gets the same outcome: the same refusal, or the same
+    verdict (the builder's reading of quality, year and artist included)."""
     artist = data.draw(st.one_of(st.none(), PROMPTS))
-    choices = PromptChoices(prompt, rating=rating, artist=artist)
-    plain = GenerationRequest("tiny-sdxl", choices, nsfw_allowed=nsfw_allowed)
-    disguised_choices = PromptChoices(
-        data.draw(disguised(prompt)),
-        rating=None if rating is None else data.draw(disguised(rating)),
-        artist=None if artist is None else data.draw(disguised(artist)),
+    plain = GenerationRequest(
+        "tiny-sdxl", PromptChoices(prompt, quality=quality, year=year, rating=rating, artist=artist),
+        nsfw_allowed=nsfw_allowed,
     )
-    hostile = GenerationRequest("tiny-sdxl", disguised_choices, nsfw_allowed=nsfw_allowed)
+
+    def disguise(text: str | None) -> str | None:
+        return None if text is None else data.draw(disguised(text))
+
+    choices = PromptChoices(
+        data.draw(disguised(prompt)), quality=disguise(quality), year=disguise(year), rating=disguise(rating),
+        artist=disguise(artist),
+    )
+    hostile = GenerationRequest("tiny-sdxl", choices, nsfw_allowed=nsfw_allowed)
     banned = ("forbidden", "bad word")
     first = outcome(plain, banned)
     event(f"{first[0]}: {first[1] if isinstance(first[1], str) else getattr(first[1], 'rating_class', '')}")
