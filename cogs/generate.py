@@ -1,5 +1,6 @@
-"""/generate: parse, check (channel rating, banned words), submit, acknowledge with the queue position,
-hand the job to delivery. Autocomplete from the active model's dialect and the tag database."""
+"""/generate: read the options and the channel's nsfw rule, submit (the service's request validation and
+content policy decide; a refusal is a UserError), acknowledge with the queue position, hand the job to
+delivery. Autocomplete from the active model's dialect and the tag database."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.errors import UserError
 from bot.core.messages import render
 from bot.discord_app.acknowledge import InTime, retry_busy
 from bot.discord_app.choices import (
@@ -25,14 +25,14 @@ from bot.discord_app.choices import (
 )
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import guild_key, locale_of
-from bot.discord_app.permissions import banned_word, channel_allows_nsfw, is_bot_admin, owner_key, role_ids
+from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, owner_key, role_ids
 from bot.prompts.builder import PromptChoices
-from bot.prompts.dialects import load_dialect
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
+
 
 class Generate(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:
@@ -92,21 +92,9 @@ class Generate(commands.Cog):
         guild_id = guild_key(interaction)
         model = await bot.service.active_model(guild_id)
         nsfw_allowed = channel_allows_nsfw(interaction.channel)
-        dialect = load_dialect(bot.config.models[model].dialect)
-        nsfw_rating = bool(rating) and dialect.choices.canonical_rating(rating or "") in dialect.choices.nsfw_ratings
-        word = banned_word(bot.config.discord, prompt, artist or "")
-        if word is not None:
-            raise UserError("banned_word", word=word)
-        choices = PromptChoices(
-            prompt,
-            negative or "",
-            quality=quality,
-            year=year,
-            rating=rating,
-            artist=artist,
-            # An explicit SFW rating keeps nsfw out even in age-restricted channels: its tags go negative.
-            sfw=not nsfw_allowed or (rating is not None and not nsfw_rating),
-        )
+        # The content policy decides in the service (resolve_request): nsfw ratings, banned words, SFW
+        # negatives. Refusals come back as UserError, answered ephemerally by the error handler.
+        choices = PromptChoices(prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist)
         request = GenerationRequest(
             model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
         )

@@ -5,7 +5,9 @@
     (text:1.3)  weight x1.3        (multiplies with enclosing brackets)
     \\( \\) \\[ \\] literal brackets (how Danbooru names such as `honkai \\(series\\)` are written)
 
-Unbalanced brackets are read as literal text, as A1111 does for a stray opener.
+Unbalanced brackets are read as literal text, as A1111 does for a stray opener. Weights are kept within
+±MAX_WEIGHT (A1111 does not bound them; `(x:1e999)` or a few hundred nested `((...))` would give inf, then
+NaN embeddings).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from typing import Any
 
 _UP = 1.1
+MAX_WEIGHT = 100.0
 _TOKEN = re.compile(r"\\[()\[\]\\]|\(|\[|:\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)|\)|\]|[^\\()\[\]:]+|:|\\")
 
 Fragment = tuple[str, float]
@@ -36,7 +39,7 @@ def parse_weighted(text: str) -> list[Fragment]:
 
     def scale(start: int, factor: float) -> None:
         for item in out[start:]:
-            item[1] *= factor
+            item[1] = _bounded(item[1] * factor)
 
     for match in _TOKEN.finditer(text):
         token = match.group(0)
@@ -48,7 +51,7 @@ def parse_weighted(text: str) -> list[Fragment]:
         elif token == "[":
             square_opens.append(len(out))
         elif explicit is not None and round_opens:
-            scale(round_opens.pop(), float(explicit))
+            scale(round_opens.pop(), _bounded(float(explicit)))
         elif token == ")" and round_opens:
             scale(round_opens.pop(), _UP)
         elif token == "]" and square_opens:
@@ -69,6 +72,10 @@ def parse_weighted(text: str) -> list[Fragment]:
         elif piece:
             merged.append((piece, weight))
     return merged or [("", 1.0)]
+
+
+def _bounded(weight: float) -> float:
+    return max(-MAX_WEIGHT, min(MAX_WEIGHT, weight))
 
 
 def strip_weighting(text: str) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
+from bot.prompts.policy import Verdict
 from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
@@ -78,6 +79,7 @@ class JobRecord:
     finished_at: float | None
     delivered: bool
     locale: str | None = None  # the asker's message language, for a delivery after a restart
+    verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
 
 
 # -- stored parameters: the JSON in jobs.request and jobs.params, read through models that upgrade old rows --
@@ -154,13 +156,13 @@ def params_from_json(text: str) -> GenerationParams:
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
-    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale,
+    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale, j.verdict,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
 """
 # A claimed job's row as UPDATE ... RETURNING gives it (never delivered yet).
 _RETURNED_COLUMNS = """
     id, owner_id, guild_id, channel_id, model, request, params, state, error, attempts, reroll_of, cancelled_by,
-    created_at, started_at, finished_at, locale, 0 AS delivered
+    created_at, started_at, finished_at, locale, verdict, 0 AS delivered
 """
 
 
@@ -183,6 +185,7 @@ def _job(row: Any) -> JobRecord:
         finished_at=row["finished_at"],
         delivered=bool(row["delivered"]),
         locale=row["locale"],
+        verdict=Verdict.from_json(row["verdict"]),
     )
 
 
@@ -209,7 +212,7 @@ class JobRepository:
         """Queue a new job at its fair rank: its owner's served count plus their jobs already waiting."""
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
-            "reroll_of, created_at, locale, queue_rank) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, "
+            "reroll_of, created_at, locale, verdict, queue_rank) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, "
             "COALESCE((SELECT served FROM queue_served WHERE owner_id = ?1), 0)"
             " + (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner"
             " WHERE owner_id = ?1 AND state = 'queued'))",
@@ -224,6 +227,7 @@ class JobRepository:
                 reroll_of,
                 time.time(),
                 origin.locale,
+                resolved.verdict.to_json(),
             ),
         )
 

@@ -136,7 +136,7 @@ class GenerationService:
         locale: str | None = None,
     ) -> JobRecord:
         """Validate, check quotas, persist and queue. Raises UserError; nothing changes then."""
-        resolved = resolve_request(request, self.config.models, self.tags)
+        resolved = resolve_request(request, self.config.models, self.tags, self.config.discord.banned_words)
         origin = JobOrigin(owner_id, owner_name, guild_id, channel_id, locale)
         return await self.queue.submit(resolved, origin, role_ids=role_ids, reroll_of=reroll_of, exempt=exempt)
 

@@ -8,6 +8,7 @@ from discord import app_commands
 
 from bot.discord_app.interactions import bot_of, guild_key
 from bot.prompts.dialects import Dialect, load_dialect
+from bot.prompts.policy import rating_options
 
 MAX_CHOICES = 25
 MAX_NAME = 100
@@ -46,12 +47,8 @@ def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
 
 
 def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
-    nsfw = dialect.choices.nsfw_ratings
-    return [
-        (f"{key} — {terms}", key)
-        for key, terms in dialect.rating_choices.items()
-        if nsfw_allowed or dialect.choices.canonical_rating(key) not in nsfw
-    ]
+    """The ratings the content policy lets this channel offer."""
+    return [(f"{key} — {terms}", key) for key, terms in rating_options(dialect, nsfw_allowed).items()]
 
 
 def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:

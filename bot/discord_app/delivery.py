@@ -20,8 +20,7 @@ from bot.core.events import JobEnded, JobProgress, JobQueued, JobStarted, WatchE
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
 from bot.core.service import GenerationService
-from bot.prompts.builder import build_prompt
-from bot.prompts.dialects import load_dialect
+from bot.prompts.policy import PolicyFields, content_policy
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +283,12 @@ class Delivery:
         return files
 
     def sensitive(self, job: JobRecord) -> bool:
-        """An nsfw rating, chosen or typed into the prompt, as the prompt builder reads it."""
-        spec = self.service.config.models.get(job.model)
-        if not self.service.config.discord.spoiler_sensitive or spec is None:
+        """Spoilers where configured, as the content policy decided when the job was submitted. A job stored
+        before verdicts existed (NULL) is read by the same policy, which never refuses here."""
+        if not self.service.config.discord.spoiler_sensitive:
             return False
-        dialect = load_dialect(spec.dialect)
-        return bool(build_prompt(dialect, job.request.choices).ratings & dialect.choices.nsfw_ratings)
+        verdict = job.verdict or content_policy().assess(PolicyFields.of(job.request.choices))
+        return verdict.spoiler
 
     async def deliver_pending(self) -> None:
         """After a start: results that finished while the bot was away are posted in their channel

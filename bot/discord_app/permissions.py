@@ -61,13 +61,3 @@ def channel_allows_nsfw(channel: Any) -> bool:
     is_nsfw = getattr(channel, "is_nsfw", None)
     return bool(is_nsfw()) if callable(is_nsfw) else False
 
-
-def banned_word(settings: DiscordSettings, *texts: str) -> str | None:
-    """The first configured banned word found (case-insensitive, as a whole word) in the texts."""
-    import re
-
-    for word in settings.banned_words:
-        pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
-        if any(pattern.search(text) for text in texts):
-            return word
-    return None

@@ -98,6 +98,11 @@ def split_top_level(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def _blank(name: str) -> bool:
+    """Names no one: nothing but `@`, `_` (Danbooru's space) and spaces."""
+    return not name.lstrip("@").replace("_", " ").strip()
+
+
 def _unescape(text: str) -> str:
     return text.replace("\\(", "(").replace("\\)", ")").replace("\\[", "[").replace("\\]", "]")
 
@@ -164,7 +169,9 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
     if choices.artist and choices.artist.strip():
         for name in _terms(choices.artist):
-            if len(name) > MAX_ARTIST_LENGTH:
+            if _blank(name):
+                continue  # `@` or `_` alone names no one, like an empty name between two commas
+            if len(name.lstrip("@").strip()) > MAX_ARTIST_LENGTH:
                 raise PromptError("bad_artist", limit=MAX_ARTIST_LENGTH)
             text = dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(text.lstrip("@"))))
@@ -173,7 +180,7 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
 
 def year_text(dialect: Dialect, value: str) -> str:
     """A year (`2019`, `year 2019`) or period (`recent`) as this model writes it."""
-    raw = value.strip().lower()
+    raw = " ".join(value.replace("_", " ").lower().split())  # `Year_2019`, `year  2019`: Danbooru spellings
     match = re.fullmatch(r"(?:year\s*)?(\d{4})", raw)
     if match:
         year = int(match.group(1))
@@ -213,8 +220,8 @@ def _free_entries(dialect: Dialect, prompt: str, cls: _Classifier, tags: TagLook
     entries: list[_Entry] = []
     for piece in pieces:
         name = names[piece]
-        if not name:
-            continue
+        if _blank(name):
+            continue  # ` , _ , @` holds no tag
         key = _key(name)
         in_weight = piece in weighted
         vocab = cls.vocabulary(key)
@@ -251,11 +258,13 @@ def _ratings_of(dialect: Dialect, entries: Iterable[_Entry]) -> frozenset[str]:
     return frozenset(first_term[e.key] for e in entries if e.section == "rating" and e.key in first_term)
 
 
-def _negative(dialect: Dialect, choices: PromptChoices, ratings: frozenset[str]) -> str:
+def negative_prompt(dialect: Dialect, choices: PromptChoices, nsfw: bool) -> str:
+    """The negative prompt: the model's recommended one (without its nsfw terms when the request is `nsfw`),
+    the user's, and the model's nsfw tags when the choices keep nsfw out (`sfw`)."""
     parts = []
     if choices.default_negative:
         default = split_top_level(dialect.negative)
-        if ratings & dialect.choices.nsfw_ratings:
+        if nsfw:
             # An nsfw request must not carry the model's "nsfw" in its own default negative (3.1 does).
             nsfw_terms = {_key(t) for t in _terms(dialect.nsfw_negative)}
             default = [p for p in default if _key(p) not in nsfw_terms]
@@ -277,10 +286,11 @@ def _negative(dialect: Dialect, choices: PromptChoices, ratings: frozenset[str])
 
 def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | None = None) -> BuiltPrompt:
     """The final prompt and negative prompt for `dialect`. Raises PromptError on bad input."""
-    if not choices.prompt.strip():
-        raise PromptError("empty_prompt")
     cls = _Classifier(dialect)
-    entries = _choice_entries(dialect, choices, cls) + _free_entries(dialect, choices.prompt, cls, tags)
+    free = _free_entries(dialect, choices.prompt, cls, tags)
+    if not free:  # nothing but separators, `@`, `_` or empty weight groups: ` , , `, `@`, `[_]`
+        raise PromptError("empty_prompt")
+    entries = _choice_entries(dialect, choices, cls) + free
 
     seen: set[tuple[str, str]] = set()
     unique: list[_Entry] = []
@@ -297,4 +307,5 @@ def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | Non
     )
     prompt = ", ".join(entry.text for _, entry in ordered)
     ratings = _ratings_of(dialect, unique)
-    return BuiltPrompt(prompt, _negative(dialect, choices, ratings), ratings)
+    nsfw = bool(ratings & dialect.choices.nsfw_ratings)
+    return BuiltPrompt(prompt, negative_prompt(dialect, choices, nsfw), ratings)

@@ -5,17 +5,28 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bot.core.errors import UserError
-from bot.prompts.builder import BuiltPrompt, PromptChoices, TagLookup, build_prompt
+from bot.prompts.builder import (
+    MAX_ARTIST_LENGTH,
+    BuiltPrompt,
+    PromptChoices,
+    TagLookup,
+    build_prompt,
+    negative_prompt,
+)
 from bot.prompts.dialects import Bucket, Dialect, load_dialect
+from bot.prompts.policy import PolicyFields, Verdict, content_policy, normalize_optional, normalize_text
 from inference.samplers import SAMPLERS, samplers_for
 from inference.specs import ModelSpec
 from inference.types import GenerationParams
 
-MAX_PROMPT_LENGTH = 2000
+MAX_PROMPT_LENGTH = 2000  # the prompt and the negative prompt, each
+MAX_ARTIST_FIELD = 10 * MAX_ARTIST_LENGTH  # the artist option (several names, comma-separated)
+MAX_OPTION_LENGTH = 100  # any other text option (quality, year, rating, aspect, size, sampler, model)
+ASPECT_LIMIT = 1000.0  # W:H beyond 1000:1 either way is read as the extreme bucket
 STEPS_RANGE = (1, 150)
 CFG_RANGE = (0.0, 30.0)
 COUNT_RANGE = (1, 8)
@@ -52,6 +63,7 @@ class ResolvedRequest:
     dialect: Dialect
     prompt: BuiltPrompt
     params: GenerationParams
+    verdict: Verdict  # the content policy's decision, stored with the job
 
 
 def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
@@ -74,7 +86,7 @@ def resolve_size(request: GenerationRequest, spec: ModelSpec, dialect: Dialect) 
     if request.aspect and request.size:
         raise UserError("aspect_and_size")
     if request.size:
-        match = re.fullmatch(r"\s*(\d+)\s*[xX×*]\s*(\d+)\s*", request.size)
+        match = re.fullmatch(r"\s*(\d{1,5})\s*[xX×*]\s*(\d{1,5})\s*", request.size, re.ASCII)
         low, high = (scaled(v, spec.size_scale) for v in SIZE_RANGE)
         multiple = SIZE_MULTIPLE[spec.family]
         if not match:
@@ -88,30 +100,77 @@ def resolve_size(request: GenerationRequest, spec: ModelSpec, dialect: Dialect) 
         aspect = request.aspect.strip()
         bucket = dialect.bucket(aspect)
         if bucket is None:
-            match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)", aspect)
-            if not match or float(match.group(1)) <= 0 or float(match.group(2)) <= 0:
+            match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)", aspect, re.ASCII)
+            ratio_w, ratio_h = (float(match.group(1)), float(match.group(2))) if match else (0.0, 0.0)
+            if not all(0 < v < math.inf for v in (ratio_w, ratio_h)):
                 options = ", ".join(b.aspect for b in dialect.buckets)
                 raise UserError("unknown_aspect", value=aspect, model=dialect.name, options=options)
-            ratio_w, ratio_h = float(match.group(1)), float(match.group(2))
-            bucket = dialect.nearest_bucket(round(ratio_w * 1000), round(ratio_h * 1000))
+            # Huge or tiny values (400 digits) overflow neither: the ratio is clamped to the extreme buckets.
+            ratio = min(max(ratio_w / ratio_h, 1 / ASPECT_LIMIT), ASPECT_LIMIT)
+            bucket = dialect.nearest_bucket(round(ratio * 1_000_000), 1_000_000)
         return bucket_size(bucket, spec)
     return bucket_size(dialect.default_bucket, spec)
+
+
+def normalize_request(request: GenerationRequest) -> GenerationRequest:
+    """Every text of the request as it is stored and given to the model (see bot.prompts.policy)."""
+    c = request.choices
+    choices = replace(
+        c,
+        prompt=normalize_text(c.prompt),
+        negative=normalize_text(c.negative),
+        quality=normalize_optional(c.quality),
+        year=normalize_optional(c.year),
+        rating=normalize_optional(c.rating),
+        artist=normalize_optional(c.artist),
+    )
+    return replace(
+        request,
+        model=normalize_text(request.model),
+        choices=choices,
+        aspect=normalize_optional(request.aspect),
+        size=normalize_optional(request.size),
+        sampler=normalize_optional(request.sampler),
+    )
+
+
+def _check_lengths(request: GenerationRequest) -> None:
+    c = request.choices
+    if len(c.prompt) > MAX_PROMPT_LENGTH:
+        raise UserError("prompt_too_long", length=len(c.prompt), limit=MAX_PROMPT_LENGTH)
+    limits: tuple[tuple[str, str | None, int], ...] = (
+        ("negative", c.negative, MAX_PROMPT_LENGTH),
+        ("artist", c.artist, MAX_ARTIST_FIELD),
+        ("quality", c.quality, MAX_OPTION_LENGTH),
+        ("year", c.year, MAX_OPTION_LENGTH),
+        ("rating", c.rating, MAX_OPTION_LENGTH),
+        ("aspect", request.aspect, MAX_OPTION_LENGTH),
+        ("size", request.size, MAX_OPTION_LENGTH),
+        ("sampler", request.sampler, MAX_OPTION_LENGTH),
+        ("model", request.model, MAX_OPTION_LENGTH),
+    )
+    for name, value, limit in limits:
+        if value is not None and len(value) > limit:
+            raise UserError("option_too_long", name=name, length=len(value), limit=limit)
 
 
 def resolve_request(
     request: GenerationRequest,
     models: Mapping[str, ModelSpec],
     tags: TagLookup | None = None,
+    banned_words: Sequence[str] = (),
 ) -> ResolvedRequest:
-    """Check every field and turn the request into the exact parameters the backend will get.
+    """Check every field and turn the request into the exact parameters the backend will get, with the
+    content policy's verdict (the one place it is decided). Every text is normalized first; the
+    resolved request holds the normalized texts.
 
     Raises UserError with a message key on bad input; nothing is changed anywhere."""
+    request = normalize_request(request)
+    _check_lengths(request)
     spec = models.get(request.model)
     if spec is None:
         raise UserError("unknown_model", value=request.model, options=", ".join(models))
     dialect = load_dialect(spec.dialect)
-    if len(request.choices.prompt) > MAX_PROMPT_LENGTH:
-        raise UserError("prompt_too_long", length=len(request.choices.prompt), limit=MAX_PROMPT_LENGTH)
 
     steps = dialect.steps if request.steps is None else request.steps
     cfg = dialect.cfg if request.cfg is None else float(request.cfg)
@@ -125,11 +184,17 @@ def resolve_request(
     if request.seed is not None:
         _check_range("seed", request.seed, (0, SEED_MAX))
     width, height = resolve_size(request, spec, dialect)
-    choices = request.choices if request.nsfw_allowed else replace(request.choices, sfw=True)
-    built = build_prompt(dialect, choices, tags)
-    refused = built.ratings & dialect.choices.nsfw_ratings
-    if refused and not request.nsfw_allowed:
-        raise UserError("nsfw_not_allowed", value=", ".join(sorted(refused)))
+
+    policy = content_policy()
+    fields = PolicyFields.of(request.choices)
+    sfw = policy.sfw_negative(fields, request.nsfw_allowed, asked=request.choices.sfw)
+    request = replace(request, choices=replace(request.choices, sfw=sfw))
+    built = build_prompt(dialect, request.choices, tags)
+    verdict = policy.judge(
+        fields, built.prompt, nsfw_allowed=request.nsfw_allowed, sfw_negative=sfw, banned_words=banned_words
+    )
+    # The negative follows the policy's reading (`rating:explicit` is nsfw too), not the builder's own.
+    built = replace(built, negative_prompt=negative_prompt(dialect, request.choices, verdict.nsfw))
 
     seed = secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed
     seeds = tuple((seed + i) % (SEED_MAX + 1) for i in range(request.count))
@@ -143,4 +208,4 @@ def resolve_request(
         seeds=seeds,
         sampler=sampler,
     )
-    return ResolvedRequest(request, spec, dialect, built, params)
+    return ResolvedRequest(request, spec, dialect, built, params, verdict)

@@ -17,6 +17,7 @@ from bot.core.events import Event, JobQueued
 from bot.core.jobs import JobRecord
 from bot.discord_app.client import AnimeBot
 from bot.prompts.builder import PromptChoices
+from bot.prompts.policy import Verdict
 from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory, server
 
@@ -258,3 +259,130 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
         await finish(env, bot, job.id)
         assert any("generating with tiny" in e for e in edits()[1:])  # the start is shown despite the interval
         assert not any("(position 1)" in e for e in edits())
+
+
+# Spellings of an nsfw rating, per option, that must never queue a job in a normal channel (issue 8, bug 6:
+# 19 of 39 such tries made images).
+BYPASSES: list[dict[str, Any]] = [
+    *(
+        {"prompt": f"1girl, {spelling}"}
+        for spelling in (
+            "explicit", "explicit.", "explicit!", "rating:explicit", "rating_explicit", "rating:e", "artist:explicit",
+            "ｅｘｐｌｉｃｉｔ", "ＮＳＦＷ", "ex\u200dplicit", "ex\u00adplicit", "ex\u200bplicit", "explıcit",
+            "ехрliсit", "ᴇxᴘʟɪᴄɪᴛ", "(explicit:1.3)", "[nsfw]", "e x p l i c i t", "NSFW", "questionable",
+            "éxplicit", "\u202eexplicit\u202c",
+        )
+    ),
+    *(
+        {"prompt": "1girl", "artist": artist}
+        for artist in ("explicit", "nsfw", "rating:explicit", "ｅｘｐｌｉｃｉｔ", "@nsfw")
+    ),
+    *(
+        {"prompt": "1girl", "rating": rating}
+        for rating in ("explicit", "Explicit", "ｅｘｐｌｉｃｉｔ", "ex\u00adplicit", "e", "nsfw", "Q")
+    ),
+    {"prompt": "1girl", "negative": "lowres, (nsfw:-1.5)"},  # a negative weight in the negative asks for it
+]
+
+
+async def test_no_spelling_of_an_nsfw_rating_queues_in_a_normal_channel(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        await bot.service.queue.set_paused(True)  # a leak would stay queued, and is counted below
+        channel, (alice,) = server(env, "alice")
+        leaked = []
+        for options in BYPASSES:
+            result = await alice.slash(channel, "generate", steps=1, **options)
+            content = result.response.content if result.response is not None else ""
+            if not (result.ephemeral and "age-restricted" in content and "Nothing was queued" in content):
+                leaked.append(options)
+        assert leaked == []
+        assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
+
+
+async def test_banned_words_in_any_spelling_and_any_field(make_bot: BotFactory) -> None:
+    bot = await make_bot('[discord]\nbanned_words = ["forbidden"]\n')
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        tries = [
+            {"prompt": "1girl, ｆｏｒｂｉｄｄｅｎ"},
+            {"prompt": "1girl, forbi\u200bdden"},
+            {"prompt": "1girl, forbidden_thing"},
+            {"prompt": "1girl, FORBIDDEN!"},
+            {"prompt": "1girl", "artist": "forbidden"},
+            {"prompt": "1girl", "negative": "forbi\u00addden"},
+        ]
+        for options in tries:
+            result = await alice.slash(channel, "generate", steps=1, **options)
+            assert result.ephemeral and result.response is not None, options
+            assert "not allowed here ('forbidden')" in result.response.content, options
+        assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
+
+
+async def test_empty_and_oversized_options_are_refused(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"prompt": " , , "}, "The prompt is empty."),
+            ({"prompt": "@"}, "The prompt is empty."),
+            ({"prompt": "\u200b\u200d"}, "The prompt is empty."),
+            ({"prompt": "[@], @@, (  )"}, "The prompt is empty."),
+            ({"prompt": "1girl", "negative": "x" * 6000}, "The negative option is too long (6000 characters"),
+            ({"prompt": "1girl", "artist": "a" * 101}, "Artist names must be 1 to 100 characters."),
+            ({"prompt": "1girl", "aspect": "9" * 400 + ":1"}, "The aspect option is too long (402 characters"),
+            ({"prompt": "1girl", "quality": "q" * 500}, "The quality option is too long"),
+        ]
+        for options, text in cases:
+            result = await alice.slash(channel, "generate", **options)
+            assert result.ephemeral and result.response is not None, options
+            assert text in result.response.content, (options, result.response.content)
+        assert await bot.service.store.scalar("SELECT COUNT(*) FROM jobs") == 0
+
+
+async def test_spoilers_follow_the_stored_verdict(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delivery reads the verdict stored at submit (it never rebuilds the prompt); a job stored before
+    verdicts existed (NULL) is read by the policy, so `rating:explicit` typed in the prompt is spoilered too."""
+    bot = await make_bot("[discord]\nspoiler_sensitive = true\n")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        adult = guild.create_text_channel("adult")
+        nsfw_channels(monkeypatch, {adult.id})
+        alice = guild.add_member(env.create_user("alice"))
+        await bot.service.queue.set_paused(True)
+        stored = await alice.slash(adult, "generate", prompt="1girl, rating:explicit", steps=1, aspect="1:1")
+        old = await alice.slash(adult, "generate", prompt="1girl, ｅｘ\u200dplicit", steps=1, aspect="1:1")
+        overridden = await alice.slash(adult, "generate", prompt="1girl, explicit", steps=1, aspect="1:1")
+        first, second, third = sorted(job.id for job in await jobs_of(bot, alice.id))
+        job = await bot.service.queue.jobs.get(first)
+        assert job is not None and job.verdict is not None and job.verdict.ratings == ("explicit",)
+        await bot.service.store.execute("UPDATE jobs SET verdict = NULL WHERE id = ?", (second,))
+        sfw = Verdict((), False, True).to_json()  # what the policy would have said of a SFW prompt
+        await bot.service.store.execute("UPDATE jobs SET verdict = ? WHERE id = ?", (sfw, third))
+        await bot.service.queue.set_paused(False)
+        for job_id in (first, second, third):
+            await finish(env, bot, job_id)
+        spoilers = []
+        for result in (stored, old, overridden):
+            assert result.response is not None
+            (attachment,) = result.response.attachments
+            spoilers.append(attachment.filename.startswith("SPOILER_"))
+        assert spoilers == [True, True, False]
+
+
+async def test_control_characters_never_reach_the_png(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        result = await alice.slash(
+            channel, "generate", prompt="1girl\x00, smile\x07\x1b[31m, ｈａｔ\u200b", negative="odd\x00hands",
+            steps=1, seed=3, aspect="1:1",
+        )
+        (job,) = await jobs_of(bot, alice.id)
+        await finish(env, bot, job.id)
+        assert result.response is not None
+        (attachment,) = result.response.attachments
+        parameters = Image.open(io.BytesIO(await attachment.read())).info["parameters"]
+        prompt, negative, _ = parameters.split("\n")  # the A1111 layout: no line break but its own two
+        assert not any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 or ch == "\u200b" for ch in prompt + negative)
+        assert prompt == "1girl, smile [31m, hat" and ", odd hands, " in negative

@@ -240,3 +240,9 @@ def test_bad_choices_are_refused_with_a_key(choices: PromptChoices, key: str) ->
 
 def test_split_keeps_weighted_groups_and_escapes_whole() -> None:
     assert split_top_level("a, (b, c:1.2), d \\, e, [f, g]") == ["a", "(b, c:1.2)", "d \\, e", "[f, g]"]
+
+
+def test_year_option_reads_danbooru_spellings() -> None:
+    dialect = load_dialect("anima")
+    for value in ("year_2019", "Year  2019", "２０１９", " 2019 "):
+        assert build_prompt(dialect, PromptChoices("1girl", year=value)).prompt == "year 2019, 1girl", value
