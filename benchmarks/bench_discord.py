@@ -5,7 +5,7 @@
 Discord drops an interaction the bot has not acknowledged within 3 s. This drives the real bot
 (`create_bot`, every cog, discord.py 2.7.1's command tree) in-process with simcord, over a
 GenerationService on a temporary data_dir that holds the real Danbooru tag list (imported from
-$ANIMEBOT_DANBOORU_CSV or ../shared/data/danbooru.csv with bot.tags.import_csv) and the built-in
+$ANIMEBOT_DANBOORU_CSV or ../shared/data/danbooru.csv with bot.prompts.tags.import_csv) and the built-in
 tiny-sdxl and tiny-anima models at 64x64 (built once in the temporary dir, deleted afterwards). Then:
 
   1) /generate autocomplete of `artist`, `quality`, `year` and `rating`, --queries typed values each,
@@ -35,7 +35,7 @@ tiny-sdxl and tiny-anima models at 64x64 (built once in the temporary dir, delet
      position changed, the --followed jobs waiting) and through an EventBus and a Delivery following k
      jobs (k = 100, 300, 1,000), without simcord.
   5) garbage collection: a full gc.collect() after start, and after gc.freeze() (which each bot does at
-     setup, like `animebot run`: bot.app.freeze_startup_objects), and the
+     setup, like `animebot run`: bot.discord_app.client.freeze_startup_objects), and the
      pauses of every collection during the run, by generation. Warnings and errors the bot logs are
      counted and printed at the end (not as tracebacks).
 

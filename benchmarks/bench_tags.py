@@ -1,4 +1,4 @@
-"""Benchmark bot.tags over the real Danbooru tag list (run by hand; prints figures, asserts nothing).
+"""Benchmark bot.prompts.tags over the real Danbooru tag list (run by hand; prints figures, asserts nothing).
 
     python benchmarks/bench_tags.py [--csv PATH] [--queries N] [--seed S]
 
