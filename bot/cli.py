@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bot.config import Config, ConfigError, load_config
-from bot.core.errors import UserError
+from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.jobs import JobState
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
@@ -319,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"animebot: error: {e}", file=sys.stderr)
         return e.code
+    except (StartError, StoreBusy) as e:  # the data directory is in use, the database cannot be used
+        print(f"animebot: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("\nanimebot: interrupted", file=sys.stderr)
         return 130

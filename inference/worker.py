@@ -323,7 +323,10 @@ class GpuWorker:
             try:
                 saved = await loop.run_in_executor(self._io, self._encode_and_write, item, images)
             except Exception as e:
-                log.error("job %s: saving failed", item.job_id, exc_info=e)
+                if isinstance(e, OSError):  # a full disk, a read-only folder: the reason says it all
+                    log.error("job %s: saving failed: %s", item.job_id, e)
+                else:
+                    log.error("job %s: saving failed", item.job_id, exc_info=e)
                 await self._failed(item.job_id, save_failure(e))
                 return
             await self._done(item.job_id, saved)

@@ -216,7 +216,13 @@ class JobQueue:
         if waiting is None:
             return None  # cancelled since next_job() computed the order
         self.running = job_id  # before the first await: the job is never neither waiting nor running
-        if not await self.jobs.claim(job_id):
+        try:
+            claimed = await self.jobs.claim(job_id)
+        except BaseException:  # the store is busy (another process's lock, a full disk): it waits again
+            self.running = None
+            self._put_back({job_id: waiting})
+            raise
+        if not claimed:
             self.running = None
             self._start_afresh_if_idle(waiting.owner_id)
             return None  # cancelled elsewhere meanwhile

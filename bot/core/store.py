@@ -146,7 +146,12 @@ class Store:
             raise StoreError(f"could not back up {self.path} to {target} before upgrading it: {reason}") from None
 
     async def close(self) -> None:
+        """Close the connection and wait for aiosqlite's thread to end (a thread left running keeps the
+        process from exiting)."""
         await self._db.close()
+        thread = getattr(self._db, "_thread", None)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 10)
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
