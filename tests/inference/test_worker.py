@@ -298,19 +298,32 @@ def failing_write(fail_at: int, error: OSError) -> object:
     return write
 
 
-async def test_a_full_disk_fails_the_job_with_a_clear_reason_and_leaves_no_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "The images could not be saved: the disk is full."),
+        (
+            OSError(errno.EROFS, "Read-only file system"),
+            "The images could not be saved: the images folder cannot be written to.",
+        ),
+        (OSError(errno.EIO, "Input/output error"), "The images could not be saved (Input/output error)."),
+    ],
+)
+async def test_a_failed_write_fails_the_job_with_a_clear_reason_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, reason: str
 ) -> None:
-    enospc = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("inference.worker.write_png", failing_write(1, enospc))
+    monkeypatch.setattr("inference.worker.write_png", failing_write(1, error))
     worker, source = flaky_worker(tmp_path, Scripted(nothing))
     worker.start()
     try:
         await source.items.put(item(tmp_path, 1, (1, 2, 3)))
         outcome, job_id, message = await asyncio.wait_for(source.finished.get(), 30)
+        await source.items.put(item(tmp_path, 2, (4,)))  # the worker lives on
+        second = await asyncio.wait_for(source.finished.get(), 30)
     finally:
         await worker.stop()
-    assert (outcome, job_id, message) == ("failed", 1, "The images could not be saved: the disk is full.")
+    assert (outcome, job_id, message) == ("failed", 1, reason)
+    assert second[:2] == ("failed", 2)  # the fake disk is still full
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".part")) == []
 
 

@@ -410,3 +410,74 @@ def child_main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     child_main(sys.argv[1:])
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its filesystem has not one block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+async def test_a_disk_that_fills_up_while_a_job_runs(
+    tmp_path: Path,
+    shared_models: Path,
+    service_factory: Callable[[Path], Awaitable[GenerationService]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The data directory's disk (a real tmpfs) fills up completely while a job generates: its images
+    cannot be written, and the database may not be writable either. The job fails with "the disk is
+    full" (recorded as soon as the database can be written), nothing half-written is left, and once
+    space is freed the worker, still alive, runs the next job."""
+    caplog.set_level(logging.WARNING, logger="inference.worker")
+    data = tmp_path / "data"
+    with tmpfs(data, "2m"):
+        (data / "models").symlink_to(shared_models, target_is_directory=True)
+        service = await service_factory(data)
+        gate = threading.Event()
+        events = service.events.subscribe()
+        await service.queue.set_paused(True)
+        first = await service.submit(request(1, count=2), "cli:a")
+        second = await service.submit(request(2), "cli:b")
+        original_generate = GpuWorker._generate
+
+        def gated(self: GpuWorker, *args: object) -> list[Image.Image]:
+            gate.wait(60)
+            return original_generate(self, *args)  # type: ignore[arg-type]
+
+        finished: dict[int, JobFinished] = {}
+
+        async def finish(job_id: int) -> None:
+            while job_id not in finished:
+                event = await events.get()
+                if isinstance(event, JobFinished):
+                    finished[event.job_id] = event
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(GpuWorker, "_generate", gated)
+            await service.queue.set_paused(False)
+            while not (isinstance(e := await asyncio.wait_for(events.get(), 60), JobStarted) and e.job_id == first.id):
+                pass
+            ballast = data / "ballast"
+            fill(ballast)
+            gate.set()
+            # Either the failure is recorded at once (the WAL had room), or the database is full too and
+            # the worker retries: then free the space.
+            blocked = asyncio.create_task(wait_for_log(caplog, f"job {first.id}: recording it failed failed"))
+            done, _ = await asyncio.wait(
+                [asyncio.create_task(finish(first.id)), blocked], timeout=60, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert done, "neither recorded nor retried"
+            ballast.unlink()
+            await asyncio.wait_for(finish(first.id), 60)
+            await asyncio.wait_for(finish(second.id), 60)
+            blocked.cancel()
+        assert finished[first.id].state == "failed"
+        assert finished[first.id].error == "The images could not be saved: the disk is full."
+        assert finished[second.id].state == "done"
+        assert [p.name for p in data.rglob("*") if p.name.startswith(f"{first.id}-") or p.suffix == ".part"] == []
