@@ -14,7 +14,8 @@ to the queue). After the last round the real CLI (`animebot work`) finishes the 
   (its finish time and files never change between rounds), no stray or half-written file;
 - stuck: nothing is left queued or running.
 
-Rounds: 5 here (CI); ANIMEBOT_FUZZ_LONG=1 runs 40. ANIMEBOT_FUZZ_SEED replays a failure.
+Rounds: 5 with 8 jobs here (CI); ANIMEBOT_FUZZ_LONG=1 runs 40 rounds with 40 jobs. ANIMEBOT_FUZZ_SEED
+replays a failure.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from tests.bot.core.test_restart import (
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
-JOBS = 8
-ROUNDS = 40 if os.environ.get("ANIMEBOT_FUZZ_LONG") == "1" else 5
+LONG = os.environ.get("ANIMEBOT_FUZZ_LONG") == "1"
+ROUNDS = 40 if LONG else 5
+JOBS = 40 if LONG else 8  # enough that most rounds still have work when the kill comes
 STARTUP_TIMEOUT = 240.0
 
 
