@@ -51,6 +51,10 @@ class ProcessLock:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileExistsError:
+            raise LockError(f"{path.parent} is not a folder: the data directory must be one") from None
+        except NotADirectoryError:
+            raise LockError(f"{path.parent} cannot be a folder: a part of that path is a file") from None
         except OSError as e:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise LockError(
@@ -61,15 +65,16 @@ class ProcessLock:
         try:
             if not _try_lock(fd):
                 raise LockHeld(path, database, _read_pid(fd))
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as e:
             os.close(fd)
             raise LockError(f"cannot lock {path}: {e.strerror or e}") from None
         except BaseException:
             os.close(fd)
             raise
+        with contextlib.suppress(OSError):  # only for the message a second process shows (a full disk...)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
         return cls(path, fd)
 
     @property

@@ -169,6 +169,32 @@ def test_a_read_only_data_dir_stops_the_start_with_one_line(config: Path, data_d
     assert "read-only" in line and "not a database" not in line
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("afile", "afile is not a folder"),
+        ("afile/inside", "cannot be a folder: a part of that path is a file"),
+        ("/dev/null", "/dev/null is not a folder"),
+    ],
+)
+def test_a_data_dir_that_cannot_be_a_folder_stops_the_start_with_one_line(
+    tmp_path: Path, where: str, message: str
+) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(f"data_dir = '{where}'\n", encoding="utf-8")
+    assert message in one_line_error(animebot(config, "work"))
+
+
+def test_a_database_from_a_newer_release_is_refused_with_one_line(config: Path, data_dir: Path) -> None:
+    make_database(config)
+    with sqlite3.connect(data_dir / "animebot.sqlite") as raw:
+        raw.execute("PRAGMA user_version = 99")
+    line = one_line_error(animebot(config, "work"))
+    assert "schema version 99, newer than this bot's" in line and "upgrade the bot" in line
+    assert not list(data_dir.glob("*.bak"))  # nothing was touched
+
+
 async def test_a_failed_start_closes_what_it_opened(tmp_path: Path, models_dir: Path) -> None:
     """In-process: after a failed start, no aiosqlite thread is left (it kept the process alive) and the
     data directory is free again."""
