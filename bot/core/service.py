@@ -24,7 +24,6 @@ from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
 from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, resolve_request
-from bot.prompts.tags import TagImportError
 from inference.cache import ModelCache
 from inference.types import ModelLoadError
 
@@ -63,13 +62,13 @@ class GenerationService:
         """Lock the data directory, open the store and the tag database, load the queue, start the
         worker. Raises StartError with a one-line reason; whatever was opened by then is closed again,
         so a failed start never leaves a thread that keeps the process alive."""
+        from bot.prompts.tags import TagImportError  # the tag index: loaded only by what serves prompts
+
         async with contextlib.AsyncExitStack() as opened:
             try:
                 await self._open(opened)
-            except (LockError, StoreError, TagImportError) as e:
+            except (LockError, StoreError, StoreBusy, TagImportError) as e:
                 raise StartError(str(e)) from None
-            except StoreBusy as e:
-                raise StartError(f"{e} (waited {Store.BUSY_TIMEOUT:g} s): close it and start again") from None
             self._opened = opened.pop_all()
 
     async def _open(self, opened: contextlib.AsyncExitStack) -> None:

@@ -51,7 +51,7 @@ def _reason(error: sqlite3.Error) -> str:
     """A short English reason for a transient failure, without the path (the caller adds it)."""
     code = _code(error)
     if code in _BUSY:
-        return "the database is locked by another program"
+        return f"the database is locked by another program (waited {Store.BUSY_TIMEOUT:g} s)"
     if code == sqlite3.SQLITE_FULL:
         return "the disk is full"
     if code == sqlite3.SQLITE_READONLY:
