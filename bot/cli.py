@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import Config, ConfigError, load_config
-from bot.core.errors import UserError
+from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.jobs import JobState
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import DialectError
@@ -400,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(*(f"broken data file: {line}" for line in str(e).splitlines()), code=EXIT_FAILURE)
     except CliError as e:
         return _fail(str(e), code=e.code)
+    except (StartError, StoreBusy) as e:  # the data directory is in use, the database cannot be used
+        return _fail(str(e), code=EXIT_FAILURE)
     except KeyboardInterrupt:
         print("\nanimebot: interrupted", file=sys.stderr)
         return 130

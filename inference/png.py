@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -44,11 +45,17 @@ def encode_png(image: Image.Image, parameters: str) -> bytes:
 
 
 def write_png(path: Path, data: bytes) -> None:
-    """Write atomically, so a crash never leaves half a file under the final name."""
+    """Write atomically, so a crash never leaves half a file under the final name. A failed write (a
+    full disk) removes its partial `.part` file: left behind, it would keep the disk full."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_parameters(path_or_bytes: Path | bytes) -> str | None:

@@ -134,8 +134,19 @@ class SavedImage:
     parameters: str
 
 
+class SourceBusy(Exception):
+    """A JobSource could not hand out a job or record an outcome now (its database is locked, the disk
+    is full) and nothing was written: the worker tries again later. Any other exception from a JobSource
+    is taken for a lasting fault."""
+
+
 class JobSource(Protocol):
-    """Where the worker gets jobs and reports what happened to them. Called on the event loop."""
+    """Where the worker gets jobs and reports what happened to them. Called on the event loop.
+
+    The worker survives any exception from these methods: a failed next_job() is asked again after a
+    pause, a failed on_done/on_failed/on_cancelled is retried (with growing pauses) until it succeeds,
+    so a job never stays running while the process lives. Recording must therefore be idempotent (a
+    retry after a write that did commit changes nothing)."""
 
     async def next_job(self) -> WorkItem:
         """Wait for the next job to run (it is marked running before it is returned)."""

@@ -8,15 +8,22 @@ its results (bot.queue implements it).
 Failures stay inside their job: an exception, an out-of-memory error (memory is freed and the job is
 retried once with half the batch at a time) or NaN output fails that job with a message a user can
 read, and the worker goes on with the next one.
+
+Failures of the JobSource (its database locked by another process, a full disk) never stop the worker:
+a failed claim is tried again after a pause, and an outcome that could not be recorded is recorded
+again, with pauses growing up to RETRY_MAX, until it is. Saving the images and recording them are two
+steps: only a failed save fails the job ("the disk is full"); a failed record is retried, so a job
+whose images were written ends done with them once the database can be written again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
@@ -38,12 +45,17 @@ from inference.types import (
     LoadProgress,
     ModelLoadError,
     SavedImage,
+    SourceBusy,
     StepProgress,
     WorkItem,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+RETRY_FIRST = 0.5  # seconds before the first retry of a failed claim or record; doubled each time
+RETRY_MAX = 30.0  # the longest pause between two retries
+DONE_ATTEMPTS = 5  # records of "done" that fail with a lasting (not SourceBusy) error before the job is failed
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -56,6 +68,17 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def save_failure(error: BaseException) -> str:
+    """The job's error when its images could not be written."""
+    if isinstance(error, OSError):
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "The images could not be saved: the disk is full."
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return "The images could not be saved: the images folder cannot be written to."
+        return f"The images could not be saved ({error.strerror or type(error).__name__})."
+    return "The images could not be saved."
+
+
 def check_images(images: list[Image.Image]) -> None:
     """Raise InvalidOutputError for the black/NaN frames half-precision overflow produces."""
     for image in images:
@@ -65,9 +88,16 @@ def check_images(images: list[Image.Image]) -> None:
 
 
 class GpuWorker:
-    def __init__(self, source: JobSource, cache: ModelCache, save_queue: int = 2) -> None:
+    def __init__(
+        self,
+        source: JobSource,
+        cache: ModelCache,
+        save_queue: int = 2,
+        retry: tuple[float, float] = (RETRY_FIRST, RETRY_MAX),
+    ) -> None:
         self.source = source
         self.cache = cache
+        self.retry = retry  # (first pause, longest pause) between retries of the JobSource
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png")
         self._saves: set[asyncio.Task[None]] = set()
@@ -75,6 +105,7 @@ class GpuWorker:
         self._task: asyncio.Task[None] | None = None
         self._running: tuple[int, CancelToken] | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()  # wakes retry pauses at stop()
         self.busy_seconds = 0.0  # seconds the pipeline has been running (benchmarks read it)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -86,8 +117,10 @@ class GpuWorker:
     async def stop(self) -> None:
         """Stop taking jobs and interrupt the running one between two steps without recording it as
         cancelled: it is still "running" in the store, so the next start queues it again. Pending saves
-        are finished."""
+        are finished; an outcome still being retried is tried at most once more (if that fails too, the
+        job stays running in the store, and the next start queues it again)."""
         self._stopping = True
+        self._stopped.set()
         if self._running is not None:
             self._running[1].cancel()
         if self._task is not None:
@@ -136,15 +169,77 @@ class GpuWorker:
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        failures = 0
         while True:
-            item = await self.source.next_job()
+            try:
+                item = await self.source.next_job()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the store is locked or broken: never let it stop the worker
+                failures += 1
+                self._log_source_error("claiming the next job", failures, e)
+                await self._pause(failures)
+                continue
+            failures = 0
             try:
                 await self._run_job(item)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one job stop the worker
                 log.exception("job %s: unexpected worker error", item.job_id)
-                await self.source.on_failed(item.job_id, "Something went wrong while generating.")
+                await self._failed(item.job_id, "Something went wrong while generating.")
+
+    # -- recording outcomes ----------------------------------------------------------------------
+
+    def _delay(self, failures: int) -> float:
+        first, longest = self.retry
+        return float(min(longest, first * 2 ** min(failures - 1, 30)))
+
+    async def _pause(self, failures: int) -> None:
+        """Wait before retry number `failures`; returns early when the worker stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), self._delay(failures))
+
+    @staticmethod
+    def _log_source_error(what: str, failures: int, error: Exception) -> None:
+        if isinstance(error, SourceBusy):  # expected while another program holds the database
+            log.warning("%s failed (%s); trying again (%d)", what, error, failures)
+        elif failures == 1:
+            log.error("%s failed; trying again", what, exc_info=error)
+        else:
+            log.error("%s failed again (%s: %s); trying again (%d)", what, type(error).__name__, error, failures)
+
+    async def _record(self, job_id: int, what: str, record: Callable[[], Awaitable[None]]) -> bool:
+        """Call `record` until it succeeds. False if the worker stopped first, or, recording "done" with a
+        lasting error (not SourceBusy), after DONE_ATTEMPTS failures (the caller then fails the job)."""
+        failures = 0
+        while True:
+            try:
+                await record()
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                self._log_source_error(f"job {job_id}: recording it {what}", failures, e)
+                if self._stopping:
+                    log.warning("job %s: left running; the next start queues it again", job_id)
+                    return False
+                if what == "done" and not isinstance(e, SourceBusy) and failures >= DONE_ATTEMPTS:
+                    return False
+                await self._pause(failures)
+
+    async def _failed(self, job_id: int, message: str) -> None:
+        await self._record(job_id, "failed", lambda: self.source.on_failed(job_id, message))
+
+    async def _cancelled(self, job_id: int) -> None:
+        await self._record(job_id, "cancelled", lambda: self.source.on_cancelled(job_id))
+
+    async def _done(self, job_id: int, saved: list[SavedImage]) -> None:
+        if not await self._record(job_id, "done", lambda: self.source.on_done(job_id, saved)) and not self._stopping:
+            # The store refuses these images for good (a bug, not a busy database): fail the job
+            # rather than leave it running.
+            await self._failed(job_id, "The images were made but could not be recorded.")
 
     async def _run_job(self, item: WorkItem) -> None:
         loop = asyncio.get_running_loop()
@@ -154,7 +249,7 @@ class GpuWorker:
             try:
                 backend = await self.load_model(item.spec)
             except ModelLoadError as e:
-                await self.source.on_failed(item.job_id, f"The model {item.spec.name} could not be loaded: {e}")
+                await self._failed(item.job_id, f"The model {item.spec.name} could not be loaded: {e}")
                 return
 
             def report(progress: StepProgress) -> None:
@@ -164,21 +259,18 @@ class GpuWorker:
                 images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token))
             except GenerationCancelled:
                 if not self._stopping:  # a shutdown is not the user's cancellation
-                    await self.source.on_cancelled(item.job_id)
+                    await self._cancelled(item.job_id)
                 return
             except InvalidOutputError as e:
-                await self.source.on_failed(
-                    item.job_id, f"The model produced an unusable image ({e}). Try another seed or prompt."
-                )
+                message = f"The model produced an unusable image ({e}). Try another seed or prompt."
+                await self._failed(item.job_id, message)
                 return
             except Exception as e:
                 if is_out_of_memory(e):
-                    await self.source.on_failed(
-                        item.job_id, "Out of GPU memory, even one image at a time. Try a smaller size."
-                    )
+                    await self._failed(item.job_id, "Out of GPU memory, even one image at a time. Try a smaller size.")
                 else:
                     log.error("job %s failed", item.job_id, exc_info=e)
-                    await self.source.on_failed(item.job_id, f"Generation failed ({type(e).__name__}).")
+                    await self._failed(item.job_id, f"Generation failed ({type(e).__name__}).")
                 return
         finally:
             self._running = None
@@ -224,21 +316,36 @@ class GpuWorker:
         return images
 
     async def _save(self, item: WorkItem, images: list[Image.Image]) -> None:
+        """Write the images, then record the outcome. Only a failed write fails the job; a failed record
+        is retried (the images are on disk)."""
         try:
             loop = asyncio.get_running_loop()
-            saved = await loop.run_in_executor(self._io, self._encode_and_write, item, images)
-            await self.source.on_done(item.job_id, saved)
-        except Exception as e:
-            log.error("job %s: saving failed", item.job_id, exc_info=e)
-            await self.source.on_failed(item.job_id, "The images could not be saved.")
+            try:
+                saved = await loop.run_in_executor(self._io, self._encode_and_write, item, images)
+            except Exception as e:
+                if isinstance(e, OSError):  # a full disk, a read-only folder: the reason says it all
+                    log.error("job %s: saving failed: %s", item.job_id, e)
+                else:
+                    log.error("job %s: saving failed", item.job_id, exc_info=e)
+                await self._failed(item.job_id, save_failure(e))
+                return
+            await self._done(item.job_id, saved)
         finally:
             self._save_slots.release()
 
     @staticmethod
     def _encode_and_write(item: WorkItem, images: list[Image.Image]) -> list[SavedImage]:
-        saved = []
-        for index, (image, path) in enumerate(zip(images, item.image_paths, strict=True)):
-            parameters = a1111_parameters(item.params, index, item.spec.name)
-            write_png(path, encode_png(image, parameters))
-            saved.append(SavedImage(index, item.params.seeds[index], path, image.width, image.height, parameters))
+        """On the PNG thread. All or nothing: if one image cannot be written, the ones written before it
+        are removed too (the job fails, and a full disk gets its space back)."""
+        saved: list[SavedImage] = []
+        try:
+            for index, (image, path) in enumerate(zip(images, item.image_paths, strict=True)):
+                parameters = a1111_parameters(item.params, index, item.spec.name)
+                write_png(path, encode_png(image, parameters))
+                saved.append(SavedImage(index, item.params.seeds[index], path, image.width, image.height, parameters))
+        except BaseException:
+            for written in saved:
+                with contextlib.suppress(OSError):
+                    written.path.unlink()
+            raise
         return saved

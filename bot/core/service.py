@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Literal
 
 from bot.config import Config
 from bot.core.audit import AuditLog
-from bot.core.errors import UserError
+from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
+from bot.core.lock import LockError, ProcessLock
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
 from bot.core.settings import GLOBAL, SettingsRepository
-from bot.core.store import Store
+from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, resolve_request
 from inference.cache import ModelCache
@@ -52,17 +53,29 @@ class GenerationService:
         self._queue: JobQueue | None = None
         self._worker: GpuWorker | None = None
         self.interrupted: list[int] = []  # jobs a dead process left running, queued again at start
+        self._opened: contextlib.AsyncExitStack | None = None  # what start() opened; close() closes it
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from inference.device import make_runtime
-        from inference.quiet import silence_library_output
-        from inference.worker import GpuWorker  # torch: loaded by the process that runs the GPU
+        """Lock the data directory, open the store and the tag database, load the queue, start the
+        worker. Raises StartError with a one-line reason; whatever was opened by then is closed again,
+        so a failed start never leaves a thread that keeps the process alive."""
+        from bot.prompts.tags import TagImportError  # the tag index: loaded only by what serves prompts
 
-        await asyncio.to_thread(silence_library_output)  # imports diffusers: seconds, off the loop
+        async with contextlib.AsyncExitStack() as opened:
+            try:
+                await self._open(opened)
+            except (LockError, StoreError, StoreBusy, TagImportError) as e:
+                raise StartError(str(e)) from None
+            self._opened = opened.pop_all()
+
+    async def _open(self, opened: contextlib.AsyncExitStack) -> None:
         config = self.config
+        # First: a second process must not touch (migrate, requeue) the database another one runs.
+        opened.callback(ProcessLock.acquire(config.database).release)
         self._store = await Store.open(config.database)
+        opened.push_async_callback(self._store.close)
         q = config.quotas
         defaults = QuotaLimits(
             images_per_day=q.images_per_day or None,
@@ -71,25 +84,33 @@ class GenerationService:
         )
         self.quotas = Quotas(self._store, defaults)
         self._queue = JobQueue(self._store, self.quotas, config.models, self.events, config.data_dir)
-        if self._cache is None:
-            inf = config.inference
-            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
-            self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
         if config.tags_db.is_file():
             from bot.prompts.tags import TagDatabase
 
             self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
         self.interrupted = await self._queue.start()
+        opened.push_async_callback(self._queue.close)
+
+        # What cannot be used has been found by now (in milliseconds); then the seconds of torch.
+        from inference.device import make_runtime
+        from inference.quiet import silence_library_output
+        from inference.worker import GpuWorker  # torch: loaded by the process that runs the GPU
+
+        await asyncio.to_thread(silence_library_output)  # imports diffusers: seconds, off the loop
+        if self._cache is None:
+            inf = config.inference
+            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
+            self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
         self._worker = (self._worker_class or GpuWorker)(self._queue, self._cache)
         self._worker.start()
+        opened.push_async_callback(self._worker.stop)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            await self._worker.stop()
-        if self._queue is not None:
-            await self._queue.close()
-        if self._store is not None:
-            await self._store.close()
+        """Stop the worker and the queue's announcer, close the store, release the data directory: in that
+        order, each even if an earlier one fails. Safe to call twice, or after a failed start."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await opened.aclose()
 
     @property
     def store(self) -> Store:

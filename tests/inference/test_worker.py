@@ -1,8 +1,10 @@
-"""GpuWorker with scripted backends: the out-of-memory retry and shutting down while the GPU thread is busy."""
+"""GpuWorker with scripted backends: the out-of-memory retry, shutting down while the GPU thread is busy, and
+a JobSource that fails (locked database, full disk): the worker lives on and every outcome is recorded."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 import weakref
 from pathlib import Path
@@ -13,6 +15,7 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.cache import ModelCache
+from inference.png import write_png as real_write_png
 from inference.specs import BuiltinSource, ModelSpec, RuntimeOptions
 from inference.types import (
     CancelToken,
@@ -21,6 +24,7 @@ from inference.types import (
     LoadProgressCallback,
     ProgressCallback,
     SavedImage,
+    SourceBusy,
     StepProgress,
     WorkItem,
 )
@@ -155,3 +159,181 @@ async def test_out_of_memory_twice_fails_the_job(tmp_path: Path, seeds: tuple[in
         await worker.stop()
     assert (outcome, job_id) == ("failed", 7)
     assert "Out of GPU memory" in str(message)
+
+
+# -- the JobSource failing: the worker survives, outcomes are recorded once the store is back ---------
+
+
+class FlakySource(Source):
+    """A Source whose methods raise the scripted errors first (one per call), then work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: dict[str, list[Exception]] = {"next_job": [], "on_done": [], "on_failed": []}
+        self.calls: dict[str, int] = {"next_job": 0, "on_done": 0, "on_failed": 0}
+
+    def _maybe_fail(self, method: str) -> None:
+        self.calls[method] += 1
+        if self.errors[method]:
+            raise self.errors[method].pop(0)
+
+    async def next_job(self) -> WorkItem:
+        got = await self.items.get()
+        self._maybe_fail("next_job")
+        return got
+
+    async def on_done(self, job_id: int, images: list[SavedImage]) -> None:
+        self._maybe_fail("on_done")
+        await super().on_done(job_id, images)
+
+    async def on_failed(self, job_id: int, message: str) -> None:
+        self._maybe_fail("on_failed")
+        await super().on_failed(job_id, message)
+
+
+def flaky_worker(tmp_path: Path, backend: Scripted) -> tuple[GpuWorker, FlakySource]:
+    def loader(spec: ModelSpec, runtime: RuntimeOptions, progress: LoadProgressCallback | None) -> Backend:
+        return backend
+
+    source = FlakySource()
+    cache = ModelCache(RuntimeOptions(device="cpu", dtype=None, cache_dir=tmp_path), loader=loader)
+    return GpuWorker(source, cache, retry=(0.01, 0.05)), source
+
+
+def nothing(params: GenerationParams) -> None:
+    pass
+
+
+async def test_a_failed_claim_does_not_stop_the_worker(tmp_path: Path) -> None:
+    worker, source = flaky_worker(tmp_path, Scripted(nothing))
+    source.errors["next_job"] = [SourceBusy("database is locked"), RuntimeError("disk I/O error")]
+    worker.start()
+    try:
+        for job_id in (1, 2, 3):  # the first two claims fail (their items are lost to the fake: no matter)
+            await source.items.put(item(tmp_path, job_id, (job_id,)))
+        outcome, job_id, _ = await asyncio.wait_for(source.finished.get(), 30)
+    finally:
+        await worker.stop()
+    assert (outcome, job_id) == ("done", 3)
+    assert source.calls["next_job"] >= 3
+
+
+async def test_an_outcome_that_cannot_be_recorded_yet_is_retried_until_it_is(tmp_path: Path) -> None:
+    """A locked database when the images are ready: the job ends done with them, not failed."""
+    worker, source = flaky_worker(tmp_path, Scripted(nothing))
+    source.errors["on_done"] = [SourceBusy("database is locked")] * 4
+    worker.start()
+    try:
+        await source.items.put(item(tmp_path, 1, (1, 2)))
+        outcome, job_id, images = await asyncio.wait_for(source.finished.get(), 30)
+        await source.items.put(item(tmp_path, 2, (3,)))  # and the worker goes on
+        second = await asyncio.wait_for(source.finished.get(), 30)
+    finally:
+        await worker.stop()
+    assert (outcome, job_id) == ("done", 1)
+    assert [saved.path.is_file() for saved in images] == [True, True]  # type: ignore[attr-defined]
+    assert source.calls["on_done"] == 6 and source.calls["on_failed"] == 0
+    assert second[:2] == ("done", 2)
+
+
+async def test_a_failure_that_cannot_be_recorded_yet_is_retried_and_the_worker_goes_on(tmp_path: Path) -> None:
+    def boom(params: GenerationParams) -> None:
+        if params.seeds == (1,):
+            raise ValueError("broken")
+
+    worker, source = flaky_worker(tmp_path, Scripted(boom))
+    source.errors["on_failed"] = [SourceBusy("database or disk is full"), RuntimeError("disk I/O error")]
+    worker.start()
+    try:
+        await source.items.put(item(tmp_path, 1, (1,)))
+        await source.items.put(item(tmp_path, 2, (2,)))
+        first = await asyncio.wait_for(source.finished.get(), 30)
+        second = await asyncio.wait_for(source.finished.get(), 30)
+    finally:
+        await worker.stop()
+    assert first == ("failed", 1, "Generation failed (ValueError).")
+    assert second[:2] == ("done", 2)
+
+
+async def test_done_refused_for_good_fails_the_job_instead_of_leaving_it_running(tmp_path: Path) -> None:
+    worker, source = flaky_worker(tmp_path, Scripted(nothing))
+    source.errors["on_done"] = [RuntimeError("a bug in the store")] * 50
+    worker.start()
+    try:
+        await source.items.put(item(tmp_path, 1, (1,)))
+        outcome, job_id, message = await asyncio.wait_for(source.finished.get(), 30)
+    finally:
+        await worker.stop()
+    assert (outcome, job_id, message) == ("failed", 1, "The images were made but could not be recorded.")
+
+
+async def test_stop_does_not_wait_for_a_store_that_stays_locked(tmp_path: Path) -> None:
+    worker, source = flaky_worker(tmp_path, Scripted(nothing))
+    worker.retry = (3600.0, 3600.0)  # a pause stop() must cut short
+    source.errors["on_done"] = [SourceBusy("database is locked")] * 1000
+    worker.start()
+    await source.items.put(item(tmp_path, 1, (1,)))
+    while source.calls["on_done"] == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(worker.stop(), 30)
+    assert source.finished.empty()  # left running: the next start queues it again
+
+
+def failing_write(fail_at: int, error: OSError) -> object:
+    """A write_png that writes `fail_at` files, then writes part of the next and raises `error`."""
+    calls = [0]
+
+    def write(path: Path, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] <= fail_at:
+            real_write_png(path, data)
+            return
+        part = path.with_name(path.name + ".part")
+        part.write_bytes(data[: len(data) // 2])
+        try:
+            raise error
+        finally:
+            part.unlink()  # what write_png does on failure (tested in test_png_write_cleans_up_on_failure)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "The images could not be saved: the disk is full."),
+        (
+            OSError(errno.EROFS, "Read-only file system"),
+            "The images could not be saved: the images folder cannot be written to.",
+        ),
+        (OSError(errno.EIO, "Input/output error"), "The images could not be saved (Input/output error)."),
+    ],
+)
+async def test_a_failed_write_fails_the_job_with_a_clear_reason_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, reason: str
+) -> None:
+    monkeypatch.setattr("inference.worker.write_png", failing_write(1, error))
+    worker, source = flaky_worker(tmp_path, Scripted(nothing))
+    worker.start()
+    try:
+        await source.items.put(item(tmp_path, 1, (1, 2, 3)))
+        outcome, job_id, message = await asyncio.wait_for(source.finished.get(), 30)
+        await source.items.put(item(tmp_path, 2, (4,)))  # the worker lives on
+        second = await asyncio.wait_for(source.finished.get(), 30)
+    finally:
+        await worker.stop()
+    assert (outcome, job_id, message) == ("failed", 1, reason)
+    assert second[:2] == ("failed", 2)  # the fake disk is still full
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".png", ".part")) == []
+
+
+def test_png_write_cleans_up_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match="No space"):
+        real_write_png(tmp_path / "a.png", b"x" * 100)
+    assert list(tmp_path.iterdir()) == []
