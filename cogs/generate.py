@@ -68,60 +68,40 @@ class Generate(commands.Cog):
         count: int = 1,
     ) -> None:
         async with InTime(interaction) as reply:  # in time, however slow the store (a lock held elsewhere)
-            await self._generate(
-                interaction, reply, prompt, negative, quality, year, rating, artist, aspect, seed, steps, cfg, count
+            bot = self.bot
+            guild_id = guild_key(interaction)
+            model = await bot.service.active_model(guild_id)
+            nsfw_allowed = channel_allows_nsfw(interaction.channel)
+            # The content policy decides in the service (resolve_request): nsfw ratings, banned words, SFW
+            # negatives. Refusals come back as UserError, answered ephemerally by the error handler.
+            choices = PromptChoices(prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist)
+            request = GenerationRequest(
+                model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
             )
-
-    async def _generate(
-        self,
-        interaction: discord.Interaction,
-        reply: InTime,
-        prompt: str,
-        negative: str | None = None,
-        quality: str | None = None,
-        year: str | None = None,
-        rating: str | None = None,
-        artist: str | None = None,
-        aspect: str | None = None,
-        seed: int | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        count: int = 1,
-    ) -> None:
-        bot = self.bot
-        guild_id = guild_key(interaction)
-        model = await bot.service.active_model(guild_id)
-        nsfw_allowed = channel_allows_nsfw(interaction.channel)
-        # The content policy decides in the service (resolve_request): nsfw ratings, banned words, SFW
-        # negatives. Refusals come back as UserError, answered ephemerally by the error handler.
-        choices = PromptChoices(prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist)
-        request = GenerationRequest(
-            model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
-        )
-        user = interaction.user
-        locale = locale_of(interaction)
-        job = await retry_busy(  # a busy store is tried again; the user sees "thinking…" meanwhile
-            lambda: bot.service.submit(
-                request,
-                owner_key(user),
-                owner_name=user.display_name,
-                guild_id=guild_id,
-                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-                role_ids=role_ids(user),
-                exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
-                locale=locale,
+            user = interaction.user
+            locale = locale_of(interaction)
+            job = await retry_busy(  # a busy store is tried again; the user sees "thinking…" meanwhile
+                lambda: bot.service.submit(
+                    request,
+                    owner_key(user),
+                    owner_name=user.display_name,
+                    guild_id=guild_id,
+                    channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+                    role_ids=role_ids(user),
+                    exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
+                    locale=locale,
+                )
             )
-        )
-        position = await bot.service.position(job.id) or 1
-        target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-        text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
-        try:
-            await reply.send(text)
-        except discord.HTTPException:
-            target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
-            raise
-        finally:
-            bot.deliveries.start(job, target)  # the job is queued: its result comes in any case
+            position = await bot.service.position(job.id) or 1
+            target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
+            text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
+            try:
+                await reply.send(text)
+            except discord.HTTPException:
+                target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
+                raise
+            finally:
+                bot.deliveries.start(job, target)  # the job is queued: its result comes in any case
 
     @generate.autocomplete("quality")
     async def _quality(self, interaction: discord.Interaction, current: str) -> list[Choice]:

@@ -1,11 +1,12 @@
 """Shared by the property and fuzz tests: bounded counts in CI, a long run by hand.
 
-    ANIMEBOT_FUZZ_LONG=1 PYTHONPATH=$PWD python -m pytest -q tests/bot/prompts/test_properties.py \\
+    python -m pytest -q --long tests/bot/prompts/test_properties.py \\
         tests/inference/test_prompt_weighting_properties.py tests/bot/test_cli_input.py \\
-        tests/cogs/test_generate_fuzz.py
+        tests/bot/test_cli_fuzz.py tests/cogs/test_generate_fuzz.py tests/bot/core/test_crash.py
 
-raises every count (hypothesis examples x50, Discord fuzz rounds x20) and, for the Discord fuzz, draws a new
-random seed (printed, so a failure can be replayed with ANIMEBOT_FUZZ_SEED=<seed>)."""
+`--long` (or ANIMEBOT_FUZZ_LONG=1) raises every count (hypothesis examples x50, Discord fuzz rounds x20,
+crash rounds 5 → 40) and, for the Discord fuzz and the crash test, draws a new random seed (printed, so a
+failure can be replayed with ANIMEBOT_FUZZ_SEED=<seed>)."""
 
 from __future__ import annotations
 
