@@ -94,7 +94,7 @@ class Generate(commands.Cog):
             )
             position = await bot.service.position(job.id) or 1
             target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-            text = render("queued", locale, job_id=job.id, position=position, prompt=prompt[:200])
+            text = render("queued", locale, job_id=job.id, position=position, prompt=job.request.choices.prompt[:200])
             try:
                 await reply.send(text)
             except discord.HTTPException:

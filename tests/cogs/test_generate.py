@@ -386,3 +386,15 @@ async def test_control_characters_never_reach_the_png(make_bot: BotFactory) -> N
         prompt, negative, _ = parameters.split("\n")  # the A1111 layout: no line break but its own two
         assert not any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 or ch == "\u200b" for ch in prompt + negative)
         assert prompt == "1girl, smile [31m, hat" and ", odd hands, " in negative
+
+
+async def test_the_acknowledgement_echoes_the_normalized_prompt(make_bot: BotFactory) -> None:
+    """What the queued message shows is the text the policy judged and the model gets, not the raw input."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await alice.slash(channel, "generate", prompt="ｈａｔ\u200b, 1gi\u00adrl\x07", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        first = str(requests(env, "POST", "/callback")[0].json)
+        assert f"#{job.id} queued (position 1): hat, 1girl" in first, first
+        await finish(env, bot, job.id)
