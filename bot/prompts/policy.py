@@ -36,7 +36,7 @@ from typing import Literal
 from bot.core.errors import UserError
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import Choices, Dialect, available_dialects, load_choices, load_dialect
-from inference.prompt_weighting import parse_weighted
+from inference.prompt_weighting import parse_weighted, strip_weighting
 
 VERDICT_VERSION = 1
 
@@ -301,10 +301,14 @@ class ContentPolicy:
         reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused."""
         # A negative weight in the negative prompt asks for the thing: `(nsfw:-1.5)` there is read as asked.
         negated = ", ".join(piece for piece, weight in parse_weighted(fields.negative) if weight < 0)
-        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, negated)
+        # The built prompt as the model also reads it, weighting stripped (SDXL's pooled embedding, and the
+        # whole text when no weighting is needed): `(ex:1.1)plicit` there is `explicit`.
+        plain = strip_weighting(built_prompt)
+        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, plain, negated)
         positive = [_read(t) for t in texts if t]
         rating = _read(fields.rating or "")
-        word = _banned_in(banned_words, [*positive, _read(fields.negative), rating])
+        negative = [_read(t) for t in {fields.negative, strip_weighting(fields.negative)} if t]
+        word = _banned_in(banned_words, [*positive, *negative, rating])
         if word is not None:
             raise UserError("banned_word", word=word)
         found: set[str] = set()

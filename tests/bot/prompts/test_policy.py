@@ -214,3 +214,18 @@ def test_autocomplete_asks_the_policy() -> None:
 
 def test_assess_never_refuses() -> None:
     assert content_policy().assess(PolicyFields("1girl, ｅｘｐｌｉｃｉｔ")).nsfw
+
+
+@pytest.mark.parametrize(
+    "prompt", ["1girl, (ex:1.1)plicit", "1girl, [ex]plicit", "1girl, (n)sfw, smile", "1girl, ((ex))(plicit:1.2)"]
+)
+def test_a_word_split_by_weighting_is_read_as_the_model_reads_it(prompt: str) -> None:
+    """The SDXL backend gives the model the prompt with its weighting stripped (`strip_weighting`: its pooled
+    embedding, and the whole text when no weighting is needed): `(ex:1.1)plicit` is `explicit` there."""
+    with pytest.raises(UserError) as err:
+        resolve(PromptChoices(prompt))
+    assert err.value.key == "nsfw_not_allowed"
+    for choices in (PromptChoices("1girl, (forbid:1.1)den"), PromptChoices("1girl", negative="[forbid]den")):
+        with pytest.raises(UserError) as banned:
+            resolve(choices, nsfw_allowed=True, banned=("forbidden",))
+        assert banned.value.key == "banned_word"
