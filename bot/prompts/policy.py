@@ -130,11 +130,6 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(fold(text)))
 
 
-def piece_words(text: str) -> list[tuple[str, ...]]:
-    """The words of each comma-separated piece (tag) of a text, folded first."""
-    return [tuple(_WORD.findall(piece)) for piece in _PIECE_SEPARATORS.split(fold(text))]
-
-
 def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     n = len(needle)
     return n > 0 and any(tuple(haystack[i : i + n]) == tuple(needle) for i in range(len(haystack) - n + 1))
@@ -142,8 +137,9 @@ def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
 
 @dataclass(frozen=True)
 class _Reading:
-    """A text read for matching: its pieces as words, every word, and each piece squeezed to its letters
-    and digits (`e x p l i c i t` and `ex-plicit` both give `explicit`)."""
+    """A text read for matching: its pieces as words, every word, and each piece, each space-separated
+    token and each run of one-letter words squeezed to its letters and digits (`e x p l i c i t` and
+    `ex-plicit` both give `explicit`, alone or within a sentence)."""
 
     pieces: tuple[tuple[str, ...], ...]
     words: frozenset[str]
@@ -157,8 +153,22 @@ class _Reading:
 
 
 def _read(text: str) -> _Reading:
-    pieces = tuple(p for p in piece_words(text) if p)
-    return _Reading(pieces, frozenset(w for p in pieces for w in p), frozenset("".join(p) for p in pieces))
+    raw = _PIECE_SEPARATORS.split(fold(text))
+    pieces = tuple(p for p in (tuple(_WORD.findall(r)) for r in raw) if p)
+    squeezed = {"".join(p) for p in pieces}
+    # Within a tag or a sentence too: each space-separated token (`ex-plicit`, `n.s.f.w`), and each run of
+    # one-letter words (`e x p l i c i t`).
+    squeezed.update("".join(w) for r in raw for w in map(_WORD.findall, r.split()) if len(w) > 1)
+    for piece in pieces:
+        run: list[str] = []
+        for word in (*piece, ""):
+            if len(word) == 1:
+                run.append(word)
+                continue
+            if len(run) > 1:
+                squeezed.add("".join(run))
+            run = []
+    return _Reading(pieces, frozenset(w for p in pieces for w in p), frozenset(squeezed))
 
 
 # --- the verdict ------------------------------------------------------------------------------

@@ -229,3 +229,18 @@ def test_a_word_split_by_weighting_is_read_as_the_model_reads_it(prompt: str) ->
         with pytest.raises(UserError) as banned:
             resolve(choices, nsfw_allowed=True, banned=("forbidden",))
         assert banned.value.key == "banned_word"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["1girl ex-plicit smile", "a girl, smiling, e x p l i c i t art", "a girl in n.s.f.w style", "1girl nѕ-fw"],
+)
+def test_a_split_word_inside_a_longer_tag_or_sentence(prompt: str) -> None:
+    """Squeezing is not only for a whole tag: a word split by punctuation, or spelled out letter by letter,
+    within a sentence (Anima reads sentences) is read too."""
+    with pytest.raises(UserError) as err:
+        resolve(PromptChoices(prompt))
+    assert err.value.key == "nsfw_not_allowed"
+    with pytest.raises(UserError) as banned:
+        resolve(PromptChoices("a girl with a f-o-r-b-i-d-d-e-n sign"), nsfw_allowed=True, banned=("forbidden",))
+    assert banned.value.key == "banned_word"
