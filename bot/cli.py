@@ -190,7 +190,7 @@ class _TerminalProgress:
 def _generate(args: argparse.Namespace, config: Config) -> int:
     request = _request(args, config)
     if args.dry_run:
-        resolved = resolve_request(request, config.models, _open_tags(config))
+        resolved = resolve_request(request, config.models, _open_tags(config), config.discord.banned_words)
         print(_json_text(dry_run_json(resolved)))
         return 0
     if args.out is not None:
