@@ -39,7 +39,7 @@ def _whole_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        if text.strip().lstrip("+-").isdigit():  # more digits than int() reads (4,300)
+        if text.strip().lstrip("+-").isdecimal():  # more digits than int() reads (4,300)
             raise argparse.ArgumentTypeError(f"number too large: {_shown(text)}") from None
         raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}") from None
     return value
