@@ -121,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _open_tags(config: Config) -> TagDatabase | None:
     """The tag database if one was imported, else None (the builder then keeps tag order as typed).
     CliError if it cannot be used (not a tag database, another schema version)."""
-    if not config.tags_db.is_file():
-        return None
+    try:
+        if not config.tags_db.is_file():
+            return None
+    except OSError as e:  # a name the OS cannot even look up (too long)
+        raise CliError(f"tag database {config.tags_db}: {e.strerror or e}") from None
     try:
         return TagDatabase.open(config.tags_db)
     except TagDatabaseBusy as e:
