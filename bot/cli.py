@@ -194,23 +194,13 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
     request = _request(args, config)
     if args.dry_run:
         resolved = resolve_request(request, config.models, _open_tags(config), config.discord.banned_words)
-        print(_json_text(dry_run_json(resolved)))
+        # Valid UTF-8 whatever the input: resolve_request normalized every text (lone surrogates → U+FFFD).
+        print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
         return 0
     if args.out is not None:
         _prepare_out_dir(args.out)
     config.ensure_data_dir()
     return asyncio.run(_generate_through_queue(request, args.out, config))
-
-
-def _json_text(data: dict[str, object]) -> str:
-    """Readable JSON; if some text cannot be written as UTF-8 (a lone surrogate from an undecodable
-    argument), \\u escapes instead, so the output is always valid UTF-8 and valid JSON."""
-    text = json.dumps(data, ensure_ascii=False, indent=2)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(data, ensure_ascii=True, indent=2)
-    return text
 
 
 def _prepare_out_dir(out: Path) -> None:
