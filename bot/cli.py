@@ -39,7 +39,7 @@ def _whole_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        if text.strip().lstrip("+-").isdigit():  # more digits than int() reads (4,300)
+        if text.strip().lstrip("+-").isdecimal():  # more digits than int() reads (4,300)
             raise argparse.ArgumentTypeError(f"number too large: {_shown(text)}") from None
         raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}") from None
     return value
@@ -121,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _open_tags(config: Config) -> TagDatabase | None:
     """The tag database if one was imported, else None (the builder then keeps tag order as typed).
     CliError if it cannot be used (not a tag database, another schema version)."""
-    if not config.tags_db.is_file():
-        return None
+    try:
+        if not config.tags_db.is_file():
+            return None
+    except OSError as e:  # a name the OS cannot even look up (too long)
+        raise CliError(f"tag database {config.tags_db}: {e.strerror or e}") from None
     try:
         return TagDatabase.open(config.tags_db)
     except TagDatabaseBusy as e:
@@ -190,24 +193,14 @@ class _TerminalProgress:
 def _generate(args: argparse.Namespace, config: Config) -> int:
     request = _request(args, config)
     if args.dry_run:
-        resolved = resolve_request(request, config.models, _open_tags(config))
-        print(_json_text(dry_run_json(resolved)))
+        resolved = resolve_request(request, config.models, _open_tags(config), config.discord.banned_words)
+        # Valid UTF-8 whatever the input: resolve_request normalized every text (lone surrogates → U+FFFD).
+        print(json.dumps(dry_run_json(resolved), ensure_ascii=False, indent=2))
         return 0
     if args.out is not None:
         _prepare_out_dir(args.out)
     config.ensure_data_dir()
     return asyncio.run(_generate_through_queue(request, args.out, config))
-
-
-def _json_text(data: dict[str, object]) -> str:
-    """Readable JSON; if some text cannot be written as UTF-8 (a lone surrogate from an undecodable
-    argument), \\u escapes instead, so the output is always valid UTF-8 and valid JSON."""
-    text = json.dumps(data, ensure_ascii=False, indent=2)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(data, ensure_ascii=True, indent=2)
-    return text
 
 
 def _prepare_out_dir(out: Path) -> None:

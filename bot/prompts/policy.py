@@ -36,7 +36,7 @@ from typing import Literal
 from bot.core.errors import UserError
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import Choices, Dialect, available_dialects, load_choices, load_dialect
-from inference.prompt_weighting import parse_weighted
+from inference.prompt_weighting import parse_weighted, strip_weighting
 
 VERDICT_VERSION = 1
 
@@ -130,11 +130,6 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(fold(text)))
 
 
-def piece_words(text: str) -> list[tuple[str, ...]]:
-    """The words of each comma-separated piece (tag) of a text, folded first."""
-    return [tuple(_WORD.findall(piece)) for piece in _PIECE_SEPARATORS.split(fold(text))]
-
-
 def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     n = len(needle)
     return n > 0 and any(tuple(haystack[i : i + n]) == tuple(needle) for i in range(len(haystack) - n + 1))
@@ -142,8 +137,9 @@ def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
 
 @dataclass(frozen=True)
 class _Reading:
-    """A text read for matching: its pieces as words, every word, and each piece squeezed to its letters
-    and digits (`e x p l i c i t` and `ex-plicit` both give `explicit`)."""
+    """A text read for matching: its pieces as words, every word, and each piece, each space-separated
+    token and each run of one-letter words squeezed to its letters and digits (`e x p l i c i t` and
+    `ex-plicit` both give `explicit`, alone or within a sentence)."""
 
     pieces: tuple[tuple[str, ...], ...]
     words: frozenset[str]
@@ -157,8 +153,22 @@ class _Reading:
 
 
 def _read(text: str) -> _Reading:
-    pieces = tuple(p for p in piece_words(text) if p)
-    return _Reading(pieces, frozenset(w for p in pieces for w in p), frozenset("".join(p) for p in pieces))
+    raw = _PIECE_SEPARATORS.split(fold(text))
+    pieces = tuple(p for p in (tuple(_WORD.findall(r)) for r in raw) if p)
+    squeezed = {"".join(p) for p in pieces}
+    # Within a tag or a sentence too: each space-separated token (`ex-plicit`, `n.s.f.w`), and each run of
+    # one-letter words (`e x p l i c i t`).
+    squeezed.update("".join(w) for r in raw for w in map(_WORD.findall, r.split()) if len(w) > 1)
+    for piece in pieces:
+        run: list[str] = []
+        for word in (*piece, ""):
+            if len(word) == 1:
+                run.append(word)
+                continue
+            if len(run) > 1:
+                squeezed.add("".join(run))
+            run = []
+    return _Reading(pieces, frozenset(w for p in pieces for w in p), frozenset(squeezed))
 
 
 # --- the verdict ------------------------------------------------------------------------------
@@ -301,10 +311,14 @@ class ContentPolicy:
         reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused."""
         # A negative weight in the negative prompt asks for the thing: `(nsfw:-1.5)` there is read as asked.
         negated = ", ".join(piece for piece, weight in parse_weighted(fields.negative) if weight < 0)
-        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, negated)
+        # The built prompt as the model also reads it, weighting stripped (SDXL's pooled embedding, and the
+        # whole text when no weighting is needed): `(ex:1.1)plicit` there is `explicit`.
+        plain = strip_weighting(built_prompt)
+        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, plain, negated)
         positive = [_read(t) for t in texts if t]
         rating = _read(fields.rating or "")
-        word = _banned_in(banned_words, [*positive, _read(fields.negative), rating])
+        negative = [_read(t) for t in {fields.negative, strip_weighting(fields.negative)} if t]
+        word = _banned_in(banned_words, [*positive, *negative, rating])
         if word is not None:
             raise UserError("banned_word", word=word)
         found: set[str] = set()

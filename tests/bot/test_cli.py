@@ -187,3 +187,12 @@ def test_an_unusable_tag_database_is_an_error_message(capsys: pytest.CaptureFixt
     for args in (["tags", "search", "ebi"], ["generate", "1girl", "--dry-run"]):
         code, out, err = run(capsys, *args, "--config", str(cfg))
         assert code == 2 and out == "" and "is not a SQLite database" in err, args
+
+
+def test_dry_run_refuses_a_banned_word_as_generate_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The dry run shows what `generate` would do: a banned word of the config is refused there too."""
+    config = tmp_path / "config.toml"
+    config.write_text('data_dir = "d"\n[discord]\nbanned_words = ["forbidden"]\n', encoding="utf-8")
+    code, out, err = run(capsys, "generate", "1girl, ｆｏｒｂｉｄｄｅｎ", "--config", str(config), "--dry-run")
+    assert code == 2 and out == "" and "forbidden" in err
+    assert run(capsys, "generate", "1girl, smile", "--config", str(config), "--dry-run")[0] == 0

@@ -83,6 +83,7 @@ def test_tags_database_set_to_the_main_database(capsys: pytest.CaptureFixture[st
         ("a_file", "a_file exists and is not a folder"),
         ("a_file/inside", "a_file is a file, not a folder"),
         ("/dev/null", "/dev/null exists and is not a folder"),
+        ("n" * 300, "File name too long"),  # the config's own path checks stat it too
     ],
 )
 @pytest.mark.parametrize("command", [["work"], ["generate", "1girl"], ["run"]])
@@ -101,6 +102,17 @@ def test_data_dir_that_is_not_a_folder(
     assert code == 2 and out == ""
     line = one_line_error(err)
     assert f"{config}: data_dir: " in line and message in line
+
+
+@pytest.mark.parametrize("command", [["generate", "1girl", "--dry-run"], ["tags", "search", "ebi"]])
+def test_a_data_dir_name_too_long_to_look_up(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]
+) -> None:
+    """The dry run and the tag search need no data folder, but look for the tag database in it."""
+    config = write_config(tmp_path, f'data_dir = "{"n" * 300}"\n')
+    code, out, err = run(capsys, *command, "--config", str(config))
+    assert code == 2 and out == ""
+    assert "File name too long" in one_line_error(err)
 
 
 # --- --out ----------------------------------------------------------------------------------------

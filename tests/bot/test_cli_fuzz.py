@@ -220,3 +220,12 @@ def test_a_number_too_long_for_int(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
     assert "number too large: '9999" in err and "(5,000 characters)" in err and len(err) < 300
+
+
+@pytest.mark.parametrize("value", ["²", "1²", "⑤"])
+def test_a_digit_that_is_no_decimal_digit_is_not_a_whole_number(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """`²` is a digit to str.isdigit but no number to int(): "not a whole number", not "too large"."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "1girl", "--seed", value, "--dry-run"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"not a whole number: {value!r}" in err

@@ -214,3 +214,33 @@ def test_autocomplete_asks_the_policy() -> None:
 
 def test_assess_never_refuses() -> None:
     assert content_policy().assess(PolicyFields("1girl, ｅｘｐｌｉｃｉｔ")).nsfw
+
+
+@pytest.mark.parametrize(
+    "prompt", ["1girl, (ex:1.1)plicit", "1girl, [ex]plicit", "1girl, (n)sfw, smile", "1girl, ((ex))(plicit:1.2)"]
+)
+def test_a_word_split_by_weighting_is_read_as_the_model_reads_it(prompt: str) -> None:
+    """The SDXL backend gives the model the prompt with its weighting stripped (`strip_weighting`: its pooled
+    embedding, and the whole text when no weighting is needed): `(ex:1.1)plicit` is `explicit` there."""
+    with pytest.raises(UserError) as err:
+        resolve(PromptChoices(prompt))
+    assert err.value.key == "nsfw_not_allowed"
+    for choices in (PromptChoices("1girl, (forbid:1.1)den"), PromptChoices("1girl", negative="[forbid]den")):
+        with pytest.raises(UserError) as banned:
+            resolve(choices, nsfw_allowed=True, banned=("forbidden",))
+        assert banned.value.key == "banned_word"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["1girl ex-plicit smile", "a girl, smiling, e x p l i c i t art", "a girl in n.s.f.w style", "1girl nѕ-fw"],
+)
+def test_a_split_word_inside_a_longer_tag_or_sentence(prompt: str) -> None:
+    """Squeezing is not only for a whole tag: a word split by punctuation, or spelled out letter by letter,
+    within a sentence (Anima reads sentences) is read too."""
+    with pytest.raises(UserError) as err:
+        resolve(PromptChoices(prompt))
+    assert err.value.key == "nsfw_not_allowed"
+    with pytest.raises(UserError) as banned:
+        resolve(PromptChoices("a girl with a f-o-r-b-i-d-d-e-n sign"), nsfw_allowed=True, banned=("forbidden",))
+    assert banned.value.key == "banned_word"
