@@ -88,7 +88,7 @@ class Delivery:
         self.view_factory = view_factory
         self._delivering: set[int] = set()
         self._followed: set[int] = set()  # jobs a task follows now
-        self._sent: set[int] = set()  # results sent by this process (in case recording one failed)
+        self._sent: dict[int, str] = {}  # results sent by this process, and where (in case recording one failed)
         self.record_patience = RECORD_PATIENCE
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
@@ -191,12 +191,15 @@ class Delivery:
         self._delivering.add(job.id)
         try:
             fresh = await self.service.job(job.id)
-            if fresh is None or fresh.delivered or job.id in self._sent:
+            if fresh is None or fresh.delivered:
                 return
-            message = await self._send_result(job, target)
-            if message is not None:
-                self._sent.add(job.id)  # sent: never again from this process, even if recording it fails
-                await self._record_delivery(job.id, f"{message.channel.id}:{message.id}")
+            where = self._sent.get(job.id)  # sent by an earlier try whose recording failed: only record it
+            if where is None:
+                message = await self._send_result(job, target)
+                if message is None:
+                    return
+                where = self._sent[job.id] = f"{message.channel.id}:{message.id}"  # never sent again from here
+            await self._record_delivery(job.id, where)
         finally:
             self._delivering.discard(job.id)
 
