@@ -20,6 +20,7 @@ from bot.core.events import JobEnded, JobProgress, JobQueued, JobStarted, WatchE
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
 from bot.core.service import GenerationService
+from bot.discord_app.acknowledge import retry_while_busy
 from bot.prompts.policy import PolicyFields, content_policy
 
 log = logging.getLogger(__name__)
@@ -205,19 +206,11 @@ class Delivery:
 
     async def _record_delivery(self, job_id: int, where: str) -> None:
         """Mark the job delivered, trying again while the database is busy (a lock held elsewhere)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.record_patience
-        delay = 0.5
-        while True:
-            try:
-                await self.service.mark_delivered(job_id, where)
-                return
-            except StoreBusy:
-                if loop.time() + delay > deadline:
-                    log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        try:
+            await retry_while_busy(lambda: self.service.mark_delivered(job_id, where), self.record_patience)
+        except StoreBusy:
+            log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
+            raise
 
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:
