@@ -333,3 +333,24 @@ async def test_a_failure_after_a_reroll_is_queued_still_delivers_it(
         assert (await bot.service.job(new.id)).delivered  # type: ignore[union-attr]
         posts = [m for m in channel.history() if m.attachments and f"#{new.id}" in m.content]
         assert len(posts) == 1
+
+
+async def test_reroll_reaction_in_an_uncached_channel_keeps_its_server(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 🔄 reaction in a channel the bot has not cached: the channel is fetched, so the new job belongs to the
+    channel's server (whose admins manage it) rather than to none."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        assert job.guild_id is not None
+        cached = bot.get_channel
+        monkeypatch.setattr(bot, "get_channel", lambda id: None if id == channel.id else cached(id))
+
+        await alice.react(message.message, "🔄")
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id
+        assert (new.guild_id, new.channel_id) == (job.guild_id, str(channel.id))
+        new = await finish(env, bot, new.id)
+        assert new.delivered
