@@ -354,3 +354,18 @@ async def test_reroll_reaction_in_an_uncached_channel_keeps_its_server(
         assert (new.guild_id, new.channel_id) == (job.guild_id, str(channel.id))
         new = await finish(env, bot, new.id)
         assert new.delivered
+
+
+async def test_delete_button_says_deleted_only_once_it_is(make_bot: BotFactory) -> None:
+    """Discord refuses the deletion (a missing permission, an outage): the owner is told it went wrong, never
+    that the result was deleted while it still stands."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        env.inject_error("DELETE", "/channels/*/messages/*", status=403, code=50013, message="Missing Permissions")
+        clicked = await alice.click(message, custom_id=f"animebot:delete:{job.id}")
+        assert any(m.id == message.id for m in channel.history())
+        assert clicked.ephemeral and clicked.response is not None
+        answers = [clicked.response.content, *(m.content for m in clicked.followups)]
+        assert "Something went wrong" in " ".join(answers) and not [a for a in answers if "Deleted" in a]
