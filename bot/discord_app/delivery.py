@@ -101,6 +101,7 @@ class Delivery:
         task = asyncio.create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def cancel_all(self) -> None:
@@ -313,6 +314,12 @@ class Delivery:
     async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
         """The job whose result is the given message."""
         return await self.service.job_for_delivery(f"{channel_id}:{message_id}")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A delivery task that died of an exception says so at once (nobody awaits these tasks)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed; what it delivers is tried again at the next start", task.get_name(), exc_info=error)
 
 
 def addressing(user_id: int) -> discord.AllowedMentions:

@@ -254,3 +254,23 @@ async def test_a_delivery_whose_recording_gave_up_is_recorded_by_the_retry(
         assert len(tries) == 2 and await delivered_rows(bot, job.id) == 1
         assert result.response is not None and result.response.attachments
         assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
+
+
+async def test_a_failed_deliver_pending_is_logged_at_once(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """deliver_pending runs in a task nobody awaits: if it dies (the database unreadable), the log says so
+    when it happens, not whenever the task is garbage-collected."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60):
+
+        async def unreadable() -> list[JobRecord]:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(bot.service, "undelivered", unreadable)
+        caplog.clear()
+        await bot.on_ready()
+        await asyncio.wait(pending_tasks(bot))  # waits without retrieving the exception
+        assert "deliver-pending failed" in caplog.text and "disk on fire" in caplog.text
