@@ -33,6 +33,8 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+UNKNOWN_CHANNEL = 10003  # Discord's error code for a deleted channel
+CHANNEL_GONE = "channel gone"  # where a result went whose channel was deleted
 RECORD_PATIENCE = 600.0  # seconds to keep trying to record a sent result while the database is busy
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
@@ -197,10 +199,20 @@ class Delivery:
                 return
             where = self._sent.get(job.id)  # sent by an earlier try whose recording failed: only record it
             if where is None:
-                message = await self._send_result(job, target)
-                if message is None:
-                    return
-                where = self._sent[job.id] = f"{message.channel.id}:{message.id}"  # never sent again from here
+                try:
+                    message = await self._send_result(job, target)
+                except discord.NotFound as error:
+                    if error.code != UNKNOWN_CHANNEL:
+                        raise
+                    # Deleted: nothing can reach it, ever; recorded so that no later start tries again (the
+                    # images stay in the owner's /history).
+                    log.warning("the channel of job %s is gone; its result is not posted", job.id)
+                    where = CHANNEL_GONE
+                else:
+                    if message is None:
+                        return
+                    where = f"{message.channel.id}:{message.id}"
+                self._sent[job.id] = where  # never sent again from this process
             await self._record_delivery(job.id, where)
         finally:
             self._delivering.discard(job.id)

@@ -274,3 +274,26 @@ async def test_a_failed_deliver_pending_is_logged_at_once(
         await bot.on_ready()
         await asyncio.wait(pending_tasks(bot))  # waits without retrieving the exception
         assert "deliver-pending failed" in caplog.text and "disk on fire" in caplog.text
+
+
+async def test_a_result_for_a_deleted_channel_is_settled_once(make_bot: BotFactory) -> None:  # noqa: F811
+    """A result waits for a channel that was deleted meanwhile: Discord answers Unknown Channel. It is
+    recorded as undeliverable, so later starts and reconnects do not ask Discord for that channel again
+    (they would, for every such job, forever); the other results are delivered."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        doomed = 4242  # a channel deleted while the bot was away: Discord knows it no more
+        (lost,) = await finished_while_away(bot, alice.id, doomed, ["1girl"])
+        (fine,) = await finished_while_away(bot, alice.id, channel.id, ["smile"])
+        await bot.on_ready()
+        await asyncio.gather(*pending_tasks(bot))
+        await env.settle()
+        assert len(result_posts(env, channel, fine.id)) == 1
+        assert await delivered_rows(bot, lost.id) == 1
+
+        asked = len([r for r in env.http_requests if f"/channels/{doomed}" in r.path])
+        assert asked >= 1
+        await bot.on_ready()  # a reconnect
+        await asyncio.gather(*pending_tasks(bot))
+        assert len([r for r in env.http_requests if f"/channels/{doomed}" in r.path]) == asked
