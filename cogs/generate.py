@@ -92,16 +92,16 @@ class Generate(commands.Cog):
                     locale=locale,
                 )
             )
-            position = await bot.service.position(job.id) or 1
             target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-            text = render("queued", locale, job_id=job.id, position=position, prompt=job.request.choices.prompt[:200])
-            try:
-                await reply.send(text)
-            except discord.HTTPException:
-                target.failed = True  # not acknowledged (Discord hiccup): the result is posted in the channel
+            try:  # the job is queued: whatever fails from here on, its result comes
+                position = await bot.service.position(job.id) or 1
+                prompt = job.request.choices.prompt[:200]
+                await reply.send(render("queued", locale, job_id=job.id, position=position, prompt=prompt))
+            except BaseException:
+                target.failed = True  # not acknowledged (a Discord hiccup, a bug): the result is posted in the channel
                 raise
             finally:
-                bot.deliveries.start(job, target)  # the job is queued: its result comes in any case
+                bot.deliveries.start(job, target)
 
     @generate.autocomplete("quality")
     async def _quality(self, interaction: discord.Interaction, current: str) -> list[Choice]:

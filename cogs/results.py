@@ -34,7 +34,13 @@ class Results(commands.Cog):
         if job_id is None:
             return
         user = payload.member or self.bot.get_user(payload.user_id) or discord.Object(payload.user_id)
-        channel = self.bot.get_channel(payload.channel_id) or discord.Object(payload.channel_id)
+        channel = self.bot.get_channel(payload.channel_id)
+        if channel is None:  # not cached: its server and nsfw rule come from Discord, never guessed
+            try:
+                channel = await self.bot.fetch_channel(payload.channel_id)
+            except discord.HTTPException as e:
+                log.warning("reaction reroll of job %s: channel %s unreadable (%s)", job_id, payload.channel_id, e)
+                return
         try:
             job = await job_or_error(self.bot, job_id)
             await reroll(self.bot, job_id, cast(discord.abc.User, user), channel, locale=self.locale(job, payload))

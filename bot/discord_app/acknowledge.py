@@ -29,21 +29,30 @@ BUSY_FIRST_DELAY = 0.5  # the first pause between two tries; it doubles up to BU
 BUSY_MAX_DELAY = 15.0
 
 
-async def retry_busy(work: Callable[[], Awaitable[T]]) -> T:
-    """`work()`, tried again while the store is busy; UserError("store_busy") once BUSY_PATIENCE is spent."""
+async def retry_while_busy(work: Callable[[], Awaitable[T]], patience: float | None = None) -> T:
+    """`work()`, tried again with growing pauses while the store is busy; the last StoreBusy once
+    `patience` seconds (default BUSY_PATIENCE) are spent."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BUSY_PATIENCE
+    deadline = loop.time() + (BUSY_PATIENCE if patience is None else patience)
     delay = BUSY_FIRST_DELAY
     while True:
         try:
             return await work()
         except StoreBusy as error:
             if loop.time() + delay > deadline:
-                log.error("the database stayed busy; a request was refused (%s)", error)
-                raise UserError("store_busy") from None
+                raise
             log.warning("the database is busy (%s); trying again in %.1f s", error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_MAX_DELAY)
+
+
+async def retry_busy(work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, tried again while the store is busy; UserError("store_busy") once BUSY_PATIENCE is spent."""
+    try:
+        return await retry_while_busy(work)
+    except StoreBusy as error:
+        log.error("the database stayed busy; a request was refused (%s)", error)
+        raise UserError("store_busy") from None
 
 
 class InTime:

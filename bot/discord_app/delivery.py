@@ -20,6 +20,7 @@ from bot.core.events import JobEnded, JobProgress, JobQueued, JobStarted, WatchE
 from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
 from bot.core.service import GenerationService
+from bot.discord_app.acknowledge import retry_while_busy
 from bot.prompts.policy import PolicyFields, content_policy
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 # After a failed delivery (Discord down, a missing permission): try again after these pauses, then leave
 # the job undelivered for the next start (deliver_pending).
 RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+UNKNOWN_CHANNEL = 10003  # Discord's error code for a deleted channel
+CHANNEL_GONE = "channel gone"  # where a result went whose channel was deleted
 RECORD_PATIENCE = 600.0  # seconds to keep trying to record a sent result while the database is busy
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
@@ -88,7 +91,7 @@ class Delivery:
         self.view_factory = view_factory
         self._delivering: set[int] = set()
         self._followed: set[int] = set()  # jobs a task follows now
-        self._sent: set[int] = set()  # results sent by this process (in case recording one failed)
+        self._sent: dict[int, str] = {}  # results sent by this process, and where (in case recording one failed)
         self.record_patience = RECORD_PATIENCE
         self.tasks: set[asyncio.Task[None]] = set()
         self.progress_interval = PROGRESS_INTERVAL
@@ -100,6 +103,7 @@ class Delivery:
         task = asyncio.create_task(work, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def cancel_all(self) -> None:
@@ -191,30 +195,35 @@ class Delivery:
         self._delivering.add(job.id)
         try:
             fresh = await self.service.job(job.id)
-            if fresh is None or fresh.delivered or job.id in self._sent:
+            if fresh is None or fresh.delivered:
                 return
-            message = await self._send_result(job, target)
-            if message is not None:
-                self._sent.add(job.id)  # sent: never again from this process, even if recording it fails
-                await self._record_delivery(job.id, f"{message.channel.id}:{message.id}")
+            where = self._sent.get(job.id)  # sent by an earlier try whose recording failed: only record it
+            if where is None:
+                try:
+                    message = await self._send_result(job, target)
+                except discord.NotFound as error:
+                    if error.code != UNKNOWN_CHANNEL:
+                        raise
+                    # Deleted: nothing can reach it, ever; recorded so that no later start tries again (the
+                    # images stay in the owner's /history).
+                    log.warning("the channel of job %s is gone; its result is not posted", job.id)
+                    where = CHANNEL_GONE
+                else:
+                    if message is None:
+                        return
+                    where = f"{message.channel.id}:{message.id}"
+                self._sent[job.id] = where  # never sent again from this process
+            await self._record_delivery(job.id, where)
         finally:
             self._delivering.discard(job.id)
 
     async def _record_delivery(self, job_id: int, where: str) -> None:
         """Mark the job delivered, trying again while the database is busy (a lock held elsewhere)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.record_patience
-        delay = 0.5
-        while True:
-            try:
-                await self.service.mark_delivered(job_id, where)
-                return
-            except StoreBusy:
-                if loop.time() + delay > deadline:
-                    log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        try:
+            await retry_while_busy(lambda: self.service.mark_delivered(job_id, where), self.record_patience)
+        except StoreBusy:
+            log.error("job %s was delivered but the database stayed busy; not recorded", job_id)
+            raise
 
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:
@@ -317,6 +326,12 @@ class Delivery:
     async def job_for_message(self, channel_id: int, message_id: int) -> int | None:
         """The job whose result is the given message."""
         return await self.service.job_for_delivery(f"{channel_id}:{message_id}")
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A delivery task that died of an exception says so at once (nobody awaits these tasks)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed; what it delivers is tried again at the next start", task.get_name(), exc_info=error)
 
 
 def addressing(user_id: int) -> discord.AllowedMentions:

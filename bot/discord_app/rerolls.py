@@ -55,10 +55,10 @@ async def reroll(
             locale=locale,
         )
     )
-    position = await bot.service.position(new.id) or 1
-    text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
-    try:
+    try:  # the new job is queued: whatever fails from here on, its result comes
+        position = await bot.service.position(new.id) or 1
+        text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
         if reply is not None:
             await reply.send(text)
             target.interaction = reply.interaction

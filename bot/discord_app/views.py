@@ -85,9 +85,9 @@ class DeleteButton(_JobButton, template=r"animebot:delete:(?P<job>\d+)"):
         job = await self.job(interaction, bot)
         if not may_manage(bot.config.discord, interaction.user, job):
             raise UserError("not_allowed", job_id=job.id)
-        await reply.send(render("deleted", locale_of(interaction)))
         if interaction.message is not None:
-            await interaction.message.delete()
+            await interaction.message.delete()  # first: "deleted" only once it is
+        await reply.send(render("deleted", locale_of(interaction)))
 
 
 class InfoButton(_JobButton, template=r"animebot:info:(?P<job>\d+)"):

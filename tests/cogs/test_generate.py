@@ -398,3 +398,28 @@ async def test_the_acknowledgement_echoes_the_normalized_prompt(make_bot: BotFac
         first = str(requests(env, "POST", "/callback")[0].json)
         assert f"#{job.id} queued (position 1): hat, 1girl" in first, first
         await finish(env, bot, job.id)
+
+
+async def test_a_failure_after_the_submit_still_delivers_the_queued_job(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is queued, then reading its position fails (a bug, a damaged row): the user gets the short
+    error, and the queued job is still followed, its result posted in the channel (not left for a restart)."""
+    bot = await make_bot()
+
+    async def broken(job_id: int) -> int | None:
+        raise RuntimeError("position on fire")
+
+    async with simcord.run(bot, settle_timeout=60) as env:
+        monkeypatch.setattr(bot.service, "position", broken)
+        channel, (alice,) = server(env, "alice")
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert result.ephemeral and result.response is not None
+        assert "Something went wrong" in result.response.content
+        (job,) = await jobs_of(bot, alice.id)
+        job = await finish(env, bot, job.id)
+        await asyncio.gather(*bot.deliveries.tasks)
+        await env.settle()
+        posts = [m for m in channel.history() if m.attachments and f"<@{alice.id}>" in m.content]
+        assert len(posts) == 1 and job.state.value == "done"
+        assert (await bot.service.job(job.id)).delivered  # type: ignore[union-attr]

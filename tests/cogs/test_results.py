@@ -307,3 +307,65 @@ async def test_failed_delivery_is_tried_again(make_bot: BotFactory) -> None:
         assert len(posts) == 2  # the refused one, then the delivered one
         last = channel.last_message
         assert last is not None and f"<@{alice.id}>" in last.content and last.attachments
+
+
+async def test_a_failure_after_a_reroll_is_queued_still_delivers_it(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reroll is queued, then reading its position fails: the clicker gets the short error, and the new
+    job is still followed, its result posted in the channel (not left for a restart)."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+
+        async def broken(job_id: int) -> int | None:
+            raise RuntimeError("position on fire")
+
+        monkeypatch.setattr(bot.service, "position", broken)
+        clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+        assert clicked.response is not None and "Something went wrong" in clicked.response.content
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id
+        new = await finish(env, bot, new.id)
+        await asyncio.gather(*bot.deliveries.tasks)
+        await env.settle()
+        assert (await bot.service.job(new.id)).delivered  # type: ignore[union-attr]
+        posts = [m for m in channel.history() if m.attachments and f"#{new.id}" in m.content]
+        assert len(posts) == 1
+
+
+async def test_reroll_reaction_in_an_uncached_channel_keeps_its_server(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 🔄 reaction in a channel the bot has not cached: the channel is fetched, so the new job belongs to the
+    channel's server (whose admins manage it) rather than to none."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        assert job.guild_id is not None
+        cached = bot.get_channel
+        monkeypatch.setattr(bot, "get_channel", lambda id: None if id == channel.id else cached(id))
+
+        await alice.react(message.message, "🔄")
+        new = (await jobs_of(bot, alice.id))[0]
+        assert new.reroll_of == job.id
+        assert (new.guild_id, new.channel_id) == (job.guild_id, str(channel.id))
+        new = await finish(env, bot, new.id)
+        assert new.delivered
+
+
+async def test_delete_button_says_deleted_only_once_it_is(make_bot: BotFactory) -> None:
+    """Discord refuses the deletion (a missing permission, an outage): the owner is told it went wrong, never
+    that the result was deleted while it still stands."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        env.inject_error("DELETE", "/channels/*/messages/*", status=403, code=50013, message="Missing Permissions")
+        clicked = await alice.click(message, custom_id=f"animebot:delete:{job.id}")
+        assert any(m.id == message.id for m in channel.history())
+        assert clicked.ephemeral and clicked.response is not None
+        answers = [clicked.response.content, *(m.content for m in clicked.followups)]
+        assert "Something went wrong" in " ".join(answers) and not [a for a in answers if "Deleted" in a]

@@ -223,3 +223,77 @@ async def test_a_busy_database_when_recording_a_delivery_does_not_send_it_twice(
         uploads = [r for r in env.http_requests if r.method == "PATCH" and "attachments" in (r.json or {})]
         assert len(uploads) == 1
         assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
+
+
+async def test_a_delivery_whose_recording_gave_up_is_recorded_by_the_retry(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The result went out, but the database stayed busy past the recording's patience: the follower's retry
+    records it (without sending it again), so the next start does not post it a second time."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        bot.deliveries.retry_delays = (0.01, 0.01)
+        bot.deliveries.record_patience = 0.0  # the first StoreBusy ends the recording's patience
+        channel, (alice,) = server(env, "alice")
+        jobs = bot.service.queue.jobs
+        mark = jobs.mark_delivered
+        tries: list[int] = []
+
+        async def busy_once(job_id: int, target: str = "") -> bool:
+            tries.append(job_id)
+            if len(tries) == 1:
+                raise StoreBusy("database is locked")
+            return await mark(job_id, target)
+
+        monkeypatch.setattr(jobs, "mark_delivered", busy_once)
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        await finish(env, bot, job.id)
+        await asyncio.gather(*bot.deliveries.tasks)
+        assert len(tries) == 2 and await delivered_rows(bot, job.id) == 1
+        assert result.response is not None and result.response.attachments
+        assert not [m for m in channel.history() if m.attachments and m.id != result.response.id]
+
+
+async def test_a_failed_deliver_pending_is_logged_at_once(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """deliver_pending runs in a task nobody awaits: if it dies (the database unreadable), the log says so
+    when it happens, not whenever the task is garbage-collected."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60):
+
+        async def unreadable() -> list[JobRecord]:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(bot.service, "undelivered", unreadable)
+        caplog.clear()
+        await bot.on_ready()
+        await asyncio.wait(pending_tasks(bot))  # waits without retrieving the exception
+        assert "deliver-pending failed" in caplog.text and "disk on fire" in caplog.text
+
+
+async def test_a_result_for_a_deleted_channel_is_settled_once(make_bot: BotFactory) -> None:  # noqa: F811
+    """A result waits for a channel that was deleted meanwhile: Discord answers Unknown Channel. It is
+    recorded as undeliverable, so later starts and reconnects do not ask Discord for that channel again
+    (they would, for every such job, forever); the other results are delivered."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        doomed = 4242  # a channel deleted while the bot was away: Discord knows it no more
+        (lost,) = await finished_while_away(bot, alice.id, doomed, ["1girl"])
+        (fine,) = await finished_while_away(bot, alice.id, channel.id, ["smile"])
+        await bot.on_ready()
+        await asyncio.gather(*pending_tasks(bot))
+        await env.settle()
+        assert len(result_posts(env, channel, fine.id)) == 1
+        assert await delivered_rows(bot, lost.id) == 1
+
+        asked = len([r for r in env.http_requests if f"/channels/{doomed}" in r.path])
+        assert asked >= 1
+        await bot.on_ready()  # a reconnect
+        await asyncio.gather(*pending_tasks(bot))
+        assert len([r for r in env.http_requests if f"/channels/{doomed}" in r.path]) == asked
