@@ -70,6 +70,7 @@ class JobQueue:
         self._wakeup = asyncio.Event()  # a job may be claimable: the worker looks
         self._moved = asyncio.Event()  # positions may have changed: the announcer looks
         self._announced: dict[int, int] = {}  # the last position announced to each followed job
+        self._unrunnable: dict[int, str] = {}  # claimed jobs whose failure is still to be recorded
         self._announcer: asyncio.Task[None] | None = None
         self.announce_interval = ANNOUNCE_INTERVAL
 
@@ -228,6 +229,7 @@ class JobQueue:
     async def claim_next(self, worker_id: str) -> WorkItem | None:
         """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
         waits or the queue is paused. Any number of workers, in this process or others, may call it."""
+        await self._fail_unrunnable()
         if await self.paused():
             return None
         while True:
@@ -237,10 +239,18 @@ class JobQueue:
             self._changed()
             spec = self.models.get(job.model)
             if spec is None:
-                await self.on_failed(job.id, f"The model {job.model} is no longer configured.")
+                self._unrunnable[job.id] = f"The model {job.model} is no longer configured."
+                await self._fail_unrunnable()
                 continue
             self.events.publish(JobStarted(job.id, job.model))
             return WorkItem(job.id, spec, job.params, self._image_paths(job))
+
+    async def _fail_unrunnable(self) -> None:
+        """Record the failures of claimed jobs this process cannot run. One that meets a busy database stays
+        here and raises: the worker asks again after a pause, and the job is failed then, not left running."""
+        for job_id, message in list(self._unrunnable.items()):
+            await self.on_failed(job_id, message)
+            del self._unrunnable[job_id]
 
     def _image_paths(self, job: JobRecord) -> tuple[Path, ...]:
         day = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import parse_config
+from bot.core.errors import StoreBusy
 from bot.core.events import Event, EventBus, JobStarted
 from bot.core.jobs import JobOrigin, JobRepository, JobState
 from bot.core.migrations import MIGRATIONS
@@ -309,4 +310,31 @@ async def test_claim_next_is_what_a_remote_worker_calls(store: Store, tmp_path: 
     assert claimed is not None and tuple(claimed) == ("running", "remote-1", 1)
     assert JobStarted(job.id, "tiny-sdxl") in heard
     assert await queue.claim_next("remote-2") is None
+    await queue.close()
+
+
+async def test_a_claimed_job_whose_model_is_gone_is_failed_even_if_the_first_write_fails(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed job whose model was removed from the config is failed. If that write meets a busy
+    database, the claim raises (the worker pauses and asks again) and the next claim fails the job first:
+    it is never left running with no worker on it."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), {}, EventBus(), config.data_dir)
+    job = await queue.submit(resolved(tmp_path), JobOrigin("u"))
+    fail = queue.jobs.fail
+    busy = [True]
+
+    async def fail_once_busy(job_id: int, message: str) -> bool:
+        if busy.pop() if busy else False:
+            raise StoreBusy("the database is locked by another program")
+        return await fail(job_id, message)
+
+    monkeypatch.setattr(queue.jobs, "fail", fail_once_busy)
+    with pytest.raises(StoreBusy):
+        await queue.claim_next("w")
+    assert await queue.claim_next("w") is None
+    failed = await queue.jobs.get(job.id)
+    assert failed is not None and failed.state == JobState.FAILED
+    assert failed.error == "The model tiny-sdxl is no longer configured."
     await queue.close()
