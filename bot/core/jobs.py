@@ -476,10 +476,6 @@ class JobRepository:
         row = await self.store.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = ?", (job_id,))
         return None if row is None else _job(row)
 
-    async def queued(self) -> list[JobRecord]:
-        rows = await self.store.fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state = 'queued' ORDER BY j.id")
-        return [_job(row) for row in rows]
-
     async def unfinished(self) -> list[JobRecord]:
         """Jobs waiting or running, oldest first."""
         rows = await self.store.fetchall(
