@@ -24,6 +24,16 @@ from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
+UNREADABLE = "This job's stored request could not be read, so it was given up."
+
+
+class UnreadableJob(Exception):
+    """claim_next met a job whose stored row its models cannot read (damaged by hand or by a bug): that job
+    is failed (committed) instead of claimed, so it cannot stop every later claim. Claim again."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: {UNREADABLE}")
+        self.job_id = job_id
 
 
 class JobState(StrEnum):
@@ -259,7 +269,11 @@ class JobRepository:
                 (row["owner_id"],),
             )
             await self._forget_served_if_idle(row["owner_id"])
-            return _job(row)
+            try:
+                return _job(row)
+            except ValueError:  # pydantic's ValidationError, bad JSON, an unknown state
+                await self.fail(int(row["id"]), UNREADABLE)
+        raise UnreadableJob(int(row["id"]))
 
     async def finish(self, job_id: int, images: list[ImageRecord]) -> bool:
         """running → done with its images, once. False (and nothing written) if it was not running."""

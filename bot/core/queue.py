@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bot.core.errors import UserError
 from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
-from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
+from bot.core.jobs import UNREADABLE, ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, UnreadableJob
 from bot.core.quotas import Quotas
 from bot.core.settings import SettingsRepository
 from bot.core.store import Store
@@ -233,7 +233,12 @@ class JobQueue:
         if await self.paused():
             return None
         while True:
-            job = await self.jobs.claim_next(worker_id)
+            try:
+                job = await self.jobs.claim_next(worker_id)
+            except UnreadableJob as e:
+                self._changed()
+                self._finished(e.job_id, JobState.FAILED, UNREADABLE)
+                continue
             if job is None:
                 return None
             self._changed()

@@ -19,8 +19,8 @@ import pytest
 
 from bot.config import parse_config
 from bot.core.errors import StoreBusy
-from bot.core.events import Event, EventBus, JobStarted
-from bot.core.jobs import JobOrigin, JobRepository, JobState
+from bot.core.events import Event, EventBus, JobFinished, JobStarted
+from bot.core.jobs import UNREADABLE, JobOrigin, JobRepository, JobState
 from bot.core.migrations import MIGRATIONS
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas
@@ -337,4 +337,27 @@ async def test_a_claimed_job_whose_model_is_gone_is_failed_even_if_the_first_wri
     failed = await queue.jobs.get(job.id)
     assert failed is not None and failed.state == JobState.FAILED
     assert failed.error == "The model tiny-sdxl is no longer configured."
+    await queue.close()
+
+
+async def test_a_job_whose_stored_parameters_cannot_be_read_is_failed_and_the_queue_goes_on(
+    store: Store, tmp_path: Path
+) -> None:
+    """A row the models cannot read (damaged by hand, or by a bug) is failed, and its end announced, when
+    it is claimed; it must not make every claim fail (rolled back, the same row first again), so that no
+    later job ever runs."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    events = EventBus()
+    heard: list[Event] = []
+    events.listen(heard.append)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), config.models, events, config.data_dir)
+    broken = await queue.submit(resolved(tmp_path, seed=1), JobOrigin("u"))
+    fine = await queue.submit(resolved(tmp_path, seed=2), JobOrigin("v"))
+    await store.execute("UPDATE jobs SET params = '{\"prompt\": 1}' WHERE id = ?", (broken.id,))
+    claimed = await queue.claim_next("w")
+    assert claimed is not None and claimed.job_id == fine.id
+    row = await store.fetchone("SELECT state, error FROM jobs WHERE id = ?", (broken.id,))
+    assert row is not None and tuple(row) == ("failed", UNREADABLE)
+    assert JobFinished(broken.id, "failed", UNREADABLE) in heard
+    assert await queue.claim_next("w") is None
     await queue.close()
