@@ -10,6 +10,7 @@ job is the first entry of the partial index jobs_waiting_in_order and a position
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -24,6 +25,8 @@ from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
+log = logging.getLogger(__name__)
+
 UNREADABLE = "This job's stored request could not be read, so it was given up."
 
 
@@ -197,6 +200,18 @@ def _job(row: Any) -> JobRecord:
         locale=row["locale"],
         verdict=Verdict.from_json(row["verdict"]),
     )
+
+
+def _readable(rows: list[Any]) -> list[JobRecord]:
+    """The jobs of `rows`, without those whose stored row cannot be read (logged): one damaged row must not
+    hide every other job from delivery or from a user's history."""
+    jobs = []
+    for row in rows:
+        try:
+            jobs.append(_job(row))
+        except ValueError:
+            log.exception("job %s: its stored row cannot be read; skipped", row["id"])
+    return jobs
 
 
 def _image(row: Any) -> ImageRecord:
@@ -495,7 +510,7 @@ class JobRepository:
         rows = await self.store.fetchall(
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('queued', 'running') ORDER BY j.id"
         )
-        return [_job(row) for row in rows]
+        return _readable(rows)
 
     async def images(self, job_id: int) -> list[ImageRecord]:
         rows = await self.store.fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
@@ -507,7 +522,7 @@ class JobRepository:
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('done', 'failed') "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) ORDER BY j.id"
         )
-        return [_job(row) for row in rows]
+        return _readable(rows)
 
     async def job_for_delivery(self, target: str) -> int | None:
         """The job whose result was delivered to `target` (frontend-specific, e.g. "channel:message")."""
@@ -521,4 +536,4 @@ class JobRepository:
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.owner_id = ? ORDER BY j.id DESC LIMIT ? OFFSET ?",
             (owner_id, per_page, page * per_page),
         )
-        return [_job(row) for row in rows], total
+        return _readable(rows), total

@@ -361,3 +361,19 @@ async def test_a_job_whose_stored_parameters_cannot_be_read_is_failed_and_the_qu
     assert JobFinished(broken.id, "failed", UNREADABLE) in heard
     assert await queue.claim_next("w") is None
     await queue.close()
+
+
+async def test_an_unreadable_job_does_not_hide_the_others_from_delivery_or_history(
+    store: Store, tmp_path: Path
+) -> None:
+    """Lists of jobs (what delivery reads at every start, a user's history) skip a row that cannot be read,
+    rather than fail as a whole."""
+    jobs = JobRepository(store)
+    broken = await submit(jobs, resolved(tmp_path, seed=1), "u")
+    fine = await submit(jobs, resolved(tmp_path, seed=2), "u")
+    for job_id in (broken, fine):
+        assert await jobs.fail(job_id, "stopped")
+    await store.execute("UPDATE jobs SET request = 'not json' WHERE id = ?", (broken,))
+    assert [job.id for job in await jobs.undelivered()] == [fine]
+    page, total = await jobs.history("u")
+    assert [job.id for job in page] == [fine] and total == 2
