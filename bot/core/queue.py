@@ -160,7 +160,9 @@ class JobQueue:
         exempt: bool = False,
     ) -> JobRecord:
         """Persist the job (and its quota usage) in one transaction, at its fair rank. Raises UserError
-        when a quota refuses it; nothing is written then."""
+        when a quota refuses it, StoreBusy when the database is busy; nothing is written then (the job is
+        read back inside the transaction: a read failing after the commit would have the caller, told
+        "nothing was written", submit it again)."""
         owner_id = origin.owner_id
         async with self.store.transaction():
             await self.jobs.ensure_user(owner_id, origin.owner_name)
@@ -168,10 +170,10 @@ class JobQueue:
                 await self.quotas.check(owner_id, resolved.params.count, role_ids)
             job_id = await self.jobs.insert(resolved, origin, reroll_of)
             await self.quotas.record(owner_id, job_id, resolved.params.count)
+            job = await self.jobs.get(job_id)
+            assert job is not None
         self._wakeup.set()
         self._changed()
-        job = await self.jobs.get(job_id)
-        assert job is not None
         return job
 
     # -- cancelling, pausing ---------------------------------------------------------------------

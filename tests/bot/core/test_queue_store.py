@@ -20,7 +20,7 @@ import pytest
 from bot.config import parse_config
 from bot.core.errors import StoreBusy
 from bot.core.events import Event, EventBus, JobFinished, JobStarted
-from bot.core.jobs import UNREADABLE, JobOrigin, JobRepository, JobState
+from bot.core.jobs import UNREADABLE, JobOrigin, JobRecord, JobRepository, JobState
 from bot.core.migrations import MIGRATIONS
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas
@@ -377,3 +377,27 @@ async def test_an_unreadable_job_does_not_hide_the_others_from_delivery_or_histo
     assert [job.id for job in await jobs.undelivered()] == [fine]
     page, total = await jobs.history("u")
     assert [job.id for job in page] == [fine] and total == 2
+
+
+async def test_a_submit_that_raises_store_busy_wrote_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """StoreBusy promises that nothing was written (the Discord side tries the submit again on it): the job
+    a submit returns is read inside its transaction, so a failed read leaves no job behind to be queued twice."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), config.models, EventBus(), config.data_dir)
+    get = queue.jobs.get
+    busy = [True]
+
+    async def get_once_busy(job_id: int) -> JobRecord | None:
+        if busy.pop() if busy else False:
+            raise StoreBusy("disk I/O error")
+        return await get(job_id)
+
+    monkeypatch.setattr(queue.jobs, "get", get_once_busy)
+    with pytest.raises(StoreBusy):
+        await queue.submit(resolved(tmp_path), JobOrigin("u"))
+    assert await queue.waiting() == 0
+    job = await queue.submit(resolved(tmp_path), JobOrigin("u"))  # the retry
+    assert await queue.order() == [job.id]
+    await queue.close()
