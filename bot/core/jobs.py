@@ -10,6 +10,7 @@ job is the first entry of the partial index jobs_waiting_in_order and a position
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -24,6 +25,18 @@ from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
+log = logging.getLogger(__name__)
+
+UNREADABLE = "This job's stored request could not be read, so it was given up."
+
+
+class UnreadableJob(Exception):
+    """claim_next met a job whose stored row its models cannot read (damaged by hand or by a bug): that job
+    is failed (committed) instead of claimed, so it cannot stop every later claim. Claim again."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: {UNREADABLE}")
+        self.job_id = job_id
 
 
 class JobState(StrEnum):
@@ -189,6 +202,18 @@ def _job(row: Any) -> JobRecord:
     )
 
 
+def _readable(rows: list[Any]) -> list[JobRecord]:
+    """The jobs of `rows`, without those whose stored row cannot be read (logged): one damaged row must not
+    hide every other job from delivery or from a user's history."""
+    jobs = []
+    for row in rows:
+        try:
+            jobs.append(_job(row))
+        except ValueError:
+            log.exception("job %s: its stored row cannot be read; skipped", row["id"])
+    return jobs
+
+
 def _image(row: Any) -> ImageRecord:
     return ImageRecord(
         row["job_id"], row["idx"], row["seed"], row["path"], row["width"], row["height"], row["parameters"]
@@ -259,7 +284,11 @@ class JobRepository:
                 (row["owner_id"],),
             )
             await self._forget_served_if_idle(row["owner_id"])
-            return _job(row)
+            try:
+                return _job(row)
+            except ValueError:  # pydantic's ValidationError, bad JSON, an unknown state
+                await self.fail(int(row["id"]), UNREADABLE)
+        raise UnreadableJob(int(row["id"]))
 
     async def finish(self, job_id: int, images: list[ImageRecord]) -> bool:
         """running → done with its images, once. False (and nothing written) if it was not running."""
@@ -476,16 +505,12 @@ class JobRepository:
         row = await self.store.fetchone(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = ?", (job_id,))
         return None if row is None else _job(row)
 
-    async def queued(self) -> list[JobRecord]:
-        rows = await self.store.fetchall(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state = 'queued' ORDER BY j.id")
-        return [_job(row) for row in rows]
-
     async def unfinished(self) -> list[JobRecord]:
         """Jobs waiting or running, oldest first."""
         rows = await self.store.fetchall(
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('queued', 'running') ORDER BY j.id"
         )
-        return [_job(row) for row in rows]
+        return _readable(rows)
 
     async def images(self, job_id: int) -> list[ImageRecord]:
         rows = await self.store.fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
@@ -497,7 +522,7 @@ class JobRepository:
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('done', 'failed') "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) ORDER BY j.id"
         )
-        return [_job(row) for row in rows]
+        return _readable(rows)
 
     async def job_for_delivery(self, target: str) -> int | None:
         """The job whose result was delivered to `target` (frontend-specific, e.g. "channel:message")."""
@@ -511,4 +536,4 @@ class JobRepository:
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.owner_id = ? ORDER BY j.id DESC LIMIT ? OFFSET ?",
             (owner_id, per_page, page * per_page),
         )
-        return [_job(row) for row in rows], total
+        return _readable(rows), total

@@ -77,10 +77,6 @@ class ProcessLock:
             os.write(fd, f"{os.getpid()}\n".encode())
         return cls(path, fd)
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def release(self) -> None:
         """Unlock (closing the file releases the lock too). Safe to call twice."""
         fd, self._fd = self._fd, None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bot.core.errors import UserError
 from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
-from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
+from bot.core.jobs import UNREADABLE, ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, UnreadableJob
 from bot.core.quotas import Quotas
 from bot.core.settings import SettingsRepository
 from bot.core.store import Store
@@ -70,6 +70,7 @@ class JobQueue:
         self._wakeup = asyncio.Event()  # a job may be claimable: the worker looks
         self._moved = asyncio.Event()  # positions may have changed: the announcer looks
         self._announced: dict[int, int] = {}  # the last position announced to each followed job
+        self._unrunnable: dict[int, str] = {}  # claimed jobs whose failure is still to be recorded
         self._announcer: asyncio.Task[None] | None = None
         self.announce_interval = ANNOUNCE_INTERVAL
 
@@ -159,7 +160,9 @@ class JobQueue:
         exempt: bool = False,
     ) -> JobRecord:
         """Persist the job (and its quota usage) in one transaction, at its fair rank. Raises UserError
-        when a quota refuses it; nothing is written then."""
+        when a quota refuses it, StoreBusy when the database is busy; nothing is written then (the job is
+        read back inside the transaction: a read failing after the commit would have the caller, told
+        "nothing was written", submit it again)."""
         owner_id = origin.owner_id
         async with self.store.transaction():
             await self.jobs.ensure_user(owner_id, origin.owner_name)
@@ -167,10 +170,10 @@ class JobQueue:
                 await self.quotas.check(owner_id, resolved.params.count, role_ids)
             job_id = await self.jobs.insert(resolved, origin, reroll_of)
             await self.quotas.record(owner_id, job_id, resolved.params.count)
+            job = await self.jobs.get(job_id)
+            assert job is not None
         self._wakeup.set()
         self._changed()
-        job = await self.jobs.get(job_id)
-        assert job is not None
         return job
 
     # -- cancelling, pausing ---------------------------------------------------------------------
@@ -228,19 +231,33 @@ class JobQueue:
     async def claim_next(self, worker_id: str) -> WorkItem | None:
         """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
         waits or the queue is paused. Any number of workers, in this process or others, may call it."""
+        await self._fail_unrunnable()
         if await self.paused():
             return None
         while True:
-            job = await self.jobs.claim_next(worker_id)
+            try:
+                job = await self.jobs.claim_next(worker_id)
+            except UnreadableJob as e:
+                self._changed()
+                self._finished(e.job_id, JobState.FAILED, UNREADABLE)
+                continue
             if job is None:
                 return None
             self._changed()
             spec = self.models.get(job.model)
             if spec is None:
-                await self.on_failed(job.id, f"The model {job.model} is no longer configured.")
+                self._unrunnable[job.id] = f"The model {job.model} is no longer configured."
+                await self._fail_unrunnable()
                 continue
             self.events.publish(JobStarted(job.id, job.model))
             return WorkItem(job.id, spec, job.params, self._image_paths(job))
+
+    async def _fail_unrunnable(self) -> None:
+        """Record the failures of claimed jobs this process cannot run. One that meets a busy database stays
+        here and raises: the worker asks again after a pause, and the job is failed then, not left running."""
+        for job_id, message in list(self._unrunnable.items()):
+            await self.on_failed(job_id, message)
+            del self._unrunnable[job_id]
 
     def _image_paths(self, job: JobRecord) -> tuple[Path, ...]:
         day = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d")

@@ -67,12 +67,11 @@ class Quotas:
         store: Store,
         default: QuotaLimits,
         clock: Callable[[], float] = time.time,
-        jobs: JobRepository | None = None,
     ) -> None:
         self.store = store
         self.default = default
         self.clock = clock
-        self.jobs = jobs or JobRepository(store)  # how many jobs a user has waiting or running
+        self.jobs = JobRepository(store)  # how many jobs a user has waiting or running
 
     async def override(self, scope: str, target: str) -> QuotaLimits | None:
         """The limits one user's or role's override gives (unset fields: the defaults); None if none."""

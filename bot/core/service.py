@@ -226,6 +226,8 @@ class GenerationService:
                     if started or event.position == position:
                         continue  # announced late (it has started) or unchanged
                     position = event.position
+                elif isinstance(event, JobStarted) and started:
+                    continue  # published while the job was read, which found it running: already told
                 else:
                     started = True
                 yield event

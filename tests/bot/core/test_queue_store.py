@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import parse_config
-from bot.core.events import Event, EventBus, JobStarted
-from bot.core.jobs import JobOrigin, JobRepository, JobState
+from bot.core.errors import StoreBusy
+from bot.core.events import Event, EventBus, JobFinished, JobStarted
+from bot.core.jobs import UNREADABLE, JobOrigin, JobRecord, JobRepository, JobState
 from bot.core.migrations import MIGRATIONS
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas
@@ -309,4 +310,94 @@ async def test_claim_next_is_what_a_remote_worker_calls(store: Store, tmp_path: 
     assert claimed is not None and tuple(claimed) == ("running", "remote-1", 1)
     assert JobStarted(job.id, "tiny-sdxl") in heard
     assert await queue.claim_next("remote-2") is None
+    await queue.close()
+
+
+async def test_a_claimed_job_whose_model_is_gone_is_failed_even_if_the_first_write_fails(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed job whose model was removed from the config is failed. If that write meets a busy
+    database, the claim raises (the worker pauses and asks again) and the next claim fails the job first:
+    it is never left running with no worker on it."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), {}, EventBus(), config.data_dir)
+    job = await queue.submit(resolved(tmp_path), JobOrigin("u"))
+    fail = queue.jobs.fail
+    busy = [True]
+
+    async def fail_once_busy(job_id: int, message: str) -> bool:
+        if busy.pop() if busy else False:
+            raise StoreBusy("the database is locked by another program")
+        return await fail(job_id, message)
+
+    monkeypatch.setattr(queue.jobs, "fail", fail_once_busy)
+    with pytest.raises(StoreBusy):
+        await queue.claim_next("w")
+    assert await queue.claim_next("w") is None
+    failed = await queue.jobs.get(job.id)
+    assert failed is not None and failed.state == JobState.FAILED
+    assert failed.error == "The model tiny-sdxl is no longer configured."
+    await queue.close()
+
+
+async def test_a_job_whose_stored_parameters_cannot_be_read_is_failed_and_the_queue_goes_on(
+    store: Store, tmp_path: Path
+) -> None:
+    """A row the models cannot read (damaged by hand, or by a bug) is failed, and its end announced, when
+    it is claimed; it must not make every claim fail (rolled back, the same row first again), so that no
+    later job ever runs."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    events = EventBus()
+    heard: list[Event] = []
+    events.listen(heard.append)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), config.models, events, config.data_dir)
+    broken = await queue.submit(resolved(tmp_path, seed=1), JobOrigin("u"))
+    fine = await queue.submit(resolved(tmp_path, seed=2), JobOrigin("v"))
+    await store.execute("UPDATE jobs SET params = '{\"prompt\": 1}' WHERE id = ?", (broken.id,))
+    claimed = await queue.claim_next("w")
+    assert claimed is not None and claimed.job_id == fine.id
+    row = await store.fetchone("SELECT state, error FROM jobs WHERE id = ?", (broken.id,))
+    assert row is not None and tuple(row) == ("failed", UNREADABLE)
+    assert JobFinished(broken.id, "failed", UNREADABLE) in heard
+    assert await queue.claim_next("w") is None
+    await queue.close()
+
+
+async def test_an_unreadable_job_does_not_hide_the_others_from_delivery_or_history(
+    store: Store, tmp_path: Path
+) -> None:
+    """Lists of jobs (what delivery reads at every start, a user's history) skip a row that cannot be read,
+    rather than fail as a whole."""
+    jobs = JobRepository(store)
+    broken = await submit(jobs, resolved(tmp_path, seed=1), "u")
+    fine = await submit(jobs, resolved(tmp_path, seed=2), "u")
+    for job_id in (broken, fine):
+        assert await jobs.fail(job_id, "stopped")
+    await store.execute("UPDATE jobs SET request = 'not json' WHERE id = ?", (broken,))
+    assert [job.id for job in await jobs.undelivered()] == [fine]
+    page, total = await jobs.history("u")
+    assert [job.id for job in page] == [fine] and total == 2
+
+
+async def test_a_submit_that_raises_store_busy_wrote_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """StoreBusy promises that nothing was written (the Discord side tries the submit again on it): the job
+    a submit returns is read inside its transaction, so a failed read leaves no job behind to be queued twice."""
+    config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
+    queue = JobQueue(store, Quotas(store, QuotaLimits(None, None)), config.models, EventBus(), config.data_dir)
+    get = queue.jobs.get
+    busy = [True]
+
+    async def get_once_busy(job_id: int) -> JobRecord | None:
+        if busy.pop() if busy else False:
+            raise StoreBusy("disk I/O error")
+        return await get(job_id)
+
+    monkeypatch.setattr(queue.jobs, "get", get_once_busy)
+    with pytest.raises(StoreBusy):
+        await queue.submit(resolved(tmp_path), JobOrigin("u"))
+    assert await queue.waiting() == 0
+    job = await queue.submit(resolved(tmp_path), JobOrigin("u"))  # the retry
+    assert await queue.order() == [job.id]
     await queue.close()

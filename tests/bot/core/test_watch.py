@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 import pytest
 
@@ -89,3 +90,29 @@ async def test_watching_a_running_job_starts_from_its_latest_progress(make_servi
 
 async def _all(watch: AsyncGenerator[WatchEvent, None]) -> list[WatchEvent]:
     return [event async for event in watch]
+
+
+async def test_a_job_that_starts_while_watch_reads_it_is_announced_started_once(
+    make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker claims the job (publishing JobStarted) while watch() is reading it, and the read sees it
+    running: watch tells that it started once, not twice."""
+    service = await make_service(UNLIMITED)
+    await service.set_paused(True)
+    job = await service.submit(request(steps=1), "u")
+    read = service.queue.jobs.get
+
+    async def started_while_read(job_id: int) -> JobRecord | None:
+        snapshot = await read(job_id)
+        assert snapshot is not None
+        monkeypatch.setattr(service.queue.jobs, "get", read)
+        service.events.publish(JobStarted(job_id, job.model))  # as a claim meanwhile would
+        return replace(snapshot, state=JobState.RUNNING)
+
+    monkeypatch.setattr(service.queue.jobs, "get", started_while_read)
+    watch = service.watch(job.id)
+    first = await asyncio.wait_for(anext(watch), 60)  # a hang guard, not a timing
+    await service.cancel(job.id, "u")  # still queued in the store: ends it, so the watch ends
+    rest = await asyncio.wait_for(_all(watch), 60)
+    assert first == JobStarted(job.id, job.model)
+    assert [type(event) for event in rest] == [JobEnded]
