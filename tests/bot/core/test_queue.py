@@ -123,7 +123,10 @@ async def test_progress_and_position_events(make_service: ServiceFactory) -> Non
     assert all(p.elapsed >= 0 and p.eta >= 0 for p in progress) and progress[-1].eta == 0
     assert isinstance(events[-1], JobEnded) and events[-1].job.state == JobState.DONE
     positions = [e.position for e in second_events if isinstance(e, JobQueued)]
-    assert positions == [2, 1]  # moved up to "next" when the first started
+    # Position 1 is announced if the announcer's pass (at most every 0.25 s) comes while the first job runs;
+    # a first job quicker than that goes straight from 2 to started. Moving up is tested deterministically
+    # in test_watchers_hear_only_changed_positions.
+    assert positions in ([2], [2, 1])
     assert isinstance(second_events[-1], JobEnded) and second_events[-1].job.state == JobState.DONE
 
 
