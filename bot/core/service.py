@@ -40,6 +40,14 @@ def cli_user() -> str:
         return "cli:local"
 
 
+def _load_inference() -> None:
+    """Import the GPU side (torch, diffusers: seconds) and quiet its libraries' output; on a thread."""
+    import inference.worker  # noqa: F401  (cached in sys.modules for the imports that follow)
+    from inference.quiet import silence_library_output
+
+    silence_library_output()
+
+
 class GenerationService:
     def __init__(
         self, config: Config, cache: ModelCache | None = None, worker_class: type[GpuWorker] | None = None
@@ -91,12 +99,12 @@ class GenerationService:
         self.interrupted = await self._queue.start()
         opened.push_async_callback(self._queue.close)
 
-        # What cannot be used has been found by now (in milliseconds); then the seconds of torch.
+        # What cannot be used has been found by now (in milliseconds); then the seconds of torch and
+        # diffusers, imported on a thread so the event loop (a connected bot's heartbeat) never waits.
+        await asyncio.to_thread(_load_inference)
         from inference.device import make_runtime
-        from inference.quiet import silence_library_output
         from inference.worker import GpuWorker  # torch: loaded by the process that runs the GPU
 
-        await asyncio.to_thread(silence_library_output)  # imports diffusers: seconds, off the loop
         if self._cache is None:
             inf = config.inference
             runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
