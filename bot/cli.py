@@ -15,6 +15,7 @@ from typing import NoReturn, TextIO
 
 from bot.config import Config, ConfigError, load_config
 from bot.core.errors import StartError, StoreBusy, UserError
+from bot.core.folders import make_folder
 from bot.core.jobs import JobState
 from bot.prompts.builder import PromptChoices
 from bot.prompts.dialects import DialectError
@@ -205,18 +206,9 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
 
 def _prepare_out_dir(out: Path) -> None:
     """`--out` is a folder (created now, before any work): a usage error if it cannot be."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CliError(f"--out {out}: exists and is not a folder") from None
-    except NotADirectoryError:
-        raise CliError(f"--out {out}: a part of this path is a file, not a folder") from None
-    except OSError as e:
-        raise CliError(f"--out {out}: cannot create the folder: {e.strerror or e}") from None
-    except ValueError:  # a NUL character
-        raise CliError(f"--out {str(out)!r}: not a possible folder name") from None
-    if not out.is_dir():
-        raise CliError(f"--out {out}: exists and is not a folder")
+    problem = make_folder(out)
+    if problem is not None:
+        raise CliError(f"--out {problem}")
 
 
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:

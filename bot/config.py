@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.core.folders import make_folder
 from bot.prompts.dialects import DialectError, available_dialects, load_dialect
 from bot.validation import format_errors
 from inference.specs import (
@@ -169,17 +170,9 @@ class Config:
         """Create `data_dir` if needed and check that files can be written there (ConfigError if not)."""
         where = f"{self.source or 'config'}: data_dir"
         path = self.data_dir
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise ConfigError(f"{where}: {path} exists and is not a folder") from None
-        except NotADirectoryError:
-            parent = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
-            raise ConfigError(f"{where}: cannot create {path}: {parent} is a file, not a folder") from None
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot create {path}: {e.strerror or e}") from None
-        if not path.is_dir():
-            raise ConfigError(f"{where}: {path} exists and is not a folder")
+        problem = make_folder(path)
+        if problem is not None:
+            raise ConfigError(f"{where}: {problem}")
         try:
             with tempfile.TemporaryFile(dir=path, prefix=".animebot-write-check-"):
                 pass

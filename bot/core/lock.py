@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from bot.core.folders import make_folder
+
 
 class LockError(Exception):
     """The lock file cannot be created or locked (a read-only folder...). One line for the operator."""
@@ -48,13 +50,11 @@ class ProcessLock:
         """Lock the data directory of `database` for this process, or raise LockHeld / LockError. Never
         waits (a few system calls: fine on the event loop)."""
         path = lock_path(database)
+        problem = make_folder(path.parent)
+        if problem is not None:
+            raise LockError(f"data directory: {problem}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileExistsError:
-            raise LockError(f"{path.parent} is not a folder: the data directory must be one") from None
-        except NotADirectoryError:
-            raise LockError(f"{path.parent} cannot be a folder: a part of that path is a file") from None
         except OSError as e:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise LockError(

@@ -25,6 +25,7 @@ from typing import Any
 import aiosqlite
 
 from bot.core.errors import StoreBusy
+from bot.core.folders import make_folder
 from bot.core.migrations import MIGRATIONS
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -234,14 +235,9 @@ class Store:
 
 def _check_path(path: Path) -> None:
     """The folder and file problems SQLite would only call "unable to open database file"."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StoreError(f"cannot create the database {path}: {path.parent} is a file, not a folder") from None
-    except NotADirectoryError:
-        raise StoreError(f"cannot create the database {path}: a parent of it is a file, not a folder") from None
-    except OSError as e:
-        raise StoreError(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
+    problem = make_folder(path.parent)
+    if problem is not None:
+        raise StoreError(f"the database {path}: {problem}")
     if path.exists() and not path.is_file():
         raise StoreError(f"{path} is not a file (the database must be a regular file)")
 

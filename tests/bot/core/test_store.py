@@ -216,7 +216,7 @@ async def test_a_database_in_a_read_only_folder_cannot_be_created(tmp_path: Path
     ("make", "message"),
     [
         (lambda p: p.mkdir(), "is not a file"),
-        (lambda p: p.parent.rmdir() or p.parent.write_text("x"), "is a file, not a folder"),
+        (lambda p: p.parent.rmdir() or p.parent.write_text("x"), "data exists and is not a folder"),
     ],
 )
 async def test_a_database_path_that_cannot_be_a_database_is_a_clear_error(
