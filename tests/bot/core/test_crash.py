@@ -102,14 +102,6 @@ def child_main(argv: Sequence[str]) -> None:
 # -- the test -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(tmp_path_factory.mktemp("crash-models"), target_is_directory=True)
-    return data
-
-
 def finished_enough(out: Path, count: int) -> bool:
     lines = out.read_text(encoding="utf-8").splitlines()
     return "ready" in lines and sum(line.startswith("finished ") for line in lines) >= count

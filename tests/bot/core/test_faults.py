@@ -86,19 +86,6 @@ def read_jobs(db: Path) -> list[tuple[int, str, int, str | None]]:
         connection.close()
 
 
-@pytest.fixture(scope="module")
-def shared_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fault-models")
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, shared_models: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(shared_models, target_is_directory=True)
-    return data
-
-
 def write_config(tmp_path: Path, data_dir: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(f"data_dir = '{data_dir}'\n\n[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n", encoding="utf-8")

@@ -304,20 +304,6 @@ async def set_paused(config_path: Path, paused: bool) -> None:
 # -- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shared_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One models dir for every process of this module: the tiny model is built once."""
-    return tmp_path_factory.mktemp("restart-models")
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, shared_models: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(shared_models, target_is_directory=True)
-    return data
-
-
 @pytest.fixture
 def config(tmp_path: Path, data_dir: Path) -> Path:
     path = tmp_path / "config.toml"
