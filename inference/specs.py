@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 Family = Literal["sdxl", "anima"]
+# Memory modes (see inference.memory): where weights live while a job runs. "auto" picks at load time.
+MemoryMode = Literal["high", "balanced", "low", "minimal"]
+MemorySetting = Literal["auto", "high", "balanced", "low", "minimal"]
 BUILTIN_MODELS: dict[str, Family] = {"tiny-sdxl": "sdxl", "tiny-anima": "anima"}
 
 
@@ -63,12 +66,27 @@ ModelSource = BuiltinSource | HubSource | DirSource | SingleFileSource | ComfyUI
 
 
 @dataclass(frozen=True)
+class VaeFileSource:
+    """One VAE .safetensors file (what ComfyUI's models/vae and WebUI's models/VAE hold)."""
+
+    path: Path
+
+
+# A VAE that replaces the model's own (e.g. madebyollin/sdxl-vae-fp16-fix, which decodes in fp16 without
+# the fp32 upcast): a hub repository, a local diffusers folder, or one file.
+VaeSource = HubSource | DirSource | VaeFileSource
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: Family
     dialect: str  # a dialect id: a file name in data/models/ without .toml
     source: ModelSource
     size_scale: float = 1.0  # bucket sizes are multiplied by this (the tiny built-ins use 1/8)
+    memory: MemorySetting = "auto"  # the memory mode (inference.memory); auto = from the card's free memory
+    vae: VaeSource | None = None  # replaces the model's own VAE
+    compile: bool = False  # torch.compile the UNet / DiT at load (CUDA), warmed up before the first job
 
 
 @dataclass(frozen=True)
@@ -79,3 +97,4 @@ class RuntimeOptions:
     dtype: str | None  # "float16" | "bfloat16" | "float32"; None = the best for device and family
     cache_dir: Path  # where built-in tiny models are written
     local_files_only: bool = False  # never touch the network when loading
+    vram_limit: int | None = None  # bytes of device memory the bot may use at most (None: what is free)
