@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from inference.backends.base import Backend
+from inference.memory import Footprint, reference_footprint
 from inference.registry import load_backend
 from inference.specs import ModelSpec, RuntimeOptions
 from inference.types import LoadProgressCallback
@@ -75,6 +76,16 @@ class ModelCache:
         if entry is not None:
             entry[1].offload()
         self._active = None
+
+    def loaded(self, spec: ModelSpec) -> Backend | None:
+        """The loaded model for `spec` if the cache holds it (on the device or parked), else None."""
+        entry = self._entries.get(spec.name)
+        return entry[1] if entry is not None and entry[0] == spec else None
+
+    def footprint(self, spec: ModelSpec) -> Footprint:
+        """The measured footprint of `spec` when it is loaded, the reference one before."""
+        backend = self.loaded(spec)
+        return backend.footprint() if backend is not None else reference_footprint(spec)
 
     def evict(self, name: str) -> None:
         entry = self._entries.pop(name, None)

@@ -51,8 +51,33 @@ def free_device_memory(device: str) -> None:
         torch.mps.empty_cache()
 
 
+def device_budget(runtime: RuntimeOptions) -> int | None:
+    """Bytes of device memory this process may use for a model and its jobs: what the device has free plus
+    what this process already holds (its loaded model counts as usable), capped by runtime.vram_limit.
+    None on a device that does not report its memory (the CPU, MPS) and with no limit configured."""
+    limit = runtime.vram_limit
+    if runtime.device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(runtime.device).index
+        index = torch.cuda.current_device() if index is None else index
+        free, _total = torch.cuda.mem_get_info(index)
+        usable = int(free + torch.cuda.memory_reserved(index))
+        return usable if limit is None else min(usable, limit)
+    return limit
+
+
+def module_bytes(*modules: torch.nn.Module | None) -> int:
+    """Bytes of the parameters and buffers of `modules` (None is skipped), at the dtype they are held in."""
+    total = 0
+    for module in modules:
+        if module is None:
+            continue
+        for tensor in [*module.parameters(), *module.buffers()]:
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def make_runtime(
-    device: str, dtype: str, cache_dir: Path, local_files_only: bool = False
+    device: str, dtype: str, cache_dir: Path, local_files_only: bool = False, vram_limit: int | None = None
 ) -> RuntimeOptions:
     """RuntimeOptions with the device resolved ("auto" → the best one present)."""
     return RuntimeOptions(
@@ -60,4 +85,5 @@ def make_runtime(
         dtype=None if dtype == "auto" else dtype,
         cache_dir=cache_dir,
         local_files_only=local_files_only,
+        vram_limit=vram_limit,
     )

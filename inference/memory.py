@@ -49,6 +49,8 @@ class Footprint:
     minimal_tile_px: the tile edge in minimal mode (smaller tiles: less memory, more seams to blend).
     batches: True when the pipeline denoises the whole batch in one call (SDXL), False when it runs one
         image per call (Anima).
+    typical_px: the edge of the model's usual image (1024; the tiny built-ins use 128): `auto` sizes the
+        card for one such image.
     """
 
     denoiser: int
@@ -60,6 +62,7 @@ class Footprint:
     tile_px: int
     minimal_tile_px: int
     batches: bool
+    typical_px: int = 1024
 
     @property
     def weights(self) -> int:
@@ -112,7 +115,7 @@ TINY_WEIGHTS = 16 * 1024**2
 
 def reference_footprint(spec: ModelSpec) -> Footprint:
     """The footprint of `spec` before it is loaded: the real family's figures (tiny weights for built-ins)."""
-    footprint = REFERENCE_FOOTPRINTS[spec.family]
+    footprint = replace(REFERENCE_FOOTPRINTS[spec.family], typical_px=round(1024 * spec.size_scale))
     if isinstance(spec.source, BuiltinSource):
         return footprint.with_weights(TINY_WEIGHTS, TINY_WEIGHTS // 4, TINY_WEIGHTS // 8)
     return footprint
@@ -210,15 +213,12 @@ def fitting_mode(
     return None if plan is None else plan.mode
 
 
-# The job `auto` sizes a card for: the models' recommended resolution, one image.
-TYPICAL_JOB = (1024, 1024, 1)
-
-
 def choose_mode(budget: int | None, footprint: Footprint) -> MemoryMode:
     """What `auto` picks for a card with `budget` bytes free: the fastest mode in which a typical job (one
-    1024x1024 image) fits; minimal when even that does not fit (the pre-flight check refuses what cannot)."""
-    width, height, count = TYPICAL_JOB
-    return fitting_mode(budget, footprint, width, height, count) or "minimal"
+    image of the model's usual size, 1024x1024) fits; minimal when even that does not fit (the pre-flight
+    check then refuses what cannot run)."""
+    edge = footprint.typical_px
+    return fitting_mode(budget, footprint, edge, edge, 1) or "minimal"
 
 
 def resolve_mode(setting: MemorySetting, budget: int | None, footprint: Footprint) -> MemoryMode:

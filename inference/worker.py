@@ -33,7 +33,8 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.cache import ModelCache
-from inference.device import free_device_memory
+from inference.device import device_budget, free_device_memory
+from inference.memory import JobPlan, plan_job, resolve_mode
 from inference.png import a1111_parameters, encode_png, write_png
 from inference.specs import ModelSpec
 from inference.types import (
@@ -162,6 +163,15 @@ class GpuWorker:
             loop.call_soon_threadsafe(self.source.on_model_loading, spec.name, progress)
 
         return await self._on_gpu(lambda: self.cache.get(spec, report))
+
+    def plan(self, spec: ModelSpec, width: int, height: int, count: int) -> JobPlan | None:
+        """How a job of `count` width x height images of `spec` would run on this device (memory mode,
+        images per call), or None when it cannot run in any mode. Cheap: no model is loaded."""
+        budget = device_budget(self.cache.runtime)
+        footprint = self.cache.footprint(spec)
+        backend = self.cache.loaded(spec)
+        start = backend.memory_mode if backend is not None else resolve_mode(spec.memory, budget, footprint)
+        return plan_job(budget, footprint, width, height, count, start)
 
     async def _on_gpu(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._gpu, work)

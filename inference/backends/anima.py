@@ -27,7 +27,8 @@ from PIL import Image
 
 from inference import torchvision_shim
 from inference.backends import anima_comfyui
-from inference.device import free_device_memory, resolve_dtype
+from inference.device import free_device_memory, module_bytes, resolve_dtype
+from inference.memory import Footprint, reference_footprint
 from inference.prompt_weighting import parse_weighted
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -35,6 +36,7 @@ from inference.specs import (
     ComfyUISource,
     DirSource,
     HubSource,
+    MemoryMode,
     ModelSpec,
     RuntimeOptions,
     SingleFileSource,
@@ -304,6 +306,7 @@ class AnimaBackend:
         self._lock = threading.Lock()
         self._sampler: str | None = None
         self._on_device = True
+        self.memory_mode: MemoryMode = "high"
         _install_log_filter()
 
     @property
@@ -377,6 +380,14 @@ class AnimaBackend:
     def _activate_locked(self) -> None:
         self.pipeline.to(self.runtime.device)
         self._on_device = True
+
+    def footprint(self) -> Footprint:
+        pipe = self.pipeline
+        return reference_footprint(self.spec).with_weights(
+            denoiser=module_bytes(pipe.transformer, pipe.text_conditioner),
+            text_encoders=module_bytes(pipe.text_encoder),
+            vae=module_bytes(pipe.vae),
+        )
 
     def offload(self) -> None:
         with self._lock:

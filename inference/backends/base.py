@@ -6,7 +6,8 @@ from typing import Protocol
 
 from PIL import Image
 
-from inference.specs import ModelSpec
+from inference.memory import Footprint
+from inference.specs import MemoryMode, ModelSpec
 from inference.types import CancelToken, GenerationParams, ProgressCallback
 
 
@@ -14,6 +15,7 @@ class Backend(Protocol):
     """A loaded model that turns final prompts into images. Calls block: run them off the event loop."""
 
     spec: ModelSpec
+    memory_mode: MemoryMode  # the memory mode in effect (inference.memory)
 
     def generate(
         self,
@@ -22,6 +24,10 @@ class Backend(Protocol):
         cancel: CancelToken | None = None,
     ) -> list[Image.Image]:
         """One image per seed in params.seeds, in that order. Raises GenerationCancelled if cancelled."""
+        ...
+
+    def footprint(self) -> Footprint:
+        """The loaded weights' sizes per component with the family's working-set figures (inference.memory)."""
         ...
 
     def offload(self) -> None:

@@ -26,13 +26,15 @@ import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from PIL import Image
 
-from inference.device import free_device_memory, resolve_dtype
+from inference.device import free_device_memory, module_bytes, resolve_dtype
+from inference.memory import Footprint, reference_footprint
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
     BuiltinSource,
     DirSource,
     HubSource,
+    MemoryMode,
     ModelSpec,
     RuntimeOptions,
     SingleFileSource,
@@ -85,6 +87,7 @@ class SDXLBackend:
         self._base_scheduler_config = pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
         self._on_device = True
+        self.memory_mode: MemoryMode = "high"
         self._lock = threading.RLock()
 
     # -- the Backend protocol -------------------------------------------------------------------------
@@ -149,6 +152,14 @@ class SDXLBackend:
                 raise GenerationCancelled()
             images: list[Image.Image] = list(result.images)
             return images
+
+    def footprint(self) -> Footprint:
+        pipe = self._require_pipe()
+        return reference_footprint(self.spec).with_weights(
+            denoiser=module_bytes(pipe.unet),
+            text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
+            vae=module_bytes(pipe.vae),
+        )
 
     def offload(self) -> None:
         """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back."""

@@ -101,3 +101,21 @@ def test_built_in_models_have_tiny_weights_and_real_working_sets(tmp_path: Path)
     assert tiny.weights < 0.1 * GIB
     assert real == SDXL
     assert tiny.decode_per_mp == SDXL.decode_per_mp
+
+
+def test_the_worker_plans_from_the_configured_limit_without_loading(tmp_path: Path) -> None:
+    from inference.cache import ModelCache
+    from inference.specs import RuntimeOptions
+    from inference.worker import GpuWorker
+
+    def never(*args: object) -> object:
+        raise AssertionError("planning must not load a model")
+
+    spec = ModelSpec("t", "sdxl", "animagine-xl-4.0", BuiltinSource("tiny-sdxl"), size_scale=0.125)
+    runtime = RuntimeOptions("cpu", None, tmp_path, vram_limit=1 * GIB)
+    worker = GpuWorker(source=None, cache=ModelCache(runtime, loader=never))  # type: ignore[arg-type]
+    small = worker.plan(spec, 128, 128, 4)
+    assert small is not None and (small.mode, small.batch) == ("high", 4)
+    assert worker.plan(spec, 1024, 1024, 1) is None
+    unlimited = GpuWorker(source=None, cache=ModelCache(RuntimeOptions("cpu", None, tmp_path), loader=never))  # type: ignore[arg-type]
+    assert unlimited.plan(spec, 4096, 4096, 8) is not None

@@ -15,8 +15,9 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.cache import ModelCache
+from inference.memory import Footprint, reference_footprint
 from inference.png import write_png as real_write_png
-from inference.specs import BuiltinSource, ModelSpec, RuntimeOptions
+from inference.specs import BuiltinSource, MemoryMode, ModelSpec, RuntimeOptions
 from inference.types import (
     CancelToken,
     GenerationParams,
@@ -65,12 +66,16 @@ class Scripted:
     def __init__(self, script: object) -> None:
         self.spec = SPEC
         self.script = script
+        self.memory_mode: MemoryMode = "high"
 
     def generate(
         self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
     ) -> list[Image.Image]:
         self.script(params)  # type: ignore[operator]
         return [Image.new("RGB", (8, 8), (255, 0, 0)) for _ in params.seeds]
+
+    def footprint(self) -> Footprint:
+        return reference_footprint(self.spec)
 
     def offload(self) -> None: ...
 

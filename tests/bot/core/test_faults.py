@@ -39,7 +39,8 @@ from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest
 from inference.backends.base import Backend
 from inference.cache import ModelCache
-from inference.specs import ModelSpec, RuntimeOptions
+from inference.memory import Footprint, reference_footprint
+from inference.specs import MemoryMode, ModelSpec, RuntimeOptions
 from inference.types import CancelToken, GenerationParams, LoadProgressCallback, ProgressCallback
 from inference.worker import GpuWorker
 from tests.bot.core.faults import REPO, DatabaseLocker, every_event, read_only, tmpfs
@@ -210,6 +211,7 @@ class SlowBackend:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self.memory_mode: MemoryMode = "high"
 
     def generate(
         self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
@@ -219,6 +221,9 @@ class SlowBackend:
         from inference.types import GenerationCancelled
 
         raise GenerationCancelled()
+
+    def footprint(self) -> Footprint:
+        return reference_footprint(self.spec)
 
     def offload(self) -> None: ...
 

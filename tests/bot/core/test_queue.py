@@ -20,9 +20,10 @@ from bot.core.events import Event, JobEnded, JobFinished, JobProgress, JobQueued
 from bot.core.jobs import JobState
 from bot.core.service import GenerationService
 from inference.backends.base import Backend
+from inference.memory import Footprint
 from inference.png import read_parameters
 from inference.registry import load_backend
-from inference.specs import ModelSpec, RuntimeOptions
+from inference.specs import MemoryMode, ModelSpec, RuntimeOptions
 from inference.types import CancelToken, GenerationParams, LoadProgressCallback, ProgressCallback
 from tests.bot.conftest import ServiceFactory, request
 
@@ -201,6 +202,7 @@ class FaultyBackend:
         self.real = real
         self.spec = real.spec
         self.calls = calls  # the batch size of every generate call
+        self.memory_mode: MemoryMode = real.memory_mode
 
     def generate(
         self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
@@ -225,6 +227,9 @@ class FaultyBackend:
             finally:
                 vae.decode = decode
         return self.real.generate(params, progress, cancel)
+
+    def footprint(self) -> Footprint:
+        return self.real.footprint()
 
     def offload(self) -> None:
         self.real.offload()
