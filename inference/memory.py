@@ -26,7 +26,7 @@ MEMORY_SETTINGS: tuple[MemorySetting, ...] = get_args(MemorySetting)
 
 GIB = 1024**3
 HEADROOM = 1.10  # allocator fragmentation and what the estimate does not see
-MIN_RESIDENT = int(0.35 * GIB)  # minimal mode: the largest layers streamed in, the CUDA workspace
+MIN_RESIDENT = int(0.35 * GIB)  # minimal mode: the layers streamed in at once and the CUDA workspace
 
 # What each mode switches on (for /model info, `animebot models` and the docs).
 MODE_FEATURES: dict[MemoryMode, tuple[str, ...]] = {
@@ -169,8 +169,12 @@ def estimate_peak(
             footprint.denoiser + denoise,
             footprint.vae + decode,
         ]
-    else:  # minimal
-        phases = [MIN_RESIDENT + max(encode, denoise, decode)]
+    else:  # minimal: each component streams in a few layers at a time (all of it, when it is small)
+        phases = [
+            min(MIN_RESIDENT, footprint.text_encoders) + encode,
+            min(MIN_RESIDENT, footprint.denoiser) + denoise,
+            min(MIN_RESIDENT, footprint.vae) + decode,
+        ]
     return int(max(phases) * HEADROOM)
 
 

@@ -29,7 +29,10 @@ def test_reference_weights_are_the_real_component_sizes() -> None:
     assert ANIMA.weights / GIB == pytest.approx(5.24, abs=0.01)
 
 
-@pytest.mark.parametrize("footprint", [SDXL, ANIMA])
+TINY = reference_footprint(ModelSpec("t", "sdxl", "animagine-xl-4.0", BuiltinSource("tiny-sdxl"), size_scale=0.125))
+
+
+@pytest.mark.parametrize("footprint", [SDXL, ANIMA, TINY])
 def test_each_mode_needs_less_than_the_one_before(footprint: object) -> None:
     for width, height, count in [(1024, 1024, 1), (832, 1216, 4), (2048, 2048, 1)]:
         peaks = [estimate_peak(footprint, width, height, count, mode) for mode in MEMORY_MODES]  # type: ignore[arg-type]
