@@ -17,20 +17,24 @@ from inference.specs import DirSource, HubSource, MemoryMode, MemorySetting, Mod
 ModeOrigin = Literal["loaded", "config", "auto"]
 
 
-def least_memory(footprint: Footprint, width: int, height: int, count: int) -> int:
-    """The smallest peak a job could have: its cheapest mode, one image per pipeline call (bytes)."""
-    return min(estimate_peak(footprint, width, height, count, mode, 1) for mode in MEMORY_MODES)
+def least_memory(footprint: Footprint, width: int, height: int, count: int, start: MemoryMode = "high") -> int:
+    """The smallest peak a job could have (bytes): one image per pipeline call, in the cheapest of the modes
+    the model may step down to from `start` (its mode: a job runs in it or, short of memory, a lower one)."""
+    modes = MEMORY_MODES[MEMORY_MODES.index(start) :]
+    return min(estimate_peak(footprint, width, height, count, mode, 1) for mode in modes)
 
 
-def too_large(spec: ModelSpec, footprint: Footprint, budget: int, width: int, height: int, count: int) -> UserError:
+def too_large(
+    spec: ModelSpec, footprint: Footprint, status: MemoryStatus, width: int, height: int, count: int
+) -> UserError:
     """The refusal of a job that fits in no mode: what it needs at least and what is usable."""
     return UserError(
         "job_too_large",
         model=spec.name,
         width=width,
         height=height,
-        needed=gib(least_memory(footprint, width, height, count)),
-        usable=gib(budget),
+        needed=gib(least_memory(footprint, width, height, count, status.mode)),
+        usable=gib(status.usable or 0),
     )
 
 
@@ -75,7 +79,9 @@ def mode_text(status: MemoryStatus, locale: str) -> str:
     return render(f"memory_mode_{status.origin}", locale, mode=status.mode)
 
 
-def memory_lines(spec: ModelSpec, status: MemoryStatus, locale: str, missing_samplers: tuple[str, ...] = ()) -> list[str]:
+def memory_lines(
+    spec: ModelSpec, status: MemoryStatus, locale: str, missing_samplers: tuple[str, ...] = ()
+) -> list[str]:
     """The memory part of /model info: the setting and mode, the mode's features, the VAE override, and
     the samplers the model card recommends that diffusers lacks."""
     lines = [

@@ -176,14 +176,11 @@ class GenerationService:
     def _check_fits(self, resolved: ResolvedRequest) -> None:
         """Pre-flight: a job that cannot run in any memory mode on this device is refused now (UserError
         job_too_large), before it is queued or counted, not after its steps. Cheap: nothing is loaded."""
-        p = resolved.params
-        if self.worker.plan(resolved.spec, p.width, p.height, p.count) is not None:
+        p, spec = resolved.params, resolved.spec
+        if self.worker.plan(spec, p.width, p.height, p.count) is not None:
             return
-        from inference.device import device_budget  # torch: already loaded by start()
-
-        cache = self.worker.cache
-        budget = device_budget(cache.runtime) or 0
-        raise too_large(resolved.spec, cache.footprint(resolved.spec), budget, p.width, p.height, p.count)
+        footprint = self.worker.cache.footprint(spec)
+        raise too_large(spec, footprint, self.memory_status(spec), p.width, p.height, p.count)
 
     async def reroll(
         self,

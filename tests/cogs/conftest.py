@@ -94,7 +94,8 @@ async def make_bot(
             csv = tmp_path / "tags.csv"
             csv.write_text(TAGS_CSV, encoding="utf-8")
             import_csv(csv, config.tags_db)
-        cache = ModelCache(RuntimeOptions("cpu", None, models_dir), capacity=2, location="cpu", loader=load_backend)
+        runtime = RuntimeOptions("cpu", None, models_dir, vram_limit=config.vram_limit)  # [inference] vram_limit_gb
+        cache = ModelCache(runtime, capacity=2, location="cpu", loader=load_backend)
         service = GenerationService(config, cache)
         await service.start()
         services.append(service)
