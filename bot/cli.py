@@ -300,7 +300,7 @@ def _models(config: Config) -> int:
     modes = []
     for name, spec in config.models.items():
         state = describe_source(spec.source, config.cache_dir)
-        status = memory_status(spec, budget, reference_footprint(spec), None)  # nothing is loaded here
+        status = memory_status(spec, budget, reference_footprint(spec))  # nothing is loaded here
         marker = "*" if name == config.inference.default_model else " "
         memory = f"{spec.memory} -> {status.mode}" if spec.memory == "auto" else status.mode
         rows.append((f"{marker} {name}", spec.family, spec.dialect, state.state, memory, state.description))

@@ -17,6 +17,20 @@ from inference.specs import DirSource, HubSource, MemoryMode, MemorySetting, Mod
 ModeOrigin = Literal["loaded", "config", "auto"]
 
 
+@dataclass(frozen=True)
+class MemoryStatus:
+    """A model's memory setting and the mode it runs (or would run) in."""
+
+    setting: MemorySetting
+    mode: MemoryMode
+    origin: ModeOrigin
+    usable: int | None  # bytes of device memory the bot may use now; None: no limit known (the CPU)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return MODE_FEATURES[self.mode]
+
+
 def least_memory(footprint: Footprint, width: int, height: int, count: int, start: MemoryMode = "high") -> int:
     """The smallest peak a job could have (bytes): one image per pipeline call, in the cheapest of the modes
     the model may step down to from `start` (its mode: a job runs in it or, short of memory, a lower one)."""
@@ -38,26 +52,9 @@ def too_large(
     )
 
 
-@dataclass(frozen=True)
-class MemoryStatus:
-    """A model's memory setting and the mode it runs (or would run) in."""
-
-    setting: MemorySetting
-    mode: MemoryMode
-    origin: ModeOrigin
-    usable: int | None  # bytes of device memory the bot may use now; None: no limit known (the CPU)
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return MODE_FEATURES[self.mode]
-
-
-def memory_status(
-    spec: ModelSpec, budget: int | None, footprint: Footprint, loaded_mode: MemoryMode | None
-) -> MemoryStatus:
-    """The loaded model's mode when it is loaded, else the one its setting resolves to for `budget`."""
-    if loaded_mode is not None:
-        return MemoryStatus(spec.memory, loaded_mode, "loaded", budget)
+def memory_status(spec: ModelSpec, budget: int | None, footprint: Footprint) -> MemoryStatus:
+    """The mode a model that is not loaded runs in: its setting, resolved for `budget` when it is auto (what
+    the next load picks). A loaded model's status is MemoryStatus(setting, its memory_mode, "loaded", ...)."""
     origin: ModeOrigin = "auto" if spec.memory == "auto" else "config"
     return MemoryStatus(spec.memory, resolve_mode(spec.memory, budget, footprint), origin, budget)
 

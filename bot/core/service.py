@@ -408,9 +408,11 @@ class GenerationService:
         from inference.device import device_budget  # torch: already loaded by start()
 
         cache = self.worker.cache
+        budget = device_budget(cache.runtime)
         backend = cache.loaded(spec)
-        loaded = backend.memory_mode if backend is not None else None
-        return memory_status(spec, device_budget(cache.runtime), cache.footprint(spec), loaded)
+        if backend is not None:
+            return MemoryStatus(spec.memory, backend.memory_mode, "loaded", budget)
+        return memory_status(spec, budget, cache.footprint(spec))
 
     async def switch_model(self, name: str, actor: str, guild_id: str | None = None) -> None:
         """Load `name` in the worker (after the job running now; the queue keeps its order and every
