@@ -295,7 +295,7 @@ def _models(config: Config) -> int:
     from inference.memory import MODE_FEATURES, gib, reference_footprint
     from inference.sources import describe_source
 
-    budget, device = _device_budget(config)
+    budget, device, problem = _device_budget(config)
     rows = []
     modes = []
     for name, spec in config.models.items():
@@ -313,8 +313,10 @@ def _models(config: Config) -> int:
     print("* default model")
     limit = f" (vram_limit_gb = {config.inference.vram_limit_gb:g})" if config.vram_limit is not None else ""
     usable = "no limit" if budget is None else gib(budget)
+    if problem is not None:
+        print(f"device {device}: {problem}")
     print(f"device {device}: usable memory {usable}{limit}; auto picks the mode for it when a model loads")
-    for mode in sorted(set(modes), key=modes.index):
+    for mode in dict.fromkeys(modes):  # each mode shown once, in table order
         print(f"{mode} mode: {', '.join(MODE_FEATURES[mode])}")
     for name, spec in config.models.items():
         if spec.vae is not None:
@@ -322,17 +324,17 @@ def _models(config: Config) -> int:
     return 0
 
 
-def _device_budget(config: Config) -> tuple[int | None, str]:
-    """The device memory the bot could use now (None: no limit known) and the device's name. Imports torch
-    (to ask CUDA what is free)."""
+def _device_budget(config: Config) -> tuple[int | None, str, str | None]:
+    """The device memory the bot could use now (None: no limit known), the device's name, and why the
+    configured device cannot be used (None when it can). Imports torch (to ask CUDA what is free)."""
     from inference.device import device_budget, make_runtime
 
     inf = config.inference
     try:
         runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only, config.vram_limit)
-    except ValueError as e:  # the configured device is not present
-        raise CliError(f"inference.device: {e}", EXIT_FAILURE) from None
-    return device_budget(runtime), runtime.device
+    except ValueError as e:  # the configured device is not present: the list is still worth showing
+        return config.vram_limit, inf.device, str(e)
+    return device_budget(runtime), runtime.device, None
 
 
 def _tags(args: argparse.Namespace, config: Config) -> int:

@@ -112,3 +112,19 @@ def test_generate_refuses_a_job_that_fits_in_no_mode(capsys: pytest.CaptureFixtu
     assert code == 0, err
     assert len(out.splitlines()) == 1 and out.strip().endswith(".png")
     assert counts(tmp_path / "data")[0] == 1
+
+
+def test_models_still_lists_when_the_configured_gpu_is_absent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = write_config(tmp_path, 0.2)
+    path.write_text(path.read_text(encoding="utf-8").replace("[inference]\n", '[inference]\ndevice = "cuda"\n'))
+    code, out, err = run(capsys, "models", "--config", str(path))
+    assert code == 0, err
+    assert "device cuda: device 'cuda' was asked for but CUDA is not available" in out
+    assert "device cuda: usable memory 0.2 GiB (vram_limit_gb = 0.2)" in out
+    assert memory_column(out, "small") == "auto -> high"
