@@ -13,8 +13,10 @@ import pytest
 import simcord
 
 from bot.prompts.dialects import Dialect, load_dialect
+from inference.memory import GIB
 from tests.cogs.conftest import BotFactory, server
-from tests.cogs.test_i18n import JA, japanese_users  # noqa: F401  (the fixture)
+from tests.cogs.test_i18n import japanese_users  # noqa: F401  (the fixture)
+from tests.cogs.test_results import generated
 
 # By inference.memory's arithmetic, under 0.2 GiB: `tiny` (the tiny SDXL at 64x64) runs in high mode (0.13 GiB);
 # `big` (the same at 1/4 scale: 256x256 images) fits in no mode (auto picks minimal: 0.65 GiB at 256x256).
@@ -124,3 +126,21 @@ async def test_model_info_shows_the_memory_mode(
         text = await info("tiny-anima64")
         assert "The model card also recommends er_sde, which diffusers does not have; Euler is used." in text
         assert "モデルカードはer_sdeも推奨していますが" in await info("tiny-anima64", kenji)
+
+
+async def test_a_reroll_that_no_longer_fits_is_refused(make_bot: BotFactory) -> None:
+    """The memory usable shrinks after a job ran (another program took part of a shared card; here the limit
+    is lowered in place): rerolling it with the button is refused ephemerally, and nothing is queued."""
+    bot = await make_bot(MODELS)
+    async with simcord.run(bot, settle_timeout=120) as env:
+        guild = env.create_guild()
+        channel, (alice,) = server(env, "alice", guild=guild)
+        await bot.service.switch_model("big", "test", str(guild.id))
+        job, message = await generated(env, bot, alice, channel)  # 256x256 on big: fine with no limit
+
+        cache = bot.service.worker.cache
+        cache.runtime = dataclasses.replace(cache.runtime, vram_limit=int(0.2 * GIB))
+        clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+        assert clicked.ephemeral and clicked.response is not None
+        assert clicked.response.content.startswith("big cannot make a 256x256 image on this bot's GPU")
+        assert await counted(bot) == (1, 1)  # the first job only
