@@ -12,6 +12,7 @@ import sys
 import pytest
 import simcord
 
+from bot.discord_app.client import AnimeBot
 from bot.prompts.dialects import Dialect, load_dialect
 from inference.memory import GIB
 from tests.cogs.conftest import BotFactory, server
@@ -19,7 +20,7 @@ from tests.cogs.test_i18n import japanese_users  # noqa: F401  (the fixture)
 from tests.cogs.test_results import generated
 
 # By inference.memory's arithmetic, under 0.2 GiB: `tiny` (the tiny SDXL at 64x64) runs in high mode (0.13 GiB);
-# `big` (the same at 1/4 scale: 256x256 images) fits in no mode (auto picks minimal: 0.65 GiB at 256x256).
+# `big` (the same at 1/4 scale: 256x256 images) fits in no mode (0.26 GiB at least, 0.65 in minimal mode).
 LIMITED = "vram_limit_gb = 0.2\n"
 MODELS = """
 [models.big]
@@ -33,8 +34,9 @@ memory = "balanced"
 """
 
 
-async def counted(bot: object) -> tuple[int, int]:
-    store = bot.service.store  # type: ignore[attr-defined]
+async def counted(bot: AnimeBot) -> tuple[int, int]:
+    """Jobs in the database, and images counted against quotas."""
+    store = bot.service.store
     return await store.scalar("SELECT COUNT(*) FROM jobs"), await store.scalar("SELECT COUNT(*) FROM usage")
 
 
