@@ -24,6 +24,8 @@ from bot.prompts.tags import TagDatabase, TagDatabaseBusy, TagImportError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+# Refusals of a valid request because of the machine, not the input: exit code 1, not 2.
+RUNTIME_REFUSALS = frozenset({"job_too_large"})
 
 
 class CliError(Exception):
@@ -289,19 +291,50 @@ def _work(config: Config, resume: bool = False) -> int:
 
 
 def _models(config: Config) -> int:
+    from bot.core.memory_info import describe_vae, memory_status
+    from inference.memory import MODE_FEATURES, gib, reference_footprint
     from inference.sources import describe_source
 
+    budget, device, problem = _device_budget(config)
     rows = []
+    modes = []
     for name, spec in config.models.items():
         state = describe_source(spec.source, config.cache_dir)
+        status = memory_status(spec, budget, reference_footprint(spec))  # nothing is loaded here
         marker = "*" if name == config.inference.default_model else " "
-        rows.append((f"{marker} {name}", spec.family, spec.dialect, state.state, state.description))
-    header = ("  name", "family", "dialect", "state", "source")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        memory = f"{spec.memory} -> {status.mode}" if spec.memory == "auto" else status.mode
+        rows.append((f"{marker} {name}", spec.family, spec.dialect, state.state, memory, state.description))
+        modes.append(status.mode)
+    header = ("  name", "family", "dialect", "state", "memory", "source")
+    last = len(header) - 1
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(last)]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip())
+        print("  ".join(cell.ljust(widths[i]) if i < last else cell for i, cell in enumerate(row)).rstrip())
     print("* default model")
+    limit = f" (vram_limit_gb = {config.inference.vram_limit_gb:g})" if config.vram_limit is not None else ""
+    usable = "no limit" if budget is None else gib(budget)
+    if problem is not None:
+        print(f"device {device}: {problem}")
+    print(f"device {device}: usable memory {usable}{limit}; auto picks the mode for it when a model loads")
+    for mode in dict.fromkeys(modes):  # each mode shown once, in table order
+        print(f"{mode} mode: {', '.join(MODE_FEATURES[mode])}")
+    for name, spec in config.models.items():
+        if spec.vae is not None:
+            print(f"{name}: VAE: {describe_vae(spec.vae)}")
     return 0
+
+
+def _device_budget(config: Config) -> tuple[int | None, str, str | None]:
+    """The device memory the bot could use now (None: no limit known), the device's name, and why the
+    configured device cannot be used (None when it can). Imports torch (to ask CUDA what is free)."""
+    from inference.device import device_budget, make_runtime
+
+    inf = config.inference
+    try:
+        runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only, config.vram_limit)
+    except ValueError as e:  # the configured device is not present: the list is still worth showing
+        return config.vram_limit, inf.device, str(e)
+    return device_budget(runtime), runtime.device, None
 
 
 def _tags(args: argparse.Namespace, config: Config) -> int:
@@ -375,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _tags(args, config)
     except ConfigError as e:  # one line per mistake in the file
         return _fail(*str(e).splitlines(), code=EXIT_USAGE)
-    except UserError as e:
-        return _fail(str(e), code=EXIT_USAGE)
+    except UserError as e:  # the input is wrong (2); or right, but too large for this device (1)
+        return _fail(str(e), code=EXIT_FAILURE if e.key in RUNTIME_REFUSALS else EXIT_USAGE)
     except TagDatabaseBusy as e:  # opened by the service (the CLI's own opens raise CliError)
         return _fail(str(e), code=EXIT_FAILURE)
     except TagImportError as e:

@@ -9,7 +9,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot.core.folders import make_folder
 from bot.prompts.dialects import DialectError, available_dialects, load_dialect
@@ -20,9 +29,12 @@ from inference.specs import (
     ComfyUISource,
     DirSource,
     HubSource,
+    MemorySetting,
     ModelSource,
     ModelSpec,
     SingleFileSource,
+    VaeFileSource,
+    VaeSource,
 )
 
 # The dialect a model gets when its config names none (the built-ins too).
@@ -31,6 +43,10 @@ TINY_SIZE_SCALE = 0.125
 # Upper bounds that keep every setting a number SQLite and the clock can hold.
 MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
 MAX_COUNT_SETTING = 1_000_000
+GIB = 1024**3
+MAX_VRAM_LIMIT_GB = 4096  # a cap no card reaches, so the bytes stay a plain integer
+# The file types a `vae` may name (anything else is a hub id or a folder).
+VAE_FILE_SUFFIXES = (".safetensors",)
 # A Discord id (snowflake): an unsigned 64-bit number.
 DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
 
@@ -74,6 +90,9 @@ class ModelSettings(_Section):
     revision: str | None = None
     variant: str | None = None
     size_scale: float = Field(default=1.0, gt=0, le=4, allow_inf_nan=False)
+    memory: MemorySetting | None = None  # None: [inference] memory
+    vae: PathText | None = None  # a hub id (org/name), a local diffusers folder or a .safetensors file
+    compile: StrictBool | None = None  # None: [inference] compile
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSettings:
@@ -100,6 +119,9 @@ class InferenceSettings(_Section):
     cache_size: int = Field(default=2, ge=1, le=8)
     cache_location: Literal["cpu", "device"] = "cpu"
     local_files_only: bool = False
+    memory: MemorySetting = "auto"
+    vram_limit_gb: float = Field(default=0.0, ge=0, le=MAX_VRAM_LIMIT_GB, allow_inf_nan=False, strict=True)
+    compile: StrictBool = False
 
     @field_validator("device")
     @classmethod
@@ -150,7 +172,7 @@ class Config:
         self.database = self.data_dir / "animebot.sqlite"
         self.quotas = settings.quotas
         self.discord = settings.discord
-        self.models = _model_specs(settings.models, base_dir)
+        self.models = _model_specs(settings.models, base_dir, settings.inference, source)
         _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:
             raise ConfigError(
@@ -161,6 +183,12 @@ class Config:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def vram_limit(self) -> int | None:
+        """[inference] vram_limit_gb in bytes; None when it is 0 (no limit)."""
+        limit = self.inference.vram_limit_gb
+        return int(limit * GIB) if limit > 0 else None
 
     @property
     def default_model(self) -> ModelSpec:
@@ -201,9 +229,19 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, ModelSpec]:
+def _model_specs(
+    configured: dict[str, ModelSettings], base: Path, inference: InferenceSettings, config_file: Path | None
+) -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {
-        name: ModelSpec(name, family, DEFAULT_DIALECTS[family], BuiltinSource(name), TINY_SIZE_SCALE)
+        name: ModelSpec(
+            name,
+            family,
+            DEFAULT_DIALECTS[family],
+            BuiltinSource(name),
+            TINY_SIZE_SCALE,
+            memory=inference.memory,
+            compile=inference.compile,
+        )
         for name, family in BUILTIN_MODELS.items()
     }
     for name, m in configured.items():
@@ -239,8 +277,42 @@ def _model_specs(configured: dict[str, ModelSettings], base: Path) -> dict[str, 
             load_dialect(dialect)
         except DialectError as e:
             raise ConfigError(f"models.{name}.dialect: {e}") from e
-        specs[name] = ModelSpec(name, family, dialect, source, scale)
+        vae = None if m.vae is None else _vae_source(m.vae, base, f"{config_file or 'config'}: models.{name}.vae")
+        specs[name] = ModelSpec(
+            name,
+            family,
+            dialect,
+            source,
+            scale,
+            memory=m.memory or inference.memory,
+            vae=vae,
+            compile=inference.compile if m.compile is None else m.compile,
+        )
     return specs
+
+
+def _vae_source(value: str, base: Path, where: str) -> VaeSource:
+    """A `vae` key: a .safetensors file or a diffusers folder on disk (relative to the config's folder),
+    else a hub id `org/name`. ConfigError for anything else (a missing file or folder)."""
+    path = _resolve(base, value)
+    is_file_name = value.lower().endswith(VAE_FILE_SUFFIXES)
+    try:
+        if path.is_file() and is_file_name:
+            return VaeFileSource(path)
+        if path.is_dir():
+            return DirSource(path)
+        exists = path.exists()
+    except OSError as e:  # a name the OS cannot look up (too long)
+        raise ConfigError(f"{where}: {path}: {e.strerror or e}") from None
+    if not exists and not is_file_name and _looks_like_hub_id(value):
+        return HubSource(value)
+    if exists:
+        problem = "not a .safetensors file nor a diffusers folder"
+    elif is_file_name:
+        problem = "no such file"
+    else:
+        problem = "no such folder, and not a hub id (org/name)"
+    raise ConfigError(f"{where}: {problem}: {path}")
 
 
 def _looks_like_hub_id(value: str) -> bool:

@@ -17,13 +17,16 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.events import Event, ModelLoading
+from bot.core.memory_info import memory_lines
 from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
 from bot.discord_app.acknowledge import InTime
 from bot.discord_app.choices import Choice, filter_choices
 from bot.discord_app.interactions import bot_of, guild_key, locale_of
 from bot.discord_app.permissions import is_bot_admin, is_server_admin, owner_key
+from bot.prompts.dialects import load_dialect
 from inference.sources import SourceState, describe_source
+from inference.specs import ModelSpec
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -95,7 +98,15 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             state=state.state,
             active=render("model_yes" if name == active else "model_no", locale),
         )
-        return text[:2000]
+        memory = await asyncio.to_thread(self._memory_lines, spec, locale)
+        return "\n".join([text, *memory])[:2000]
+
+    def _memory_lines(self, spec: ModelSpec, locale: str) -> list[str]:
+        """The memory mode, its features, the VAE override and the samplers diffusers lacks (on a thread:
+        it asks the device what is free and reads the dialect's file)."""
+        status = self.bot.service.memory_status(spec)
+        missing = tuple(getattr(load_dialect(spec.dialect), "missing_samplers", ()))
+        return memory_lines(spec, status, locale, missing)
 
     @app_commands.command(name="switch", description="Admins: load a model and make it the active one")
     @app_commands.describe(

@@ -18,13 +18,15 @@ from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
 from bot.core.lock import LockError, ProcessLock
+from bot.core.memory_info import MemoryStatus, memory_status, too_large
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
 from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
-from bot.prompts.requests import GenerationRequest, resolve_request
+from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
 from inference.cache import ModelCache
+from inference.specs import ModelSpec
 from inference.types import ModelLoadError
 
 if TYPE_CHECKING:
@@ -107,7 +109,7 @@ class GenerationService:
 
         if self._cache is None:
             inf = config.inference
-            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only)
+            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only, config.vram_limit)
             self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
         self._worker = (self._worker_class or GpuWorker)(self._queue, self._cache)
         self._worker.start()
@@ -164,10 +166,21 @@ class GenerationService:
         exempt: bool = False,
         locale: str | None = None,
     ) -> JobRecord:
-        """Validate, check quotas, persist and queue. Raises UserError; nothing changes then."""
+        """Validate, check that the job fits the device, check quotas, persist and queue. Raises UserError;
+        nothing changes then."""
         resolved = resolve_request(request, self.config.models, self.tags, self.config.discord.banned_words)
+        self._check_fits(resolved)
         origin = JobOrigin(owner_id, owner_name, guild_id, channel_id, locale)
         return await self.queue.submit(resolved, origin, role_ids=role_ids, reroll_of=reroll_of, exempt=exempt)
+
+    def _check_fits(self, resolved: ResolvedRequest) -> None:
+        """Pre-flight: a job that cannot run in any memory mode on this device is refused now (UserError
+        job_too_large), before it is queued or counted, not after its steps. Cheap: nothing is loaded."""
+        p, spec = resolved.params, resolved.spec
+        if self.worker.plan(spec, p.width, p.height, p.count) is not None:
+            return
+        footprint = self.worker.cache.footprint(spec)
+        raise too_large(spec, footprint, self.memory_status(spec), p.width, p.height, p.count)
 
     async def reroll(
         self,
@@ -388,6 +401,18 @@ class GenerationService:
             if chosen.get(key) in self.config.models:
                 return str(chosen[key])
         return self.config.inference.default_model
+
+    def memory_status(self, spec: ModelSpec) -> MemoryStatus:
+        """The model's memory setting and the mode it runs in: the loaded model's, else what its setting
+        resolves to for the device memory usable now (what the next load picks)."""
+        from inference.device import device_budget  # torch: already loaded by start()
+
+        cache = self.worker.cache
+        budget = device_budget(cache.runtime)
+        backend = cache.loaded(spec)
+        if backend is not None:
+            return MemoryStatus(spec.memory, backend.memory_mode, "loaded", budget)
+        return memory_status(spec, budget, cache.footprint(spec))
 
     async def switch_model(self, name: str, actor: str, guild_id: str | None = None) -> None:
         """Load `name` in the worker (after the job running now; the queue keeps its order and every

@@ -39,7 +39,8 @@ async def make_service(tmp_path: Path, models_dir: Path) -> AsyncIterator[Servic
         path = tmp_path / f"config-{len(services)}.toml"
         path.write_text(f'data_dir = "{data}"\n{config_text}', encoding="utf-8")
         config = load_config(path)
-        cache = ModelCache(RuntimeOptions("cpu", None, models_dir), capacity=2, location="cpu", loader=loader)
+        runtime = RuntimeOptions("cpu", None, models_dir, vram_limit=config.vram_limit)  # [inference] vram_limit_gb
+        cache = ModelCache(runtime, capacity=2, location="cpu", loader=loader)
         service = GenerationService(config, cache)
         await service.start()
         services.append(service)

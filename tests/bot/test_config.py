@@ -17,7 +17,14 @@ from bot.config import (
     TagSettings,
     load_config,
 )
-from inference.specs import BuiltinSource, ComfyUISource, DirSource, HubSource, SingleFileSource
+from inference.specs import (
+    BuiltinSource,
+    ComfyUISource,
+    DirSource,
+    HubSource,
+    SingleFileSource,
+    VaeFileSource,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,3 +178,70 @@ def test_a_nul_in_a_path_is_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value) == f"{path}: {key}: a path cannot contain a NUL character (got 'a\\x00b')"
+
+
+def test_memory_modes_vae_and_compile(tmp_path: Path) -> None:
+    """[inference] memory / compile are every model's default (the built-ins' too), a model's own keys win;
+    vram_limit_gb is bytes for the runtime; `vae` is a hub id, a folder or a file, relative to the config."""
+    (tmp_path / "vaes" / "fp16-fix").mkdir(parents=True)
+    (tmp_path / "vaes" / "fix.safetensors").write_bytes(b"")
+    path = write(tmp_path, """
+[inference]
+memory = "balanced"
+vram_limit_gb = 7.5
+compile = true
+[models.hub]
+family = "sdxl"
+hub = "cagliostrolab/animagine-xl-4.0"
+vae = "madebyollin/sdxl-vae-fp16-fix"
+memory = "minimal"
+compile = false
+[models.dir]
+family = "sdxl"
+path = "weights/a31"
+vae = "vaes/fp16-fix"
+[models.file]
+family = "sdxl"
+file = "ckpt/a.safetensors"
+vae = "vaes/fix.safetensors"
+memory = "auto"
+""")
+    config = load_config(path)
+    hub, folder, file = config.models["hub"], config.models["dir"], config.models["file"]
+    assert (hub.memory, hub.compile, hub.vae) == ("minimal", False, HubSource("madebyollin/sdxl-vae-fp16-fix"))
+    assert (folder.memory, folder.compile, folder.vae) == ("balanced", True, DirSource(tmp_path / "vaes/fp16-fix"))
+    assert (file.memory, file.vae) == ("auto", VaeFileSource(tmp_path / "vaes/fix.safetensors"))
+    assert (config.models["tiny-sdxl"].memory, config.models["tiny-sdxl"].compile) == ("balanced", True)
+    assert config.models["tiny-sdxl"].vae is None
+    assert config.vram_limit == int(7.5 * 1024**3)
+
+
+def test_defaults_are_auto_no_limit_no_compile(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[models.x]\nfamily = 'sdxl'\nhub = 'a/b'\n"))
+    assert config.vram_limit is None
+    assert all((s.memory, s.compile, s.vae) == ("auto", False, None) for s in config.models.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[inference]\nmemory = 'lowest'\n", "inference.memory: Input should be 'auto', 'high', 'balanced', 'low'"),
+        ("[inference]\nvram_limit_gb = -1\n", "inference.vram_limit_gb: Input should be greater than or equal to 0"),
+        ("[inference]\nvram_limit_gb = nan\n", "inference.vram_limit_gb: Input should be a finite number"),
+        ("[inference]\nvram_limit_gb = '8GB'\n", "inference.vram_limit_gb: Input should be a valid number"),
+        ("[inference]\ncompile = 'yes'\n", "inference.compile: Input should be a valid boolean"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nmemory = 'max'\n", "models.x.memory: Input should be"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nvae = 'missing.safetensors'\n", "models.x.vae: no such file: "),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nvae = './vaes/none'\n", "models.x.vae: no such folder, and not a hub"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nvae = 'a/b/c'\n", "models.x.vae: no such folder, and not a hub"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nvae = 'config.toml'\n", "models.x.vae: not a .safetensors file nor"),
+        ("[models.x]\nbuiltin = 'tiny-sdxl'\nvae = \"a\\u0000b\"\n", "models.x.vae: a path cannot contain a NUL"),
+    ],
+)
+def test_bad_memory_settings_give_one_line_naming_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {expected}"), message
+    assert "\n" not in message

@@ -84,17 +84,20 @@ async def make_bot(
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
 
-    async def make(config_text: str = "", *, tags: bool = True) -> AnimeBot:
+    async def make(config_text: str = "", *, tags: bool = True, inference: str = "") -> AnimeBot:
+        """`config_text` is added after BASE_CONFIG; `inference`, lines of its [inference] table."""
         from bot.prompts.tags import import_csv
 
         path = tmp_path / "config.toml"
-        path.write_text(BASE_CONFIG + config_text, encoding="utf-8")
+        base = BASE_CONFIG.replace("[inference]\n", "[inference]\n" + inference, 1)
+        path.write_text(base + config_text, encoding="utf-8")
         config = load_config(path)
         if tags and not config.tags_db.exists():
             csv = tmp_path / "tags.csv"
             csv.write_text(TAGS_CSV, encoding="utf-8")
             import_csv(csv, config.tags_db)
-        cache = ModelCache(RuntimeOptions("cpu", None, models_dir), capacity=2, location="cpu", loader=load_backend)
+        runtime = RuntimeOptions("cpu", None, models_dir, vram_limit=config.vram_limit)  # [inference] vram_limit_gb
+        cache = ModelCache(runtime, capacity=2, location="cpu", loader=load_backend)
         service = GenerationService(config, cache)
         await service.start()
         services.append(service)
