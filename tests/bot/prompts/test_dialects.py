@@ -121,8 +121,8 @@ def edit(path: Path, old: str, new: str) -> None:
         ),
         (
             "models/anima.toml",
-            '"meta", "text"]',
-            '"meta", "text", "extra"]',
+            '"general", "text"]',
+            '"general", "text", "extra"]',
             ["prompt.order: must list each of quality"],
         ),
         ("models/anima.toml", 'format = "year {year}"', 'format = "year"', ["year.format: must contain {year}"]),
