@@ -92,6 +92,17 @@ def test_unweighted_prompt_is_diffusers_own_conditioning(backend: AnimaBackend, 
     assert ours["t5_weights"] is None and ours["negative_t5_weights"] is None
 
 
+def test_escaped_brackets_are_the_literal_text(backend: AnimaBackend, tiny_dir: Path) -> None:
+    from diffusers import AnimaModularPipeline
+
+    ours = run(backend.pipeline, "1girl, honkai \\(series\\)")
+    plain = AnimaModularPipeline.from_pretrained(str(tiny_dir))
+    plain.load_components(dtype=torch.float32)
+    theirs = run(plain, "1girl, honkai (series)", keys=["prompt_embeds", "negative_prompt_embeds"])
+    assert torch.equal(ours["prompt_embeds"], theirs["prompt_embeds"])
+    assert torch.equal(ours["negative_prompt_embeds"], theirs["negative_prompt_embeds"])
+
+
 def test_a_weight_multiplies_exactly_its_t5_rows(backend: AnimaBackend) -> None:
     pipe = backend.pipeline
     plain_text = "1girl, solo smile long hair, night sky"
