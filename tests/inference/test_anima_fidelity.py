@@ -217,6 +217,10 @@ def test_bf16_model_keeps_float32_latents_between_steps(tiny_dir: Path) -> None:
     recorder = LatentDtypes()
     for branch in pipe._blocks.sub_blocks["denoise"].sub_blocks.values():  # the blocks it runs, not a copy
         branch.sub_blocks["denoise"].sub_blocks["test_latent_dtypes"] = recorder
-    images = backend.generate(GenerationParams("1girl, smile", NEGATIVE, 64, 64, 3, 4.0, (5,), "flow_euler"))
+    prompt = "1girl, (smile:1.2), (@artist:0.1)"  # the weighted rows in bf16 too
+    images = backend.generate(GenerationParams(prompt, NEGATIVE, 64, 64, 3, 4.0, (5,), "flow_euler"))
     assert images[0].size == (64, 64)
     assert recorder.seen == [(torch.float32, torch.float32)] * 3  # CFG and the step in float32, as ComfyUI
+    conditioning = run(pipe, prompt, keys=["prompt_embeds", "t5_weights"])
+    assert conditioning["prompt_embeds"].dtype == torch.bfloat16
+    assert conditioning["t5_weights"].dtype == torch.float32
