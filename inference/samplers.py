@@ -17,14 +17,24 @@ class Sampler:
     scheduler_overrides: tuple[tuple[str, Any], ...] = ()
 
 
+# Noise schedules as A1111 WebUI and ComfyUI run SDXL samplers. diffusers' SDXL scheduler config says
+# timestep_spacing = "leading", whose first sigma at 28 steps is 10.72; WebUI ("Automatic" schedule) and
+# ComfyUI ("normal") start at the model's sigma_max, 14.61, and space the timesteps evenly from 999 down to 0.
+# For the Euler schedulers that is exactly diffusers' "linspace" (to 1e-4 at any step count). The DPM solver's
+# "linspace" and "trailing" both start at sigma_max but stop one interval before t=0 (a last sigma of 0.19
+# instead of 0.03 at 28 steps); "trailing" is the nearer of the two and is ComfyUI's "simple" schedule.
+# Karras sigmas span the model's whole sigma range whatever the spacing. See docs/fidelity.md.
+WEBUI_EULER_SPACING = (("timestep_spacing", "linspace"),)
+WEBUI_DPM_SPACING = (("timestep_spacing", "trailing"),)
+
 SAMPLERS: dict[str, Sampler] = {
     s.id: s
     for s in (
-        Sampler("euler_a", "Euler a", ("sdxl",), "EulerAncestralDiscreteScheduler"),
-        Sampler("euler", "Euler", ("sdxl",), "EulerDiscreteScheduler"),
+        Sampler("euler_a", "Euler a", ("sdxl",), "EulerAncestralDiscreteScheduler", WEBUI_EULER_SPACING),
+        Sampler("euler", "Euler", ("sdxl",), "EulerDiscreteScheduler", WEBUI_EULER_SPACING),
         Sampler(
             "dpmpp_2m", "DPM++ 2M", ("sdxl",), "DPMSolverMultistepScheduler",
-            (("algorithm_type", "dpmsolver++"), ("use_karras_sigmas", False)),
+            (("algorithm_type", "dpmsolver++"), ("use_karras_sigmas", False), *WEBUI_DPM_SPACING),
         ),
         Sampler(
             "dpmpp_2m_karras", "DPM++ 2M Karras", ("sdxl",), "DPMSolverMultistepScheduler",

@@ -107,6 +107,9 @@ class Dialect:
     rating_choices: dict[str, str]
     period_choices: dict[str, str]
     choices: Choices
+    # Samplers the model card recommends that diffusers does not have (Anima's er_sde): shown in /model info
+    # and explained in docs/fidelity.md. Names as the card writes them.
+    missing_samplers: tuple[str, ...] = ()
 
     # --- vocabularies -------------------------------------------------------------------------
 
@@ -183,6 +186,14 @@ class GenerationData(_Data):
     buckets: Text
     negative: str
     nsfw_negative: str
+    missing_samplers: list[Text] = []
+
+    @field_validator("missing_samplers")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a sampler twice")
+        return value
 
 
 class PromptData(_Data):
@@ -367,6 +378,7 @@ def load_dialect(dialect_id: str, data_dir: Path = DATA_DIR) -> Dialect:
         rating_choices=dict(picked.rating),
         period_choices=dict(picked.period),
         choices=choices,
+        missing_samplers=tuple(gen.missing_samplers),
     )
     if dialect.bucket(dialect.default_aspect) is None:
         raise DialectError(

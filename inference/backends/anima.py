@@ -1,11 +1,13 @@
 """Anima (Cosmos-Predict2 DiT + LLM adapter + Qwen3 text encoder) through diffusers' AnimaModularPipeline.
 
-The pipeline runs diffusers' own AnimaAutoBlocks with two changes, made the modular way:
+The pipeline runs diffusers' own AnimaAutoBlocks with these changes, made the modular way:
   * two leaf blocks in the denoising loop (first and last in each step) that report per-step progress and
     stop between steps when the CancelToken is set;
-  * the text-encoder block is a subclass that understands A1111 weights `(tag:1.2)`: weighted spans get their
-    Qwen3 hidden states pushed away from (or towards) those of an empty prompt, as ComfyUI does. Prompts
-    without weight syntax take the parent class's code path unchanged.
+  * prompt weights `(tag:1.2)` as ComfyUI applies them to Anima (docs/fidelity.md): the text-encoder and
+    text-conditioning blocks are subclasses that multiply the LLM adapter's output row of each T5 token by
+    its weight; the Qwen3 states are not weighted. Prompts without weight syntax take diffusers' code;
+  * the denoising loop keeps the latents (and the guided prediction) in float32 with a bf16 model, as
+    ComfyUI does.
 
 Each seed is a separate pipeline call with its own CPU generator: image i depends only on seeds[i] and a
 reroll of one seed reproduces it exactly (a batched call would give slightly different numbers per batch size).
@@ -21,8 +23,11 @@ from typing import Any
 
 import torch
 from diffusers import AnimaAutoBlocks, AnimaModularPipeline
-from diffusers.modular_pipelines import BlockState, InputParam, ModularPipelineBlocks, PipelineState
+from diffusers.modular_pipelines import BlockState, ModularPipelineBlocks, PipelineState
+from diffusers.modular_pipelines.anima.before_denoise import AnimaTextConditioningStep
+from diffusers.modular_pipelines.anima.denoise import AnimaLoopDenoiser
 from diffusers.modular_pipelines.anima.encoders import AnimaTextEncoderStep
+from diffusers.modular_pipelines.modular_pipeline_utils import InputParam, OutputParam
 from PIL import Image
 
 from inference import torchvision_shim
@@ -67,6 +72,8 @@ REQUIRED_COMPONENTS = (
     "scheduler",
 )
 STEP_HOOK_INPUT = "animebot_step_hook"
+T5_WEIGHTS = "t5_weights"  # text encoder -> text conditioning: a weight per T5 token (None: unweighted)
+NEGATIVE_T5_WEIGHTS = "negative_t5_weights"
 
 Fragments = list[tuple[str, float]]
 
@@ -177,116 +184,270 @@ class StepEndBlock(_StepHookBlock):
 # -------------------------------------------------------------------------------------- prompt weights
 
 
-def _reflow(fragments: Fragments) -> Fragments:
-    """Move whitespace at the end of a fragment to the start of the next, where byte-level BPE wants it
-    (" smile" is one token, "smile" after a separate " " is not what the whole prompt would give)."""
-    texts = [text for text, _ in fragments]
-    for i in range(len(texts) - 1):
-        stripped = texts[i].rstrip(" ")
-        if stripped and stripped != texts[i]:
-            texts[i + 1] = texts[i][len(stripped) :] + texts[i + 1]
-            texts[i] = stripped
-    return [(text, weight) for text, (_, weight) in zip(texts, fragments, strict=True) if text]
+def weighted_fragments(text: Any) -> Fragments | None:
+    """`text`'s (piece, weight) fragments when it carries A1111/ComfyUI weights, else None (plain text,
+    an empty prompt, or not a string: those go through diffusers' own code unchanged)."""
+    if not isinstance(text, str) or not text:
+        return None
+    fragments = parse_weighted(text)
+    if len(fragments) == 1 and fragments[0] == (text, 1.0):
+        return None
+    return fragments
+
+
+def comfyui_tokens(tokenizer: Any, fragments: Fragments, end_token: int | None) -> tuple[list[int], list[float]]:
+    """Token ids and one weight per id, as ComfyUI's tokenize_with_weights builds them: every fragment is
+    tokenized on its own (no special tokens) and its ids carry its weight; `end_token` (T5's EOS) closes the
+    sequence with weight 1. A fragment of one piece gives exactly the ids of tokenizing the whole text."""
+    ids: list[int] = []
+    weights: list[float] = []
+    for piece, weight in fragments:
+        piece_ids = [int(i) for i in tokenizer(piece, add_special_tokens=False).input_ids]
+        ids += piece_ids
+        weights += [float(weight)] * len(piece_ids)
+    if end_token is not None:
+        ids.append(int(end_token))
+        weights.append(1.0)
+    return ids, weights
+
+
+def _truncate(ids: list[int], weights: list[float], limit: int, keep_last: bool) -> tuple[list[int], list[float]]:
+    """Cut to `limit` tokens as the tokenizer's truncation does (T5 keeps its EOS as the last token)."""
+    if len(ids) <= limit:
+        return ids, weights
+    if keep_last and limit > 0:
+        return ids[: limit - 1] + ids[-1:], weights[: limit - 1] + weights[-1:]
+    return ids[:limit], weights[:limit]
 
 
 class WeightedAnimaTextEncoderStep(AnimaTextEncoderStep):
-    """AnimaTextEncoderStep that reads A1111 weights; plain prompts go through the parent unchanged.
+    """AnimaTextEncoderStep that reads A1111/ComfyUI weights `(tag:1.2)`, the way ComfyUI weights Anima.
 
-    A weighted token's Qwen3 hidden state becomes `empty + (h - empty) * weight`, `empty` being the hidden
-    state at the same position of a prompt made of pad tokens (ComfyUI's rule). The T5 query ids, which the
-    LLM adapter uses as positions/queries, come from the text with the weight syntax removed.
+    ComfyUI (comfy/text_encoders/anima.py, comfy/ldm/anima/model.py) tokenizes each weighted fragment on
+    its own for both tokenizers, forces the Qwen3 token weights to 1 (the Qwen3 hidden states are never
+    weighted) and keeps one weight per T5 token; the LLM adapter's output row for each T5 token is then
+    multiplied by that weight (WeightedAnimaTextConditioningStep). So this step outputs the unweighted Qwen3
+    states of the fragment tokens, the T5 ids of the text without weight syntax, and `t5_weights`
+    (1, T5 length), float32. Prompts without weight syntax take diffusers' own code (`t5_weights` None).
     """
 
+    @property
+    def intermediate_outputs(self) -> list[OutputParam]:
+        return [
+            *super().intermediate_outputs,
+            OutputParam(T5_WEIGHTS, type_hint=torch.Tensor, description="animebot: a weight per T5 token, or None"),
+            OutputParam(
+                NEGATIVE_T5_WEIGHTS,
+                type_hint=torch.Tensor,
+                description="animebot: a weight per negative T5 token, or None",
+            ),
+        ]
+
     @staticmethod
-    def _is_plain(text: str | None, fragments: Fragments) -> bool:
-        return text is None or (len(fragments) == 1 and fragments[0] == (text, 1.0)) or text == ""
+    def encode_weighted(
+        components: Any, fragments: Fragments, max_sequence_length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Qwen3 states, their mask, T5 ids, T5 mask, T5 weights) for one weighted prompt."""
+        qwen_ids, _ = comfyui_tokens(components.tokenizer, fragments, None)
+        qwen_ids, _ = _truncate(qwen_ids, [1.0] * len(qwen_ids), max_sequence_length, keep_last=False)
+        t5_ids, t5_weights = comfyui_tokens(components.t5_tokenizer, fragments, components.t5_tokenizer.eos_token_id)
+        t5_ids, t5_weights = _truncate(t5_ids, t5_weights, max_sequence_length, keep_last=True)
 
-    @classmethod
-    def _weighted_qwen_embeds(
-        cls,
-        components: Any,
-        fragments: Fragments,
-        max_sequence_length: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        text = "".join(t for t, _ in fragments)
-        if all(w == 1.0 for _, w in fragments):
-            return cls._get_qwen_prompt_embeds(components, text, max_sequence_length, device, dtype)
-        ids: list[int] = []
-        weights: list[float] = []
-        for piece, weight in _reflow(fragments):
-            piece_ids = components.tokenizer(piece, add_special_tokens=False).input_ids
-            ids += piece_ids
-            weights += [weight] * len(piece_ids)
-        ids, weights = ids[:max_sequence_length], weights[:max_sequence_length]
-        if not ids:
-            return cls._get_qwen_prompt_embeds(components, text, max_sequence_length, device, dtype)
+        if qwen_ids:
+            input_ids = torch.tensor([qwen_ids], dtype=torch.long, device=device)
+            qwen_mask = torch.ones_like(input_ids)
+        else:  # as diffusers does for a prompt with no tokens
+            input_ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+            qwen_mask = torch.zeros_like(input_ids)
+        qwen = components.text_encoder(
+            input_ids=input_ids, attention_mask=qwen_mask, output_hidden_states=False
+        ).last_hidden_state
+        qwen = qwen.to(dtype=dtype, device=device)
+        qwen = qwen * qwen_mask.to(qwen).unsqueeze(-1)
 
-        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-        mask = torch.ones_like(input_ids)
-        encoder = components.text_encoder
-        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        pad_id = components.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = components.tokenizer.eos_token_id
-        empty = encoder(input_ids=torch.full_like(input_ids, int(pad_id)), attention_mask=mask).last_hidden_state
-        w = torch.tensor(weights, dtype=hidden.dtype, device=hidden.device).view(1, -1, 1)
-        hidden = torch.where(w != 1.0, empty + (hidden - empty) * w, hidden)
-        return hidden.to(dtype=dtype, device=device), mask
+        ids = torch.tensor([t5_ids], dtype=torch.long, device=device)
+        weights = torch.tensor([t5_weights], dtype=torch.float32, device=device)
+        return qwen, qwen_mask, ids, torch.ones_like(ids), weights
 
     @torch.no_grad()
     def __call__(self, components: Any, state: PipelineState) -> tuple[Any, PipelineState]:
         block_state: Any = self.get_block_state(state)
-        prompt, negative = block_state.prompt, block_state.negative_prompt
-        if not isinstance(prompt, str) or not (negative is None or isinstance(negative, str)):
-            return super().__call__(components, state)
-        pos = parse_weighted(prompt)
-        neg = parse_weighted(negative) if negative else [("", 1.0)]
-        if self._is_plain(prompt, pos) and self._is_plain(negative, neg):
-            return super().__call__(components, state)
-
         self.check_inputs(block_state)
         device = components._execution_device
         dtype = components.text_encoder.dtype
-        max_len = block_state.max_sequence_length or 512
+        max_len = block_state.max_sequence_length
+        with_negative = components.guider.num_conditions > 1
+        prompt, negative = block_state.prompt, block_state.negative_prompt
+        if negative is None:
+            negative = ""
+        pos = weighted_fragments(prompt)
+        neg = weighted_fragments(negative) if with_negative and isinstance(prompt, str) else None
 
-        def encode(fragments: Fragments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-            embeds, mask = self._weighted_qwen_embeds(components, fragments, max_len, device, dtype)
-            t5_ids, t5_mask = self._get_t5_prompt_ids(components, "".join(t for t, _ in fragments), max_len, device)
-            return embeds, mask, t5_ids, t5_mask
+        if pos is None and neg is None:  # diffusers' own encoding, bit for bit
+            outputs = self.encode_prompt(
+                components=components,
+                prompt=prompt,
+                negative_prompt=block_state.negative_prompt,
+                prepare_unconditional_embeds=with_negative,
+                max_sequence_length=max_len,
+                device=device,
+                dtype=dtype,
+            )
+            for name, value in outputs.items():
+                setattr(block_state, name, value)
+            block_state.t5_weights = None
+            block_state.negative_t5_weights = None
+            self.set_block_state(state, block_state)
+            return components, state
 
+        def encode(text: str, fragments: Fragments | None) -> tuple[Any, ...]:
+            if fragments is not None:
+                return self.encode_weighted(components, fragments, max_len, device, dtype)
+            qwen, qwen_mask = self._get_qwen_prompt_embeds(components, [text], max_len, device, dtype)
+            t5_ids, t5_mask = self._get_t5_prompt_ids(components, [text], max_len, device)
+            return qwen, qwen_mask, t5_ids, t5_mask, None
+
+        assert isinstance(prompt, str)  # a list is never weighted
         (
             block_state.qwen_prompt_embeds,
             block_state.qwen_attention_mask,
             block_state.t5_input_ids,
             block_state.t5_attention_mask,
-        ) = encode(pos)
+            block_state.t5_weights,
+        ) = encode(prompt, pos)
         block_state.negative_qwen_prompt_embeds = None
         block_state.negative_qwen_attention_mask = None
         block_state.negative_t5_input_ids = None
         block_state.negative_t5_attention_mask = None
-        if components.guider.num_conditions > 1:
+        block_state.negative_t5_weights = None
+        if with_negative:
+            if not isinstance(negative, str):
+                raise TypeError(f"`negative_prompt` should be the same type to `prompt`, but got {type(negative)}")
             (
                 block_state.negative_qwen_prompt_embeds,
                 block_state.negative_qwen_attention_mask,
                 block_state.negative_t5_input_ids,
                 block_state.negative_t5_attention_mask,
-            ) = encode(neg)
+                block_state.negative_t5_weights,
+            ) = encode(negative, neg)
         self.set_block_state(state, block_state)
         return components, state
+
+
+def apply_t5_weights(embeds: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The LLM adapter's output rows times their T5 token's weight (ComfyUI: `out * t5xxl_weights`, a float32
+    product), cast to `dtype`. Rows past the T5 tokens are the adapter's zero padding and stay zero."""
+    scale = torch.ones(embeds.shape[:2], dtype=torch.float32, device=embeds.device)
+    tokens = weights.shape[-1]
+    scale[:, :tokens] = weights.to(device=embeds.device, dtype=torch.float32)
+    return (embeds.to(torch.float32) * scale.unsqueeze(-1)).to(dtype)
+
+
+class WeightedAnimaTextConditioningStep(AnimaTextConditioningStep):
+    """AnimaTextConditioningStep that multiplies each conditioner output row by its T5 token's weight
+    (positive and negative prompt). Without weights it is diffusers' step unchanged."""
+
+    @property
+    def inputs(self) -> list[InputParam]:
+        return [
+            *super().inputs,
+            InputParam(T5_WEIGHTS, type_hint=torch.Tensor, description="animebot: a weight per T5 token"),
+            InputParam(NEGATIVE_T5_WEIGHTS, type_hint=torch.Tensor, description="animebot: negative T5 weights"),
+        ]
+
+    @staticmethod
+    def _conditioned(
+        components: Any,
+        prefix: str,
+        block_state: Any,
+        device: torch.device,
+        conditioning_dtype: torch.dtype,
+        output_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        inputs = {
+            "qwen_prompt_embeds": getattr(block_state, f"{prefix}qwen_prompt_embeds"),
+            "qwen_attention_mask": getattr(block_state, f"{prefix}qwen_attention_mask"),
+            "t5_input_ids": getattr(block_state, f"{prefix}t5_input_ids"),
+            "t5_attention_mask": getattr(block_state, f"{prefix}t5_attention_mask"),
+        }
+        weights = getattr(block_state, f"{prefix}t5_weights", None)
+        if weights is None:
+            return AnimaTextConditioningStep._condition_prompt_embeds(
+                components, **inputs, device=device, conditioning_dtype=conditioning_dtype, output_dtype=output_dtype
+            )
+        # Same call as the parent's, weighted before the cast to the transformer's dtype.
+        raw = AnimaTextConditioningStep._condition_prompt_embeds(
+            components, **inputs, device=device, conditioning_dtype=conditioning_dtype, output_dtype=conditioning_dtype
+        )
+        return apply_t5_weights(raw, weights, output_dtype).to(device=device)
+
+    @torch.no_grad()
+    def __call__(self, components: Any, state: PipelineState) -> tuple[Any, PipelineState]:
+        block_state: Any = self.get_block_state(state)
+        if getattr(block_state, T5_WEIGHTS, None) is None and getattr(block_state, NEGATIVE_T5_WEIGHTS, None) is None:
+            return super().__call__(components, state)
+        device = components._execution_device
+        conditioning_dtype = components.text_conditioner.dtype
+        output_dtype = components.transformer.dtype
+        block_state.prompt_embeds = self._conditioned(
+            components, "", block_state, device, conditioning_dtype, output_dtype
+        )
+        block_state.negative_prompt_embeds = None
+        if block_state.negative_qwen_prompt_embeds is not None:
+            block_state.negative_prompt_embeds = self._conditioned(
+                components, "negative_", block_state, device, conditioning_dtype, output_dtype
+            )
+        self.set_block_state(state, block_state)
+        return components, state
+
+
+# ------------------------------------------------------------------------------------- float32 latents
+
+
+class Float32AnimaLoopDenoiser(AnimaLoopDenoiser):
+    """AnimaLoopDenoiser with the transformer's predictions upcast to float32 before guidance, as ComfyUI
+    does (`diffusion_model(...).float()`), so that a bf16 model keeps float32 latents between steps.
+
+    diffusers prepares float32 latents, but FlowMatchEulerDiscreteScheduler.step casts its result to the
+    prediction's dtype: with a bf16 prediction the latents became bf16 after the first step (and CFG was
+    computed in bf16). With a float32 prediction, guidance, the step and the latents stay float32. With a
+    float32 model `.float()` returns the same tensor: bit-identical to diffusers' block."""
+
+    @torch.no_grad()
+    def __call__(self, components: Any, block_state: BlockState, i: int, t: torch.Tensor) -> tuple[Any, BlockState]:
+        state: Any = block_state
+        components.guider.set_state(step=i, num_inference_steps=state.num_inference_steps, timestep=t)
+        guider_state = components.guider.prepare_inputs_from_block_state(state, self._guider_input_fields)
+        for batch in guider_state:
+            components.guider.prepare_models(components.transformer)
+            cond_kwargs = {key: getattr(batch, key).to(state.dtype) for key in self._guider_input_fields}
+            batch.noise_pred = components.transformer(
+                hidden_states=state.latent_model_input,
+                timestep=state.timestep,
+                padding_mask=state.padding_mask,
+                return_dict=False,
+                **cond_kwargs,
+            )[0].float()
+            components.guider.cleanup_models(components.transformer)
+        state.noise_pred = components.guider(guider_state)[0]
+        return components, block_state
 
 
 # ------------------------------------------------------------------------------------------- blocks
 
 
 def build_blocks() -> Any:
-    """diffusers' AnimaAutoBlocks with our text-encoder step and the two denoising-loop blocks."""
+    """diffusers' AnimaAutoBlocks with our text-encoder and text-conditioning steps (ComfyUI's weighting),
+    float32 latents between steps, and the two progress/cancellation blocks in the denoising loop."""
     blocks: Any = AnimaAutoBlocks()
     blocks.sub_blocks["text_encoder"] = WeightedAnimaTextEncoderStep()
     core = blocks.sub_blocks["denoise"]  # AutoPipelineBlocks: img2img / text2image
     for branch in core.sub_blocks.values():
+        branch.sub_blocks["text_conditioning"] = WeightedAnimaTextConditioningStep()
         loop = branch.sub_blocks["denoise"]  # AnimaDenoiseStep (a LoopSequentialPipelineBlocks)
+        loop.sub_blocks["denoiser"] = Float32AnimaLoopDenoiser(
+            guider_input_fields={"encoder_hidden_states": ("prompt_embeds", "negative_prompt_embeds")}
+        )
         loop.sub_blocks.insert("animebot_step_start", StepStartBlock(), 0)
         loop.sub_blocks["animebot_step_end"] = StepEndBlock()
         loop.set_progress_bar_config(disable=True)  # progress goes to our callback, not to stderr

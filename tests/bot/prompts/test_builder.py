@@ -156,6 +156,19 @@ def test_tag_db_orders_categories_for_anima(tags: TagDatabase) -> None:
     )
 
 
+def test_anima_meta_tags_go_front_with_quality_year_and_safety(tags: TagDatabase) -> None:
+    """The card's order: quality/meta/year/safety tags, then 1girl/1boy/1other, character, series, artist,
+    general. absurdres and highres are meta tags (category 5) in the tag database."""
+    built = build_prompt(
+        load_dialect("anima"),
+        PromptChoices("smile, absurdres, @ebifurya, 1girl, highres, night", quality="best", year="2020", rating="safe"),
+        tags,
+    )
+    assert built.prompt == (
+        "best quality, score_8, absurdres, highres, year 2020, safe, 1girl, @ebifurya, smile, night"
+    )
+
+
 def test_db_artist_gets_the_models_artist_format(tags: TagDatabase) -> None:
     anima = build_prompt(load_dialect("anima"), PromptChoices("smile, yd_(orange_maru), 1girl"), tags)
     assert anima.prompt == "1girl, @yd \\(orange maru\\), smile"

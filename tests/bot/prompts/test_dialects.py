@@ -52,6 +52,14 @@ def test_card_values() -> None:
     assert load_dialect("animagine-xl-3.1").rating_choices["explicit"] == "explicit, nsfw"
 
 
+def test_missing_samplers_name_what_the_card_uses_and_diffusers_lacks() -> None:
+    assert load_dialect("anima").missing_samplers == ("er_sde",)
+    assert load_dialect("animagine-xl-4.0").missing_samplers == ()
+    assert load_dialect("animagine-xl-3.1").missing_samplers == ()
+    for dialect_id in available_dialects():
+        assert not set(load_dialect(dialect_id).missing_samplers) & set(SAMPLERS)
+
+
 def test_formatting() -> None:
     anima = load_dialect("anima")
     assert anima.format_artist("yd_(orange_maru)") == "@yd \\(orange maru\\)"
@@ -121,9 +129,21 @@ def edit(path: Path, old: str, new: str) -> None:
         ),
         (
             "models/anima.toml",
-            '"meta", "text"]',
-            '"meta", "text", "extra"]',
+            '"general", "text"]',
+            '"general", "text", "extra"]',
             ["prompt.order: must list each of quality"],
+        ),
+        (
+            "models/anima.toml",
+            'missing_samplers = ["er_sde"]',
+            'missing_samplers = ["er_sde", "er_sde"]',
+            ["generation.missing_samplers: lists a sampler twice"],
+        ),
+        (
+            "models/anima.toml",
+            'missing_samplers = ["er_sde"]',
+            'missing_samplers = [""]',
+            ["generation.missing_samplers.0: String should have at least 1 character"],
         ),
         ("models/anima.toml", 'format = "year {year}"', 'format = "year"', ["year.format: must contain {year}"]),
         ("models/anima.toml", "min = 1990", "min = 2030", ["year: min (2030) is after max (2025)"]),
