@@ -11,14 +11,26 @@ weights each token and encodes long prompts in 77-token chunks that are concaten
 Seeds: every image gets its own CPU torch.Generator seeded from its seed. diffusers draws the initial noise
 (and Euler a's per-step noise) on the CPU from it and moves it to the device, so a seed gives the same
 starting noise on CUDA, MPS and CPU machines, and image i of a batch depends only on seeds[i].
+
+Memory modes (inference.memory, switched by set_memory_mode; the diffusers features in inference.offload):
+    high      the pipeline on the device; VAE slicing (diffusers' SDXL pipeline decodes a batch at once otherwise).
+    balanced  + VAE tiling (1024 px tiles, the VAE's sample_size) and the two CLIP encoders on the CPU except
+              while they encode: an accelerate hook moves each to the device when it runs and the UNet's first
+              forward sends them back (the compel path runs the same encoders, through the same hooks).
+    low       diffusers' enable_model_cpu_offload(device=...): one component on the device at a time.
+    minimal   diffusers' group offloading at leaf level (sequential offload; see inference.offload), VAE tiles
+              of 512 px.
+None of them changes the arithmetic: high, balanced and low give the same pixels for an image no larger than
+one tile (minimal too: the hooks only move the same weights to the same device before each layer).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +38,10 @@ import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from PIL import Image
 
-from inference.device import free_device_memory, module_bytes, resolve_dtype
-from inference.memory import Footprint, reference_footprint
+from inference import compile as compiling
+from inference.device import device_budget, free_device_memory, module_bytes, resolve_dtype
+from inference.memory import Footprint, gib, reference_footprint, resolve_mode
+from inference.offload import offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -51,6 +65,7 @@ from inference.types import (
     StepProgress,
     error_summary,
 )
+from inference.vae import decodes_without_upcast, describe_vae, load_vae
 
 # The diffusers repository whose configs and tokenizers fit a plain SDXL checkpoint (every Animagine XL
 # single file). Used for a SingleFileSource without `config` when the network must not be touched.
@@ -58,6 +73,7 @@ SDXL_BASE_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 _CONFIG_FILE_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "*.model", "**/*.model"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ class SDXLBackend:
         self._pipe: StableDiffusionXLPipeline | None = pipe
         self._base_scheduler_config = pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
-        self._on_device = True
+        self._on_device = False  # load_sdxl places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._lock = threading.RLock()
 
@@ -107,7 +123,7 @@ class SDXLBackend:
                 raise GenerationCancelled()
             pipe = self._require_pipe()
             if not self._on_device:
-                self.activate()
+                self._place()
             pipe.scheduler = self._scheduler(params.sampler)
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in params.seeds]
             text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
@@ -154,31 +170,75 @@ class SDXLBackend:
             return images
 
     def footprint(self) -> Footprint:
+        """Measured weights; a half-precision VAE that diffusers decodes without the fp32 upcast (an fp16-fix
+        VAE, force_upcast false) needs half the reference decode working set."""
         pipe = self._require_pipe()
-        return reference_footprint(self.spec).with_weights(
+        reference = reference_footprint(self.spec)
+        vae = pipe.vae
+        if vae.dtype in (torch.float16, torch.bfloat16) and decodes_without_upcast(vae):
+            reference = replace(reference, decode_per_mp=reference.decode_per_mp // 2)
+        return reference.with_weights(
             denoiser=module_bytes(pipe.unet),
             text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
-            vae=module_bytes(pipe.vae),
+            vae=module_bytes(vae),
         )
 
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        """Switch the diffusers features of `mode` on (and those of the previous mode off). Idempotent. A parked
+        model (offload) only records the mode: activate applies it."""
+        with self._lock:
+            self._require_pipe()
+            self.memory_mode = mode
+            if self._on_device:
+                self._place()
+
     def offload(self) -> None:
-        """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back."""
+        """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back. Every
+        offload hook is removed; activate puts the memory mode back."""
         with self._lock:
             pipe = self._require_pipe()
-            if self._on_device and self.runtime.device != "cpu":
+            self._remove_hooks()
+            if self.runtime.device != "cpu":
                 pipe.to("cpu")
                 free_device_memory(self.runtime.device)
             self._on_device = False
 
     def activate(self) -> None:
         with self._lock:
-            pipe = self._require_pipe()
+            self._require_pipe()
             if not self._on_device:
-                pipe.to(self.runtime.device)
-                self._on_device = True
+                self._place()
+
+    def _place(self) -> None:
+        """Put the weights where self.memory_mode wants them (the lock is held). Hooks of an earlier mode are
+        removed first (remove_all_hooks also puts sequentially offloaded weights back on the CPU)."""
+        pipe = self._require_pipe()
+        device, mode = self.runtime.device, self.memory_mode
+        self._remove_hooks()
+        set_vae_features(pipe.vae, self.footprint(), mode, int(pipe.vae_scale_factor))
+        if mode == "high":
+            pipe.to(device)
+        elif mode == "balanced":
+            for name in ("unet", "vae"):
+                getattr(pipe, name).to(device)
+            offload_text_encoders([pipe.text_encoder, pipe.text_encoder_2], pipe.unet, device)
+            free_device_memory(device)
+        elif mode == "low":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            sequential_offload(_modules(pipe), device)
+            free_device_memory(device)
+        self._on_device = True
+
+    def _remove_hooks(self) -> None:
+        pipe = self._require_pipe()
+        pipe.remove_all_hooks()  # accelerate's (model offload, balanced) and pipe._all_hooks
+        remove_hooks(_modules(pipe))  # group offloading's
 
     def unload(self) -> None:
         with self._lock:
+            if self._pipe is not None:
+                self._remove_hooks()
             self._pipe = None
             self._schedulers.clear()
             self._on_device = False
@@ -232,6 +292,10 @@ class SDXLBackend:
         return {"prompt": strip_weighting(prompt), "negative_prompt": plain_negative or None}
 
 
+def _modules(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:
+    return [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
+
+
 # -- prompt helpers -----------------------------------------------------------------------------------
 
 
@@ -259,7 +323,9 @@ def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative:
     from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 
     dtype = pipe.text_encoder_2.dtype
-    device = pipe.text_encoder_2.device
+    # Where the pipeline computes: in the offload modes the encoders wait on the CPU (or as meta tensors) and
+    # their hooks move them, and their inputs, to this device when they run.
+    device = pipe._execution_device
 
     def make(tokenizer: Any, encoder: Any) -> Compel:
         return Compel(
@@ -268,7 +334,7 @@ def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative:
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             truncate_long_prompts=False,
             dtype_for_device_getter=lambda _device: dtype,
-            device=str(encoder.device),
+            device=str(device),
         )
 
     encoders = [make(pipe.tokenizer, pipe.text_encoder), make(pipe.tokenizer_2, pipe.text_encoder_2)]
@@ -378,11 +444,47 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
     else:
         raise ModelLoadError(f"model {spec.name!r}: {type(source).__name__} cannot hold an SDXL model")
 
+    if spec.vae is not None:
+        vae_source = spec.vae
+        vae = load_vae(vae_source, pipe.vae.dtype, pipe.vae, runtime.local_files_only)
+        pipe.register_modules(vae=vae)
+        upcast = "decodes in fp32" if not decodes_without_upcast(vae) else "decodes without the fp32 upcast"
+        log.info("model %s: %s replaces its VAE (%s)", spec.name, describe_vae(vae_source), upcast)
+
     stages(f"moving to {runtime.device}")
     pipe.set_progress_bar_config(disable=True)
-    _attempt(f"{what} on {runtime.device}", lambda: pipe.to(runtime.device))
+    backend = SDXLBackend(spec, pipe, runtime)
+    mode = resolve_mode(spec.memory, device_budget(runtime), backend.footprint())
+    log_memory_mode(spec, mode, runtime)
+    _attempt(f"{what} on {runtime.device}", lambda: backend.set_memory_mode(mode))
+    _attempt(f"{what} on {runtime.device}", backend.activate)
+    if spec.compile and compiling.should_compile(spec.name, runtime.device):
+        _attempt(f"compiling {what}", lambda: compile_and_warm_up(backend))
     stages.finish()
-    return SDXLBackend(spec, pipe, runtime)
+    return backend
+
+
+def log_memory_mode(spec: ModelSpec, mode: MemoryMode, runtime: RuntimeOptions) -> None:
+    """"model X: memory mode Y (auto: Z GiB usable)" at load."""
+    if spec.memory != "auto":
+        why = "configured"
+    else:
+        budget = device_budget(runtime)
+        why = f"auto: {gib(budget)} usable" if budget is not None else f"auto: {runtime.device} reports no memory"
+    log.info("model %s: memory mode %s (%s)", spec.name, mode, why)
+
+
+def compile_and_warm_up(backend: SDXLBackend) -> None:
+    """channels_last for the UNet and VAE (CUDA), torch.compile of the UNet, then one short generation at the
+    model's typical size so the compilation happens now rather than in the first user's job."""
+    pipe = backend.pipeline
+    if backend.runtime.device.startswith("cuda"):
+        compiling.use_channels_last(pipe.unet, pipe.vae)
+    compiling.compile_module(pipe.unet)
+    edge = backend.footprint().typical_px
+    started = time.monotonic()
+    backend.generate(GenerationParams("", "", edge, edge, 2, 5.0, (0,), "euler_a"))
+    log.info("model %s: compiled and warmed up in %.1f s", backend.spec.name, time.monotonic() - started)
 
 
 def _load_directory(path: Path, dtype: torch.dtype, what: str) -> StableDiffusionXLPipeline:
