@@ -23,6 +23,7 @@ encoders per prompt in balanced mode (~0.1 s over PCIe 4), the whole model once 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,9 +38,11 @@ from diffusers.hooks.group_offloading import (
     apply_group_offloading,
 )
 
-from inference.memory import Footprint, tile_edge
-from inference.specs import MemoryMode
+from inference.device import device_budget
+from inference.memory import Footprint, gib, tile_edge
+from inference.specs import MemoryMode, ModelSpec, RuntimeOptions
 
+log = logging.getLogger(__name__)
 _ORIGINAL_TILES = "_animebot_original_tiles"
 _GROUP_OFFLOAD_HOOKS = (_GROUP_OFFLOADING, _LAYER_EXECUTION_TRACKER, _LAZY_PREFETCH_GROUP_OFFLOADING)
 
@@ -157,3 +160,13 @@ def has_hooks(model: torch.nn.Module) -> bool:
 def group_offloaded(model: torch.nn.Module) -> bool:
     """True when diffusers' group offloading is on for `model`."""
     return bool(_is_group_offload_enabled(model))
+
+
+def log_memory_mode(spec: ModelSpec, mode: MemoryMode, runtime: RuntimeOptions) -> None:
+    """At load: `model X: memory mode Y (auto: Z GiB usable)`."""
+    if spec.memory != "auto":
+        why = "configured"
+    else:
+        budget = device_budget(runtime)
+        why = f"auto: {gib(budget)} usable" if budget is not None else f"auto: {runtime.device} reports no memory limit"
+    log.info("model %s: memory mode %s (%s)", spec.name, mode, why)

@@ -40,8 +40,8 @@ from PIL import Image
 
 from inference import compile as compiling
 from inference.device import device_budget, free_device_memory, module_bytes, resolve_dtype
-from inference.memory import Footprint, gib, reference_footprint, resolve_mode
-from inference.offload import offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
+from inference.memory import Footprint, reference_footprint, resolve_mode
+from inference.offload import log_memory_mode, offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -462,16 +462,6 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
         _attempt(f"compiling {what}", lambda: compile_and_warm_up(backend))
     stages.finish()
     return backend
-
-
-def log_memory_mode(spec: ModelSpec, mode: MemoryMode, runtime: RuntimeOptions) -> None:
-    """"model X: memory mode Y (auto: Z GiB usable)" at load."""
-    if spec.memory != "auto":
-        why = "configured"
-    else:
-        budget = device_budget(runtime)
-        why = f"auto: {gib(budget)} usable" if budget is not None else f"auto: {runtime.device} reports no memory"
-    log.info("model %s: memory mode %s (%s)", spec.name, mode, why)
 
 
 def compile_and_warm_up(backend: SDXLBackend) -> None:
