@@ -337,7 +337,7 @@ class GpuWorker:
                 loop.call_soon_threadsafe(self.source.on_progress, item.job_id, progress)
 
             try:
-                images = await self._on_gpu(lambda: self._generate(backend, item, report, token))
+                images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token))
             except JobTooLarge as e:
                 log.warning("job %s refused: %s", item.job_id, e)
                 await self._failed(item.job_id, str(e))
@@ -369,25 +369,25 @@ class GpuWorker:
         task.add_done_callback(self._saves.discard)
 
     def _generate(
-        self, backend: Backend, item: WorkItem, report: Callable[[StepProgress], None], token: CancelToken
+        self, backend: Backend, params: GenerationParams, report: Callable[[StepProgress], None], token: CancelToken
     ) -> list[Image.Image]:
         """On the GPU thread: plan the job with the loaded model's measured footprint, switch to the plan's
         mode, run its calls (stepping down a mode at each out-of-memory error), and put the model's own mode
         back. Adds the pipeline time to busy_seconds."""
         started = time.perf_counter()
         own = backend.memory_mode
-        params = item.params
+        job = self.running_job
         try:
-            plan = self._require_plan(item.spec, params)
+            plan = self._require_plan(backend.spec, params)
             if plan.mode != own or plan.batch < params.count:
                 log.info(
                     "job %s: memory mode %s, %d image(s) per call (the model's mode: %s; estimated peak %s)",
-                    item.job_id, plan.mode, plan.batch, own, gib(plan.peak),
+                    job, plan.mode, plan.batch, own, gib(plan.peak),
                 )
             if plan.mode != own:
                 backend.set_memory_mode(plan.mode)
-            per_call = plan.batch if self.cache.footprint(item.spec).batches else params.count
-            images = self._run_calls(backend, item, per_call, JobProgress(report), token)
+            per_call = plan.batch if self.cache.footprint(backend.spec).batches else params.count
+            images = self._run_calls(backend, params, per_call, JobProgress(report), token)
             check_images(images)
             return images
         finally:
@@ -396,11 +396,10 @@ class GpuWorker:
             self.busy_seconds += time.perf_counter() - started
 
     def _run_calls(
-        self, backend: Backend, item: WorkItem, per_call: int, progress: JobProgress, token: CancelToken
+        self, backend: Backend, params: GenerationParams, per_call: int, progress: JobProgress, token: CancelToken
     ) -> list[Image.Image]:
         """The job's seeds in calls of `per_call`. An out-of-memory error frees memory, steps the model down
         one mode and retries that call; out of modes, OutOfMemoryInEveryMode."""
-        params = item.params
         images: list[Image.Image] = []
         while len(images) < params.count:
             seeds = params.seeds[len(images) : len(images) + per_call]
@@ -415,20 +414,20 @@ class GpuWorker:
                 # Freed and stepped down outside the except clause: until it ends, the error's traceback keeps
                 # the failed call's frames, and so its device tensors, alive.
                 progress.failed()
-                self._step_down(backend, item)
+                self._step_down(backend)
                 continue
             progress.finished()
             images.extend(made)
         return images
 
-    def _step_down(self, backend: Backend, item: WorkItem) -> None:
+    def _step_down(self, backend: Backend) -> None:
         free_device_memory(self.cache.runtime.device)
         mode = backend.memory_mode
         lower = step_down(mode)
         if lower is None:
-            log.warning("job %s: out of memory in memory mode %s, the lowest", item.job_id, mode)
+            log.warning("job %s: out of memory in memory mode %s, the lowest", self.running_job, mode)
             raise OutOfMemoryInEveryMode()
-        log.warning("job %s: out of memory in memory mode %s; retrying in %s", item.job_id, mode, lower)
+        log.warning("job %s: out of memory in memory mode %s; retrying in %s", self.running_job, mode, lower)
         backend.set_memory_mode(lower)
         free_device_memory(self.cache.runtime.device)
 
