@@ -12,8 +12,8 @@ Every feature here is the ordinary one diffusers uses for its own pipelines:
     layer's weights move to the device just before it runs and back after. It is diffusers' current form of
     enable_sequential_cpu_offload, and the one that works here: accelerate's sequential `cpu_offload` breaks on
     this accelerate/transformers pair (a CLIP embedding weight comes back as a plain tensor and the next offload
-    raises). On CUDA it runs with use_stream=True: the next layer's weights are copied on a side stream while
-    the current one computes (pinned host memory), so minimal costs far less than layer-by-layer blocking copies.
+    raises). On CUDA the denoiser runs with use_stream=True: its next layer's weights are copied on a side stream
+    while the current one computes (pinned host memory), so minimal costs far less than blocking copies.
 The first three hang accelerate hooks (`_hf_hook`), the last diffusers hooks (`_diffusers_hook`); remove_hooks
 takes every one off again, so switching modes back and forth leaves no trace.
 
@@ -113,9 +113,15 @@ def offload_all(hooks: Iterable[UserCpuOffloadHook]) -> None:
         hook.offload()
 
 
-def sequential_offload(models: Iterable[Any], device: str) -> None:
+def sequential_offload(models: Iterable[Any], device: str, streamed: torch.nn.Module | None = None) -> None:
     """Minimal mode: each model's weights wait on the CPU and move to `device` one layer at a time (diffusers'
-    leaf-level group offloading). Models are moved to the CPU first."""
+    leaf-level group offloading). Models are moved to the CPU first.
+
+    On CUDA the `streamed` model (the denoiser, which runs every step) prefetches its next layer on a side
+    stream. Only it: with a stream, group offloading restores each layer from pinned copies taken when it was
+    applied, which would undo a dtype change made later, and diffusers' SDXL pipeline casts an fp16 VAE to fp32
+    for each decode (force_upcast). The text encoders and the VAE run once per image: streams buy little there.
+    """
     cuda = device.startswith("cuda")
     for model in models:
         if isinstance(model, torch.nn.Module):
@@ -125,7 +131,7 @@ def sequential_offload(models: Iterable[Any], device: str) -> None:
                 onload_device=torch.device(device),
                 offload_device=torch.device("cpu"),
                 offload_type="leaf_level",
-                use_stream=cuda,
+                use_stream=cuda and model is streamed,
             )
 
 

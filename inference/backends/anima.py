@@ -429,7 +429,7 @@ class AnimaBackend:
             free_device_memory(device)
             self._chain = model_offload([getattr(pipe, name) for name in OFFLOAD_ORDER], device)
         else:
-            sequential_offload(_modules(pipe), device)
+            sequential_offload(_modules(pipe), device, streamed=pipe.transformer)
             free_device_memory(device)
         self._on_device = True
 

@@ -226,7 +226,7 @@ class SDXLBackend:
         elif mode == "low":
             pipe.enable_model_cpu_offload(device=device)
         else:
-            sequential_offload(_modules(pipe), device)
+            sequential_offload(_modules(pipe), device, streamed=pipe.unet)
             free_device_memory(device)
         self._on_device = True
 

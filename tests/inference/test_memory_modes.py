@@ -5,21 +5,28 @@ work in every mode; `auto` picks at load from the usable memory and says so."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from accelerate.hooks import CpuOffload
+from PIL import Image
 
 from inference.backends.anima import AnimaBackend, load_anima
+from inference.backends.base import Backend
 from inference.backends.sdxl import SDXLBackend, load_sdxl
-from inference.memory import MEMORY_MODES, estimate_peak, gib
+from inference.cache import ModelCache
+from inference.memory import MEMORY_MODES, REFERENCE_FOOTPRINTS, estimate_peak, gib, plan_job
 from inference.offload import OffloadBefore, group_offloaded, has_hooks
 from inference.specs import BuiltinSource, MemoryMode, MemorySetting, ModelSpec, RuntimeOptions
-from inference.types import GenerationParams
+from inference.types import GenerationParams, LoadProgressCallback, WorkItem
+from inference.worker import GpuWorker
+from tests.inference.test_worker import Source
 
 SIZE = 64  # below every tile edge: no mode tiles this image
 PLAIN = "1girl, solo, smile"
@@ -245,3 +252,47 @@ def test_auto_picks_the_mode_from_the_usable_memory_and_logs_it(
     configured = load_sdxl(sdxl_spec("minimal"), small)
     assert configured.memory_mode == "minimal"
     assert "model tiny-sdxl: memory mode minimal (configured)" in caplog.text
+
+
+# -- the worker runs a job in the mode its plan says ---------------------------------------------------
+
+
+async def test_a_job_planned_in_a_lower_mode_runs_there_and_gives_the_same_images(
+    runtime: RuntimeOptions, tmp_path: Path
+) -> None:
+    """The tiny model with Animagine XL's real footprint (its weights are too small for a budget between
+    the modes: minimal's fixed resident share would be the largest), so the plan is what a real card gets."""
+    backend = load_sdxl(sdxl_spec("high"), runtime)
+    params = sdxl_params()
+    expected = pixels(backend.generate(params))
+    footprint = REFERENCE_FOOTPRINTS["sdxl"]
+    backend.footprint = lambda: footprint  # type: ignore[method-assign]
+    limit = estimate_peak(footprint, SIZE, SIZE, params.count, "low")
+    plan = plan_job(limit, footprint, SIZE, SIZE, params.count)
+    assert plan is not None and plan.mode == "low"  # precondition: high and balanced do not fit
+    modes: list[tuple[MemoryMode, bool]] = []
+    switch = backend.set_memory_mode
+
+    def recording(mode: MemoryMode) -> None:
+        switch(mode)
+        modes.append((mode, len(backend.pipeline._all_hooks) > 0))
+
+    backend.set_memory_mode = recording  # type: ignore[method-assign]
+
+    def loader(spec: ModelSpec, runtime: RuntimeOptions, progress: LoadProgressCallback | None) -> Backend:
+        return backend
+
+    limited = RuntimeOptions(runtime.device, None, runtime.cache_dir, True, vram_limit=limit)
+    source = Source()
+    worker = GpuWorker(source, ModelCache(limited, loader=loader))
+    item = WorkItem(1, sdxl_spec("high"), params, (tmp_path / "a.png", tmp_path / "b.png"))
+    worker.start()
+    try:
+        await source.items.put(item)
+        outcome, _, saved = await asyncio.wait_for(source.finished.get(), 120)
+    finally:
+        await worker.stop()
+    assert outcome == "done"
+    assert modes == [("low", True), ("high", False)]  # model CPU offload for the job, then its own mode back
+    got = [np.asarray(Image.open(image.path).convert("RGB")) for image in saved]  # type: ignore[attr-defined]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
