@@ -10,7 +10,9 @@ any memory mode fails at once with the estimate in its message; one that fits on
 fewer images per pipeline call runs that way (SDXL: its seeds are split into calls of plan.batch), and the
 model goes back to its own mode afterwards. An out-of-memory error the estimate did not foresee frees memory,
 steps the model down one mode and retries the call that failed, down to minimal; only then does the job fail.
-The step counter users see never goes back: a retried call's steps are added to the ones already shown.
+The step counter users see never goes back: a retried call's steps are added to the ones already shown. When
+the error hit the VAE decode after every step (DecodeOutOfMemory: SDXL keeps the final latents), only the
+decode is done again, one mode lower.
 
 Failures stay inside their job: an exception, an out-of-memory error in every mode or NaN output fails that
 job with a message a user can read, and the worker goes on with the next one.
@@ -39,7 +41,7 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.cache import ModelCache
-from inference.device import device_budget, free_device_memory
+from inference.device import DecodeOutOfMemory, device_budget, free_device_memory, is_out_of_memory
 from inference.memory import JobPlan, estimate_peak, gib, plan_job, resolve_mode, step_down
 from inference.png import a1111_parameters, encode_png, write_png
 from inference.specs import MemoryMode, ModelSpec
@@ -64,16 +66,6 @@ T = TypeVar("T")
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed claim or record; doubled each time
 RETRY_MAX = 30.0  # the longest pause between two retries
 DONE_ATTEMPTS = 5  # records of "done" that fail with a lasting (not SourceBusy) error before the job is failed
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
 def save_failure(error: BaseException) -> str:
@@ -404,12 +396,24 @@ class GpuWorker:
         while len(images) < params.count:
             seeds = params.seeds[len(images) : len(images) + per_call]
             made: list[Image.Image] | None = None
+            resume: Callable[[], list[Image.Image]] | None = None
             try:
                 callback = progress.call(params.count - len(images), len(seeds))
                 made = backend.generate(replace(params, seeds=seeds), callback, token)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
+                if isinstance(e, DecodeOutOfMemory):
+                    resume = e.resume
+            while made is None and resume is not None:
+                # Every step was done; only the VAE decode ran out of memory: decode the kept latents one mode
+                # lower (and lower again while it does not fit), without running the steps again.
+                self._step_down(backend)
+                try:
+                    made = resume()
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
             if made is None:
                 # Freed and stepped down outside the except clause: until it ends, the error's traceback keeps
                 # the failed call's frames, and so its device tensors, alive.

@@ -26,6 +26,7 @@ one tile (minimal too: the hooks only move the same weights to the same device b
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -39,7 +40,14 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from PIL import Image
 
 from inference import compile as compiling
-from inference.device import device_budget, free_device_memory, module_bytes, resolve_dtype
+from inference.device import (
+    DecodeOutOfMemory,
+    device_budget,
+    free_device_memory,
+    is_out_of_memory,
+    module_bytes,
+    resolve_dtype,
+)
 from inference.memory import Footprint, reference_footprint, resolve_mode
 from inference.offload import log_memory_mode, offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
@@ -130,14 +138,17 @@ class SDXLBackend:
 
             started = time.monotonic()
             interrupted = False
+            final: list[torch.Tensor] = []  # the latents after the last step, kept on the CPU (a few hundred KB)
 
             def on_step_end(
                 pipeline: StableDiffusionXLPipeline, step: int, timestep: Any, tensors: dict[str, Any]
             ) -> dict[str, Any]:
                 nonlocal interrupted
+                total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
                 if progress is not None:
-                    total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
                     progress(StepProgress(step=step + 1, total=total, elapsed=time.monotonic() - started))
+                if step + 1 >= total:
+                    final[:] = [tensors["latents"].detach().to("cpu", copy=True)]
                 if cancel is not None and cancel.cancelled:
                     # diffusers skips the remaining steps once _interrupt is set (it still decodes latents).
                     pipeline._interrupt = True
@@ -145,6 +156,7 @@ class SDXLBackend:
                 return {}
 
             vae_dtype = pipe.vae.dtype
+            decode_failed: str | None = None
             try:
                 result = pipe(
                     **text_args,
@@ -155,8 +167,13 @@ class SDXLBackend:
                     num_images_per_prompt=params.count,
                     generator=generators,
                     callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
+            except Exception as e:
+                if interrupted or not final or not is_out_of_memory(e):
+                    raise
+                decode_failed = error_summary(e)  # every step done: only the decode ran out of memory
             finally:
                 pipe._interrupt = False
                 # diffusers upcasts an fp16 VAE to fp32 for decoding and casts it back only when decoding
@@ -164,9 +181,32 @@ class SDXLBackend:
                 # fail on fp16 latents meeting fp32 weights.
                 if pipe.vae.dtype != vae_dtype:
                     pipe.vae.to(dtype=vae_dtype)
+            if decode_failed is not None:  # raised here, not in the except clause: no traceback keeps the call
+                raise DecodeOutOfMemory(decode_failed, functools.partial(self._decode_kept, final[0]))
             if interrupted:
                 raise GenerationCancelled()
             images: list[Image.Image] = list(result.images)
+            return images
+
+    def _decode_kept(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode latents kept from a call whose decode ran out of memory, in the mode in effect now: what
+        StableDiffusionXLPipeline.__call__ does after its last step (same upcast, same scaling, same
+        postprocessing), so the images are the ones that call would have made."""
+        with self._lock:
+            pipe = self._require_pipe()
+            if not self._on_device:
+                self._place()
+            vae_dtype = pipe.vae.dtype
+            try:
+                with torch.no_grad():
+                    image = _decode_like_diffusers(pipe, latents.to(pipe._execution_device))
+                    if getattr(pipe, "watermark", None) is not None:
+                        image = pipe.watermark.apply_watermark(image)
+                    images: list[Image.Image] = list(pipe.image_processor.postprocess(image, output_type="pil"))
+            finally:
+                if pipe.vae.dtype != vae_dtype:
+                    pipe.vae.to(dtype=vae_dtype)
+                pipe.maybe_free_model_hooks()  # low mode: every model back to the CPU, as after a call
             return images
 
     def footprint(self) -> Footprint:
@@ -290,6 +330,27 @@ class SDXLBackend:
         # (force_zeros_for_empty_prompt), as the model was trained.
         plain_negative = strip_weighting(negative)
         return {"prompt": strip_weighting(prompt), "negative_prompt": plain_negative or None}
+
+
+def _decode_like_diffusers(pipe: StableDiffusionXLPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE decode of StableDiffusionXLPipeline.__call__ (diffusers 0.42), for latents after the last step."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and vae.config.force_upcast:
+        pipe.upcast_vae()
+        latents = latents.to(next(iter(pipe.vae.post_quant_conv.parameters())).dtype)
+    config = pipe.vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std_t / config.scaling_factor + mean_t
+    else:
+        latents = latents / config.scaling_factor
+    latents = latents.to(get_module_execution_device(pipe.vae))
+    image: torch.Tensor = pipe.vae.decode(latents, return_dict=False)[0]
+    return image
 
 
 def _modules(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:

@@ -4,15 +4,20 @@ out-of-memory fallback that steps down one mode per error without the step count
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from inference.backends.base import Backend
+from inference.backends.sdxl import SDXLBackend, load_sdxl
 from inference.cache import ModelCache
 from inference.memory import estimate_peak, plan_job, reference_footprint
-from inference.specs import ModelSpec, RuntimeOptions
+from inference.specs import BuiltinSource, MemoryMode, ModelSpec, RuntimeOptions
 from inference.types import GenerationParams, LoadProgressCallback, StepProgress, WorkItem
 from inference.worker import GpuWorker
 from tests.inference.test_worker import SPEC, Scripted, Source
@@ -33,7 +38,7 @@ class Recording(Source):
 
 
 def make(
-    tmp_path: Path, backend: Scripted, vram_limit: int | None = None
+    tmp_path: Path, backend: Backend, vram_limit: int | None = None
 ) -> tuple[GpuWorker, Recording, list[ModelSpec]]:
     loads: list[ModelSpec] = []
 
@@ -190,3 +195,82 @@ async def test_other_errors_do_not_step_down(tmp_path: Path, error: Exception) -
     assert outcome == "failed"
     assert message == f"Generation failed ({type(error).__name__})."
     assert backend.modes == [] and len(backend.calls) == 1
+
+
+# -- the real tiny SDXL: an OOM in the VAE decode redoes only the decode --------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SDXLBackend]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runtime = RuntimeOptions("cpu", None, tmp_path_factory.mktemp("models"), local_files_only=True)
+    spec = ModelSpec("tiny-sdxl", "sdxl", "animagine-xl-4", BuiltinSource("tiny-sdxl"), memory="high")
+    yield load_sdxl(spec, runtime)
+    torch.set_num_threads(before)
+
+
+def decode_fails_while(backend: SDXLBackend, modes: set[str]) -> Callable[[], None]:
+    """Make the VAE decode run out of memory while the model is in one of `modes`; returns the undo."""
+    vae = backend.pipeline.vae
+    decode = vae.decode
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if backend.memory_mode in modes:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.80 GiB")
+        return decode(*args, **kwargs)
+
+    vae.decode = failing
+    return lambda: delattr(vae, "decode")
+
+
+def unet_calls(backend: SDXLBackend) -> tuple[list[int], Callable[[], None]]:
+    calls: list[int] = []
+    handle = backend.pipeline.unet.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle.remove
+
+
+async def test_an_oom_in_the_decode_redoes_only_the_decode_one_mode_lower(
+    tiny_sdxl: SDXLBackend, tmp_path: Path
+) -> None:
+    params = GenerationParams("1girl, smile", "lowres", 64, 64, 3, 5.0, (21, 22), "euler_a")
+    expected = [np.asarray(image) for image in tiny_sdxl.generate(params)]
+    undo = decode_fails_while(tiny_sdxl, {"high"})
+    calls, remove = unet_calls(tiny_sdxl)
+    modes: list[str] = []
+    switch = tiny_sdxl.set_memory_mode
+
+    def recording(mode: MemoryMode) -> None:
+        modes.append(mode)
+        switch(mode)
+
+    tiny_sdxl.set_memory_mode = recording  # type: ignore[method-assign]
+    try:
+        worker, source, _ = make(tmp_path, tiny_sdxl)
+        item = WorkItem(1, tiny_sdxl.spec, params, (tmp_path / "a.png", tmp_path / "b.png"))
+        outcome, _, saved = await run(worker, source, item)
+    finally:
+        del tiny_sdxl.set_memory_mode
+        remove()
+        undo()
+    assert outcome == "done"
+    assert modes == ["balanced", "high"]
+    assert len(calls) == 3  # three steps (CFG batched), not six: the steps did not run again
+    assert source.progress == [(1, 3), (2, 3), (3, 3)]
+    got = [np.asarray(Image.open(image.path).convert("RGB")) for image in saved]  # type: ignore[attr-defined]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+async def test_a_decode_that_fits_in_no_mode_fails_the_job(tiny_sdxl: SDXLBackend, tmp_path: Path) -> None:
+    params = GenerationParams("1girl", "", 64, 64, 2, 5.0, (3,), "euler_a")
+    undo = decode_fails_while(tiny_sdxl, {"high", "balanced", "low", "minimal"})
+    calls, remove = unet_calls(tiny_sdxl)
+    try:
+        worker, source, _ = make(tmp_path, tiny_sdxl)
+        item = WorkItem(1, tiny_sdxl.spec, params, (tmp_path / "a.png",))
+        outcome, _, message = await run(worker, source, item)
+    finally:
+        remove()
+        undo()
+    assert (outcome, message) == ("failed", "Out of GPU memory, even in the lowest memory mode. Try a smaller size.")
+    assert len(calls) == 2 and tiny_sdxl.memory_mode == "high"
