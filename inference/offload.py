@@ -77,6 +77,7 @@ class OffloadBefore(ModelHook):
     def __init__(self, previous: list[UserCpuOffloadHook]) -> None:
         self.previous = previous
 
+    @torch.compiler.disable  # it moves modules: never inside a compiled graph
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         for hook in self.previous:
             if next(hook.model.parameters()).device.type != "cpu":

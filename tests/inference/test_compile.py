@@ -68,7 +68,11 @@ def test_sdxl_unet_is_compiled_and_warmed_up_once_at_load(
     assert not compiling.is_compiled(loaded.pipeline.vae)
     assert widths == [64]  # one warm-up, at the typical size (1024 x 1/16)
     plain = load_sdxl(ModelSpec("plain", "sdxl", "animagine-xl-4", BuiltinSource("tiny-sdxl")), runtime)
-    assert np.array_equal(np.asarray(loaded.generate(PARAMS)[0]), np.asarray(plain.generate(PARAMS)[0]))
+    expected = np.asarray(plain.generate(PARAMS)[0])
+    assert np.array_equal(np.asarray(loaded.generate(PARAMS)[0]), expected)
+    loaded.set_memory_mode("balanced")  # the offload hooks wrap the compiled UNet
+    assert compiling.is_compiled(loaded.pipeline.unet)
+    assert np.array_equal(np.asarray(loaded.generate(PARAMS)[0]), expected)
 
 
 @pytest.mark.usefixtures("eager_on_cpu")
