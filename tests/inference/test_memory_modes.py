@@ -296,3 +296,17 @@ async def test_a_job_planned_in_a_lower_mode_runs_there_and_gives_the_same_image
     assert modes == [("low", True), ("high", False)]  # model CPU offload for the job, then its own mode back
     got = [np.asarray(Image.open(image.path).convert("RGB")) for image in saved]  # type: ignore[attr-defined]
     assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+
+
+def test_the_cache_parks_and_brings_back_models_in_their_modes(runtime: RuntimeOptions) -> None:
+    cache = ModelCache(runtime, capacity=2, location="cpu")
+    low = cache.get(sdxl_spec("low"))
+    expected = pixels(low.generate(sdxl_params()))
+    balanced = cache.get(anima_spec("balanced"))
+    assert isinstance(low, SDXLBackend) and isinstance(balanced, AnimaBackend)
+    assert hooked(low.pipeline) == set() and low.memory_mode == "low"  # parked: weights in RAM, no hooks
+    assert hooked(balanced.pipeline) == {"text_encoder", "text_conditioner"}
+    assert cache.get(sdxl_spec("low")) is low
+    assert len(low.pipeline._all_hooks) == 4 and hooked(balanced.pipeline) == set()
+    assert all(np.array_equal(a, b) for a, b in zip(expected, pixels(low.generate(sdxl_params())), strict=True))
+    cache.clear()
