@@ -338,7 +338,7 @@ def _decode_like_diffusers(pipe: StableDiffusionXLPipeline, latents: torch.Tenso
 
     vae = pipe.vae
     if vae.dtype == torch.float16 and vae.config.force_upcast:
-        pipe.upcast_vae()
+        vae.to(dtype=torch.float32)  # what the pipeline's (deprecated) upcast_vae does
         latents = latents.to(next(iter(pipe.vae.post_quant_conv.parameters())).dtype)
     config = pipe.vae.config
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
