@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,6 +40,25 @@ def resolve_dtype(preference: str | None, device: str, family: Family) -> torch.
     if device == "mps":
         return torch.float16 if family == "sdxl" else torch.float32
     return torch.float32
+
+
+class DecodeOutOfMemory(MemoryError):
+    """Out of memory in the VAE decode, after every denoising step. `resume()` decodes the kept (final)
+    latents again in whatever memory mode the model is in by then, without redoing the steps. It holds CPU
+    copies of the latents only, so keeping it does not keep device memory alive."""
+
+    def __init__(self, message: str, resume: Callable[[], list[Any]]) -> None:
+        super().__init__(message)
+        self.resume = resume
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An out-of-memory error from torch (CUDA, MPS) or Python."""
+    if isinstance(error, MemoryError):
+        return True
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
 def free_device_memory(device: str) -> None:

@@ -5,9 +5,17 @@ writing on another, so the GPU thread can start the next job while the last one'
 saved. The worker knows nothing of Discord or of the database: a JobSource hands it work and takes
 its results (bot.queue implements it).
 
-Failures stay inside their job: an exception, an out-of-memory error (memory is freed and the job is
-retried once with half the batch at a time) or NaN output fails that job with a message a user can
-read, and the worker goes on with the next one.
+Memory (inference.memory): before a job runs, its peak is estimated for this device. A job that cannot fit in
+any memory mode fails at once with the estimate in its message; one that fits only in a lower mode or with
+fewer images per pipeline call runs that way (SDXL: its seeds are split into calls of plan.batch), and the
+model goes back to its own mode afterwards. An out-of-memory error the estimate did not foresee frees memory,
+steps the model down one mode and retries the call that failed, down to minimal; only then does the job fail.
+The step counter users see never goes back: a retried call's steps are added to the ones already shown. When
+the error hit the VAE decode after every step (DecodeOutOfMemory: SDXL keeps the final latents), only the
+decode is done again, one mode lower.
+
+Failures stay inside their job: an exception, an out-of-memory error in every mode or NaN output fails that
+job with a message a user can read, and the worker goes on with the next one.
 
 Failures of the JobSource (its database locked by another process, a full disk) never stop the worker:
 a failed claim is tried again after a pause, and an outcome that could not be recorded is recorded
@@ -33,10 +41,10 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.cache import ModelCache
-from inference.device import device_budget, free_device_memory
-from inference.memory import JobPlan, plan_job, resolve_mode
+from inference.device import DecodeOutOfMemory, device_budget, free_device_memory, is_out_of_memory
+from inference.memory import JobPlan, estimate_peak, gib, plan_job, resolve_mode, step_down
 from inference.png import a1111_parameters, encode_png, write_png
-from inference.specs import ModelSpec
+from inference.specs import MemoryMode, ModelSpec
 from inference.types import (
     CancelToken,
     GenerationCancelled,
@@ -45,6 +53,7 @@ from inference.types import (
     JobSource,
     LoadProgress,
     ModelLoadError,
+    ProgressCallback,
     SavedImage,
     SourceBusy,
     StepProgress,
@@ -59,16 +68,6 @@ RETRY_MAX = 30.0  # the longest pause between two retries
 DONE_ATTEMPTS = 5  # records of "done" that fail with a lasting (not SourceBusy) error before the job is failed
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    import torch
-
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
 def save_failure(error: BaseException) -> str:
     """The job's error when its images could not be written."""
     if isinstance(error, OSError):
@@ -78,6 +77,52 @@ def save_failure(error: BaseException) -> str:
             return "The images could not be saved: the images folder cannot be written to."
         return f"The images could not be saved ({error.strerror or type(error).__name__})."
     return "The images could not be saved."
+
+
+class JobTooLarge(Exception):
+    """The job cannot fit in the device's memory in any mode (the message says how much it needs)."""
+
+
+class OutOfMemoryInEveryMode(Exception):
+    """Out of memory even in minimal mode."""
+
+
+OUT_OF_MEMORY = "Out of GPU memory, even in the lowest memory mode. Try a smaller size."
+
+
+class JobProgress:
+    """The step counter of one job across its pipeline calls: calls of part of the seeds (a split batch) and
+    calls retried after an out-of-memory error. A call reports its own steps from 1; the job's counter adds the
+    steps of the calls before it (a failed call's steps stay counted, and its retry adds its own), so the
+    counter a user sees never goes back. The total is the steps done so far plus what the calls left need."""
+
+    def __init__(self, report: ProgressCallback) -> None:
+        self.report = report
+        self.done = 0  # steps reported by finished and failed calls
+        self.step = 0  # the running call's last step and total
+        self.total = 0
+        self.started: float | None = None
+
+    def call(self, images_left: int, images_in_call: int) -> ProgressCallback:
+        """The callback for the next call, which makes `images_in_call` of the `images_left` images."""
+        self.step = self.total = 0
+        calls_left = -(-images_left // images_in_call)
+
+        def on_step(progress: StepProgress) -> None:
+            now = time.perf_counter()
+            if self.started is None:
+                self.started = now - progress.elapsed
+            self.step, self.total = progress.step, progress.total
+            job_total = self.done + progress.total * calls_left
+            self.report(StepProgress(self.done + progress.step, job_total, now - self.started))
+
+        return on_step
+
+    def finished(self) -> None:
+        self.done += self.total or self.step
+
+    def failed(self) -> None:
+        self.done += self.step
 
 
 def check_images(images: list[Image.Image]) -> None:
@@ -173,6 +218,19 @@ class GpuWorker:
         start = backend.memory_mode if backend is not None else resolve_mode(spec.memory, budget, footprint)
         return plan_job(budget, footprint, width, height, count, start)
 
+    def refusal(self, spec: ModelSpec, width: int, height: int, count: int) -> str:
+        """Why a job plan() refused cannot run: the least it needs (minimal mode, one image per call) and what
+        the device has."""
+        budget = device_budget(self.cache.runtime) or 0
+        need = estimate_peak(self.cache.footprint(spec), width, height, count, "minimal", 1)
+        return f"This needs about {gib(need)} of GPU memory and {gib(budget)} is usable. Try a smaller size."
+
+    def _require_plan(self, spec: ModelSpec, params: GenerationParams) -> JobPlan:
+        plan = self.plan(spec, params.width, params.height, params.count)
+        if plan is None:
+            raise JobTooLarge(self.refusal(spec, params.width, params.height, params.count))
+        return plan
+
     async def _on_gpu(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._gpu, work)
 
@@ -256,8 +314,13 @@ class GpuWorker:
         token = CancelToken()
         self._running = (item.job_id, token)
         try:
-            try:
+            try:  # before the model loads: a job that cannot fit anyway fails now
+                await self._on_gpu(lambda: self._require_plan(item.spec, item.params))
                 backend = await self.load_model(item.spec)
+            except JobTooLarge as e:
+                log.warning("job %s refused: %s", item.job_id, e)
+                await self._failed(item.job_id, str(e))
+                return
             except ModelLoadError as e:
                 await self._failed(item.job_id, f"The model {item.spec.name} could not be loaded: {e}")
                 return
@@ -267,6 +330,13 @@ class GpuWorker:
 
             try:
                 images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token))
+            except JobTooLarge as e:
+                log.warning("job %s refused: %s", item.job_id, e)
+                await self._failed(item.job_id, str(e))
+                return
+            except OutOfMemoryInEveryMode:
+                await self._failed(item.job_id, OUT_OF_MEMORY)
+                return
             except GenerationCancelled:
                 if not self._stopping:  # a shutdown is not the user's cancellation
                     await self._cancelled(item.job_id)
@@ -276,8 +346,8 @@ class GpuWorker:
                 await self._failed(item.job_id, message)
                 return
             except Exception as e:
-                if is_out_of_memory(e):
-                    await self._failed(item.job_id, "Out of GPU memory, even one image at a time. Try a smaller size.")
+                if is_out_of_memory(e):  # while switching modes
+                    await self._failed(item.job_id, OUT_OF_MEMORY)
                 else:
                     log.error("job %s failed", item.job_id, exc_info=e)
                     await self._failed(item.job_id, f"Generation failed ({type(e).__name__}).")
@@ -293,37 +363,94 @@ class GpuWorker:
     def _generate(
         self, backend: Backend, params: GenerationParams, report: Callable[[StepProgress], None], token: CancelToken
     ) -> list[Image.Image]:
-        """On the GPU thread. Adds the pipeline time to busy_seconds; handles out-of-memory."""
+        """On the GPU thread: plan the job with the loaded model's measured footprint, switch to the plan's
+        mode, run its calls (stepping down a mode at each out-of-memory error), and put the model's own mode
+        back. Adds the pipeline time to busy_seconds."""
         started = time.perf_counter()
+        own = backend.memory_mode
+        job = self.running_job
         try:
-            images: list[Image.Image] | None = None
-            try:
-                images = backend.generate(params, report, token)
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-            if images is None:
-                # Out of memory. Freed and retried outside the except clause: until it ends, the error's
-                # traceback keeps the failed call's frames, and so its device tensors, alive.
-                log.warning("out of memory with %d image(s); retrying in smaller batches", params.count)
-                free_device_memory(self.cache.runtime.device)
-                images = self._generate_in_halves(backend, params, report, token)
+            plan = self._require_plan(backend.spec, params)
+            if plan.mode != own or plan.batch < params.count:
+                log.info(
+                    "job %s: memory mode %s, %d image(s) per call (the model's mode: %s; estimated peak %s)",
+                    job, plan.mode, plan.batch, own, gib(plan.peak),
+                )
+            if plan.mode != own:
+                backend.set_memory_mode(plan.mode)
+            per_call = plan.batch if self.cache.footprint(backend.spec).batches else params.count
+            images = self._run_calls(backend, params, per_call, JobProgress(report), token)
             check_images(images)
             return images
         finally:
+            if backend.memory_mode != own:
+                self._restore_mode(backend, own)
             self.busy_seconds += time.perf_counter() - started
 
-    def _generate_in_halves(
-        self, backend: Backend, params: GenerationParams, report: Callable[[StepProgress], None], token: CancelToken
+    def _run_calls(
+        self, backend: Backend, params: GenerationParams, per_call: int, progress: JobProgress, token: CancelToken
     ) -> list[Image.Image]:
-        """The retry after an out-of-memory error: half the batch per call (one image if it was two or
-        one). A second out-of-memory error propagates and fails the job."""
-        size = max(1, params.count // 2)
+        """The job's seeds in calls of `per_call`. An out-of-memory error frees memory, steps the model down
+        one mode and retries that call; out of modes, OutOfMemoryInEveryMode."""
         images: list[Image.Image] = []
-        for start in range(0, params.count, size):
-            part = replace(params, seeds=params.seeds[start : start + size])
-            images.extend(backend.generate(part, report, token))
+        while len(images) < params.count:
+            seeds = params.seeds[len(images) : len(images) + per_call]
+            made: list[Image.Image] | None = None
+            resume: Callable[[], list[Image.Image]] | None = None
+            try:
+                callback = progress.call(params.count - len(images), len(seeds))
+                made = backend.generate(replace(params, seeds=seeds), callback, token)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                if isinstance(e, DecodeOutOfMemory):
+                    resume = e.resume
+            while made is None and resume is not None:
+                # Every step was done; only the VAE decode ran out of memory: decode the kept latents one mode
+                # lower (and lower again while it does not fit), without running the steps again.
+                self._step_down(backend)
+                try:
+                    made = resume()
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
+            if made is None:
+                # Freed and stepped down outside the except clause: until it ends, the error's traceback keeps
+                # the failed call's frames, and so its device tensors, alive.
+                progress.failed()
+                self._step_down(backend)
+                continue
+            progress.finished()
+            images.extend(made)
         return images
+
+    def _step_down(self, backend: Backend) -> None:
+        free_device_memory(self.cache.runtime.device)
+        mode = backend.memory_mode
+        lower = step_down(mode)
+        if lower is None:
+            log.warning("job %s: out of memory in memory mode %s, the lowest", self.running_job, mode)
+            raise OutOfMemoryInEveryMode()
+        log.warning("job %s: out of memory in memory mode %s; retrying in %s", self.running_job, mode, lower)
+        backend.set_memory_mode(lower)
+        free_device_memory(self.cache.runtime.device)
+
+    def _restore_mode(self, backend: Backend, mode: MemoryMode) -> None:
+        """Put the model's own mode back after a job that ran in another (the next job plans from it). If that
+        fails (out of memory moving the weights back), the model goes on in the mode the job ran in."""
+        current = backend.memory_mode
+        try:
+            backend.set_memory_mode(mode)
+        except Exception as e:
+            log.error(
+                "model %s: could not go back to memory mode %s (%s); it stays in %s",
+                backend.spec.name, mode, type(e).__name__, current,
+            )
+            free_device_memory(self.cache.runtime.device)
+            try:
+                backend.set_memory_mode(current)
+            except Exception:
+                log.exception("model %s: could not switch memory modes", backend.spec.name)
 
     async def _save(self, item: WorkItem, images: list[Image.Image]) -> None:
         """Write the images, then record the outcome. Only a failed write fails the job; a failed record

@@ -11,6 +11,23 @@ The pipeline runs diffusers' own AnimaAutoBlocks with these changes, made the mo
 
 Each seed is a separate pipeline call with its own CPU generator: image i depends only on seeds[i] and a
 reroll of one seed reproduces it exactly (a batched call would give slightly different numbers per batch size).
+
+Memory modes (inference.memory; the features in inference.offload). The modular pipeline has no
+enable_model_cpu_offload, and ComponentsManager.enable_auto_cpu_offload decides from torch.cuda.mem_get_info (it
+fails on the CPU and moves models by a free-memory guess), so the backend hangs the same accelerate hooks
+DiffusionPipeline.enable_model_cpu_offload hangs, on the components in the order the blocks run them:
+    high      everything on the device; VAE slicing.
+    balanced  + VAE tiling (256 px tiles, the Qwen-Image VAE's own) and Qwen3 on the CPU except while it encodes:
+              its cpu_offload_with_hook moves it to the device when the text-encoder step calls it, and a hook on
+              the LLM adapter (text_conditioner, the first model the denoise blocks run) sends it back. The blocks
+              stay diffusers' own (no extra block to keep in step with the text-encoder step), and the
+              pipeline's _execution_device reads the device from Qwen3's hook, so latents are made on the GPU.
+    low       cpu_offload_with_hook chained text_encoder -> text_conditioner -> transformer -> vae (one model on
+              the device at a time); after each call every model goes back to the CPU, as
+              DiffusionPipeline.maybe_free_model_hooks does.
+    minimal   diffusers' leaf-level group offloading on every component (ModelMixin and the transformers Qwen3
+              alike): one layer's weights on the device at a time.
+None of them changes the arithmetic: the same weights run on the same device, so images are identical.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.hooks import UserCpuOffloadHook
 from diffusers import AnimaAutoBlocks, AnimaModularPipeline
 from diffusers.modular_pipelines import BlockState, ModularPipelineBlocks, PipelineState
 from diffusers.modular_pipelines.anima.before_denoise import AnimaTextConditioningStep
@@ -30,10 +48,20 @@ from diffusers.modular_pipelines.anima.encoders import AnimaTextEncoderStep
 from diffusers.modular_pipelines.modular_pipeline_utils import InputParam, OutputParam
 from PIL import Image
 
+from inference import compile as compiling
 from inference import torchvision_shim
 from inference.backends import anima_comfyui
-from inference.device import free_device_memory, module_bytes, resolve_dtype
-from inference.memory import Footprint, reference_footprint
+from inference.device import device_budget, free_device_memory, module_bytes, resolve_dtype
+from inference.memory import Footprint, reference_footprint, resolve_mode
+from inference.offload import (
+    log_memory_mode,
+    model_offload,
+    offload_all,
+    offload_text_encoders,
+    remove_hooks,
+    sequential_offload,
+    set_vae_features,
+)
 from inference.prompt_weighting import parse_weighted
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -74,6 +102,8 @@ REQUIRED_COMPONENTS = (
 STEP_HOOK_INPUT = "animebot_step_hook"
 T5_WEIGHTS = "t5_weights"  # text encoder -> text conditioning: a weight per T5 token (None: unweighted)
 NEGATIVE_T5_WEIGHTS = "negative_t5_weights"
+# The order the blocks run the models in (low mode's offload chain).
+OFFLOAD_ORDER = ("text_encoder", "text_conditioner", "transformer", "vae")
 
 Fragments = list[tuple[str, float]]
 
@@ -466,8 +496,9 @@ class AnimaBackend:
         self._pipe: Any = pipeline
         self._lock = threading.Lock()
         self._sampler: str | None = None
-        self._on_device = True
+        self._on_device = False  # load_anima places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
+        self._chain: list[UserCpuOffloadHook] = []  # low mode's model-offload hooks
         _install_log_filter()
 
     @property
@@ -524,8 +555,10 @@ class AnimaBackend:
                         **{STEP_HOOK_INPUT: hook},
                     )
                     images.append(out[0])
+                    offload_all(self._chain)  # low mode: every model back to the CPU between images
             finally:
                 _quiet_cancellation.active = False
+                offload_all(self._chain)
             return images
 
     def _check_params(self, params: GenerationParams) -> None:
@@ -539,8 +572,39 @@ class AnimaBackend:
             raise ValueError(f"steps must be at least 1, got {params.steps}")
 
     def _activate_locked(self) -> None:
-        self.pipeline.to(self.runtime.device)
+        """Put the weights where self.memory_mode wants them (the lock is held), after removing the hooks of
+        the mode before."""
+        pipe = self.pipeline
+        device, mode = self.runtime.device, self.memory_mode
+        self._remove_hooks()
+        set_vae_features(pipe.vae, self.footprint(), mode, int(pipe.vae_scale_factor))
+        if mode == "high":
+            pipe.to(device)
+        elif mode == "balanced":
+            for module in (pipe.text_conditioner, pipe.transformer, pipe.vae):
+                module.to(device)
+            offload_text_encoders([pipe.text_encoder], pipe.text_conditioner, device)
+            free_device_memory(device)
+        elif mode == "low":
+            pipe.to("cpu")
+            free_device_memory(device)
+            self._chain = model_offload([getattr(pipe, name) for name in OFFLOAD_ORDER], device)
+        else:
+            sequential_offload(_modules(pipe), device, streamed=pipe.transformer)
+            free_device_memory(device)
         self._on_device = True
+
+    def _remove_hooks(self) -> None:
+        remove_hooks(_modules(self.pipeline))
+        self._chain = []
+
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        """Switch the diffusers features of `mode` on (and those of the previous mode off). Idempotent. A parked
+        model (offload) only records the mode: activate applies it."""
+        with self._lock:
+            self.memory_mode = mode
+            if self._on_device and self._pipe is not None:
+                self._activate_locked()
 
     def footprint(self) -> Footprint:
         pipe = self.pipeline
@@ -551,12 +615,15 @@ class AnimaBackend:
         )
 
     def offload(self) -> None:
+        """Every hook off, the weights in CPU RAM; activate puts the memory mode back."""
         with self._lock:
-            if self._pipe is None or self.runtime.device == "cpu":
+            if self._pipe is None:
                 return
-            self._pipe.to("cpu")
+            self._remove_hooks()
+            if self.runtime.device != "cpu":
+                self._pipe.to("cpu")
+                free_device_memory(self.runtime.device)
             self._on_device = False
-            free_device_memory(self.runtime.device)
 
     def activate(self) -> None:
         with self._lock:
@@ -565,9 +632,15 @@ class AnimaBackend:
 
     def unload(self) -> None:
         with self._lock:
+            if self._pipe is not None:
+                self._remove_hooks()
             self._pipe = None
             self._on_device = False
             free_device_memory(self.runtime.device)
+
+
+def _modules(pipe: Any) -> list[torch.nn.Module]:
+    return [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -722,7 +795,13 @@ def load_anima(
         pipe, stages = _load_pipeline(spec, runtime, dtype, on_progress)
         torchvision_shim.install()  # once for the process: the Cosmos DiT's forward needs it
         stages(f"moving to {runtime.device}")
-        pipe.to(runtime.device)
+        backend = AnimaBackend(spec, pipe, runtime)
+        mode = resolve_mode(spec.memory, device_budget(runtime), backend.footprint())
+        log_memory_mode(spec, mode, runtime)
+        backend.set_memory_mode(mode)
+        backend.activate()
+        if spec.compile and compiling.should_compile(spec.name, runtime.device):
+            compile_and_warm_up(backend)
     except ModelLoadError:
         free_device_memory(runtime.device)
         raise
@@ -731,4 +810,14 @@ def load_anima(
         free_device_memory(runtime.device)
         raise ModelLoadError(f"model {spec.name!r} could not be loaded: {error_summary(e)}") from e
     stages.finish()
-    return AnimaBackend(spec, pipe, runtime)
+    return backend
+
+
+def compile_and_warm_up(backend: AnimaBackend) -> None:
+    """torch.compile of the DiT, then one short generation at the model's typical size, so the compilation
+    happens at load rather than in the first user's job. (No channels_last: the DiT is linear layers.)"""
+    compiling.compile_module(backend.pipeline.transformer)
+    edge = backend.footprint().typical_px
+    started = time.monotonic()
+    backend.generate(GenerationParams("", "", edge, edge, 2, 4.0, (0,), "flow_euler"))
+    log.info("model %s: compiled and warmed up in %.1f s", backend.spec.name, time.monotonic() - started)

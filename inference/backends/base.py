@@ -26,6 +26,11 @@ class Backend(Protocol):
         """One image per seed in params.seeds, in that order. Raises GenerationCancelled if cancelled."""
         ...
 
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        """Switch the diffusers features of `mode` on the loaded pipeline (those of the mode before off). Idempotent;
+        images do not change (slicing, tiling below one tile and offloading leave the arithmetic as it is)."""
+        ...
+
     def footprint(self) -> Footprint:
         """The loaded weights' sizes per component with the family's working-set figures (inference.memory)."""
         ...

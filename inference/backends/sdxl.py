@@ -11,14 +11,27 @@ weights each token and encodes long prompts in 77-token chunks that are concaten
 Seeds: every image gets its own CPU torch.Generator seeded from its seed. diffusers draws the initial noise
 (and Euler a's per-step noise) on the CPU from it and moves it to the device, so a seed gives the same
 starting noise on CUDA, MPS and CPU machines, and image i of a batch depends only on seeds[i].
+
+Memory modes (inference.memory, switched by set_memory_mode; the diffusers features in inference.offload):
+    high      the pipeline on the device; VAE slicing (diffusers' SDXL pipeline decodes a batch at once otherwise).
+    balanced  + VAE tiling (1024 px tiles, the VAE's sample_size) and the two CLIP encoders on the CPU except
+              while they encode: an accelerate hook moves each to the device when it runs and the UNet's first
+              forward sends them back (the compel path runs the same encoders, through the same hooks).
+    low       diffusers' enable_model_cpu_offload(device=...): one component on the device at a time.
+    minimal   diffusers' group offloading at leaf level (sequential offload; see inference.offload), VAE tiles
+              of 512 px.
+None of them changes the arithmetic: high, balanced and low give the same pixels for an image no larger than
+one tile (minimal too: the hooks only move the same weights to the same device before each layer).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +39,17 @@ import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from PIL import Image
 
-from inference.device import free_device_memory, module_bytes, resolve_dtype
-from inference.memory import Footprint, reference_footprint
+from inference import compile as compiling
+from inference.device import (
+    DecodeOutOfMemory,
+    device_budget,
+    free_device_memory,
+    is_out_of_memory,
+    module_bytes,
+    resolve_dtype,
+)
+from inference.memory import Footprint, reference_footprint, resolve_mode
+from inference.offload import log_memory_mode, offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -51,6 +73,7 @@ from inference.types import (
     StepProgress,
     error_summary,
 )
+from inference.vae import decodes_without_upcast, describe_vae, load_vae
 
 # The diffusers repository whose configs and tokenizers fit a plain SDXL checkpoint (every Animagine XL
 # single file). Used for a SingleFileSource without `config` when the network must not be touched.
@@ -58,6 +81,7 @@ SDXL_BASE_CONFIG_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 _CONFIG_FILE_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "*.model", "**/*.model"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,7 @@ class SDXLBackend:
         self._pipe: StableDiffusionXLPipeline | None = pipe
         self._base_scheduler_config = pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
-        self._on_device = True
+        self._on_device = False  # load_sdxl places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._lock = threading.RLock()
 
@@ -107,21 +131,24 @@ class SDXLBackend:
                 raise GenerationCancelled()
             pipe = self._require_pipe()
             if not self._on_device:
-                self.activate()
+                self._place()
             pipe.scheduler = self._scheduler(params.sampler)
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in params.seeds]
             text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
 
             started = time.monotonic()
             interrupted = False
+            final: list[torch.Tensor] = []  # the latents after the last step, kept on the CPU (a few hundred KB)
 
             def on_step_end(
                 pipeline: StableDiffusionXLPipeline, step: int, timestep: Any, tensors: dict[str, Any]
             ) -> dict[str, Any]:
                 nonlocal interrupted
+                total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
                 if progress is not None:
-                    total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
                     progress(StepProgress(step=step + 1, total=total, elapsed=time.monotonic() - started))
+                if step + 1 >= total:
+                    final[:] = [tensors["latents"].detach().to("cpu", copy=True)]
                 if cancel is not None and cancel.cancelled:
                     # diffusers skips the remaining steps once _interrupt is set (it still decodes latents).
                     pipeline._interrupt = True
@@ -129,6 +156,7 @@ class SDXLBackend:
                 return {}
 
             vae_dtype = pipe.vae.dtype
+            decode_failed: str | None = None
             try:
                 result = pipe(
                     **text_args,
@@ -139,8 +167,13 @@ class SDXLBackend:
                     num_images_per_prompt=params.count,
                     generator=generators,
                     callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
                     output_type="pil",
                 )
+            except Exception as e:
+                if interrupted or not final or not is_out_of_memory(e):
+                    raise
+                decode_failed = error_summary(e)  # every step done: only the decode ran out of memory
             finally:
                 pipe._interrupt = False
                 # diffusers upcasts an fp16 VAE to fp32 for decoding and casts it back only when decoding
@@ -148,37 +181,104 @@ class SDXLBackend:
                 # fail on fp16 latents meeting fp32 weights.
                 if pipe.vae.dtype != vae_dtype:
                     pipe.vae.to(dtype=vae_dtype)
+            if decode_failed is not None:  # raised here, not in the except clause: no traceback keeps the call
+                raise DecodeOutOfMemory(decode_failed, functools.partial(self._decode_kept, final[0]))
             if interrupted:
                 raise GenerationCancelled()
             images: list[Image.Image] = list(result.images)
             return images
 
-    def footprint(self) -> Footprint:
-        pipe = self._require_pipe()
-        return reference_footprint(self.spec).with_weights(
-            denoiser=module_bytes(pipe.unet),
-            text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
-            vae=module_bytes(pipe.vae),
-        )
-
-    def offload(self) -> None:
-        """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back."""
+    def _decode_kept(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode latents kept from a call whose decode ran out of memory, in the mode in effect now: what
+        StableDiffusionXLPipeline.__call__ does after its last step (same upcast, same scaling, same
+        postprocessing), so the images are the ones that call would have made."""
         with self._lock:
             pipe = self._require_pipe()
-            if self._on_device and self.runtime.device != "cpu":
+            if not self._on_device:
+                self._place()
+            vae_dtype = pipe.vae.dtype
+            try:
+                with torch.no_grad():
+                    image = _decode_like_diffusers(pipe, latents.to(pipe._execution_device))
+                    if getattr(pipe, "watermark", None) is not None:
+                        image = pipe.watermark.apply_watermark(image)
+                    images: list[Image.Image] = list(pipe.image_processor.postprocess(image, output_type="pil"))
+            finally:
+                if pipe.vae.dtype != vae_dtype:
+                    pipe.vae.to(dtype=vae_dtype)
+                pipe.maybe_free_model_hooks()  # low mode: every model back to the CPU, as after a call
+            return images
+
+    def footprint(self) -> Footprint:
+        """Measured weights; a half-precision VAE that diffusers decodes without the fp32 upcast (an fp16-fix
+        VAE, force_upcast false) needs half the reference decode working set."""
+        pipe = self._require_pipe()
+        reference = reference_footprint(self.spec)
+        vae = pipe.vae
+        if vae.dtype in (torch.float16, torch.bfloat16) and decodes_without_upcast(vae):
+            reference = replace(reference, decode_per_mp=reference.decode_per_mp // 2)
+        return reference.with_weights(
+            denoiser=module_bytes(pipe.unet),
+            text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
+            vae=module_bytes(vae),
+        )
+
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        """Switch the diffusers features of `mode` on (and those of the previous mode off). Idempotent. A parked
+        model (offload) only records the mode: activate applies it."""
+        with self._lock:
+            self._require_pipe()
+            self.memory_mode = mode
+            if self._on_device:
+                self._place()
+
+    def offload(self) -> None:
+        """Move the weights to CPU RAM (keeping their dtype) and give the accelerator memory back. Every
+        offload hook is removed; activate puts the memory mode back."""
+        with self._lock:
+            pipe = self._require_pipe()
+            self._remove_hooks()
+            if self.runtime.device != "cpu":
                 pipe.to("cpu")
                 free_device_memory(self.runtime.device)
             self._on_device = False
 
     def activate(self) -> None:
         with self._lock:
-            pipe = self._require_pipe()
+            self._require_pipe()
             if not self._on_device:
-                pipe.to(self.runtime.device)
-                self._on_device = True
+                self._place()
+
+    def _place(self) -> None:
+        """Put the weights where self.memory_mode wants them (the lock is held). Hooks of an earlier mode are
+        removed first (remove_all_hooks also puts sequentially offloaded weights back on the CPU)."""
+        pipe = self._require_pipe()
+        device, mode = self.runtime.device, self.memory_mode
+        self._remove_hooks()
+        set_vae_features(pipe.vae, self.footprint(), mode, int(pipe.vae_scale_factor))
+        if mode == "high":
+            pipe.to(device)
+        elif mode == "balanced":
+            for name in ("unet", "vae"):
+                getattr(pipe, name).to(device)
+            offload_text_encoders([pipe.text_encoder, pipe.text_encoder_2], pipe.unet, device)
+            free_device_memory(device)
+        elif mode == "low":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            sequential_offload(_modules(pipe), device, streamed=pipe.unet)
+            free_device_memory(device)
+        self._on_device = True
+
+    def _remove_hooks(self) -> None:
+        pipe = self._require_pipe()
+        pipe.remove_all_hooks()  # accelerate's (model offload, balanced) and pipe._all_hooks
+        remove_hooks(_modules(pipe))  # group offloading's
 
     def unload(self) -> None:
         with self._lock:
+            if self._pipe is not None:
+                self._remove_hooks()
             self._pipe = None
             self._schedulers.clear()
             self._on_device = False
@@ -232,6 +332,31 @@ class SDXLBackend:
         return {"prompt": strip_weighting(prompt), "negative_prompt": plain_negative or None}
 
 
+def _decode_like_diffusers(pipe: StableDiffusionXLPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE decode of StableDiffusionXLPipeline.__call__ (diffusers 0.42), for latents after the last step."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and vae.config.force_upcast:
+        vae.to(dtype=torch.float32)  # what the pipeline's (deprecated) upcast_vae does
+        latents = latents.to(next(iter(pipe.vae.post_quant_conv.parameters())).dtype)
+    config = pipe.vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std_t / config.scaling_factor + mean_t
+    else:
+        latents = latents / config.scaling_factor
+    latents = latents.to(get_module_execution_device(pipe.vae))
+    image: torch.Tensor = pipe.vae.decode(latents, return_dict=False)[0]
+    return image
+
+
+def _modules(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:
+    return [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
+
+
 # -- prompt helpers -----------------------------------------------------------------------------------
 
 
@@ -259,7 +384,9 @@ def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative:
     from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 
     dtype = pipe.text_encoder_2.dtype
-    device = pipe.text_encoder_2.device
+    # Where the pipeline computes: in the offload modes the encoders wait on the CPU (or as meta tensors) and
+    # their hooks move them, and their inputs, to this device when they run.
+    device = pipe._execution_device
 
     def make(tokenizer: Any, encoder: Any) -> Compel:
         return Compel(
@@ -268,7 +395,7 @@ def _compel_conditioning(pipe: StableDiffusionXLPipeline, prompt: str, negative:
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             truncate_long_prompts=False,
             dtype_for_device_getter=lambda _device: dtype,
-            device=str(encoder.device),
+            device=str(device),
         )
 
     encoders = [make(pipe.tokenizer, pipe.text_encoder), make(pipe.tokenizer_2, pipe.text_encoder_2)]
@@ -378,11 +505,37 @@ def load_sdxl(spec: ModelSpec, runtime: RuntimeOptions, on_progress: LoadProgres
     else:
         raise ModelLoadError(f"model {spec.name!r}: {type(source).__name__} cannot hold an SDXL model")
 
+    if spec.vae is not None:
+        vae_source = spec.vae
+        vae = load_vae(vae_source, pipe.vae.dtype, pipe.vae, runtime.local_files_only)
+        pipe.register_modules(vae=vae)
+        upcast = "decodes in fp32" if not decodes_without_upcast(vae) else "decodes without the fp32 upcast"
+        log.info("model %s: %s replaces its VAE (%s)", spec.name, describe_vae(vae_source), upcast)
+
     stages(f"moving to {runtime.device}")
     pipe.set_progress_bar_config(disable=True)
-    _attempt(f"{what} on {runtime.device}", lambda: pipe.to(runtime.device))
+    backend = SDXLBackend(spec, pipe, runtime)
+    mode = resolve_mode(spec.memory, device_budget(runtime), backend.footprint())
+    log_memory_mode(spec, mode, runtime)
+    _attempt(f"{what} on {runtime.device}", lambda: backend.set_memory_mode(mode))
+    _attempt(f"{what} on {runtime.device}", backend.activate)
+    if spec.compile and compiling.should_compile(spec.name, runtime.device):
+        _attempt(f"compiling {what}", lambda: compile_and_warm_up(backend))
     stages.finish()
-    return SDXLBackend(spec, pipe, runtime)
+    return backend
+
+
+def compile_and_warm_up(backend: SDXLBackend) -> None:
+    """channels_last for the UNet and VAE (CUDA), torch.compile of the UNet, then one short generation at the
+    model's typical size so the compilation happens now rather than in the first user's job."""
+    pipe = backend.pipeline
+    if backend.runtime.device.startswith("cuda"):
+        compiling.use_channels_last(pipe.unet, pipe.vae)
+    compiling.compile_module(pipe.unet)
+    edge = backend.footprint().typical_px
+    started = time.monotonic()
+    backend.generate(GenerationParams("", "", edge, edge, 2, 5.0, (0,), "euler_a"))
+    log.info("model %s: compiled and warmed up in %.1f s", backend.spec.name, time.monotonic() - started)
 
 
 def _load_directory(path: Path, dtype: torch.dtype, what: str) -> StableDiffusionXLPipeline:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from inference.backends.base import Backend
 from inference.backends.sdxl import SDXL_BASE_CONFIG_REPO, SDXLBackend, load_sdxl
+from inference.device import DecodeOutOfMemory
 from inference.specs import (
     BuiltinSource,
     DirSource,
@@ -382,10 +383,13 @@ def test_fp16_vae_keeps_its_dtype_after_a_failed_decode(runtime: RuntimeOptions)
 
     vae.decode = out_of_memory
     try:
-        with pytest.raises(torch.cuda.OutOfMemoryError):
+        with pytest.raises(DecodeOutOfMemory) as failed:  # after the last step: the latents are kept
             loaded.generate(params(steps=1))
     finally:
         del vae.decode
+    assert vae.dtype == torch.float16
+    [kept] = failed.value.resume()  # the decode alone, again
+    assert kept.size == (SIZE, SIZE)
     assert vae.dtype == torch.float16
     [image] = loaded.generate(params(steps=1))  # the retry decodes (before the fix: Half input, float bias)
     assert image.size == (SIZE, SIZE)

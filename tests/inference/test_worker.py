@@ -61,18 +61,29 @@ class Source:
 
 
 class Scripted:
-    """A Backend whose generate runs `script(params)` and then returns one red image per seed."""
+    """A Backend whose generate reports params.steps steps, runs `script(params)` (after the steps, where a
+    VAE decode would run) and then returns one red image per seed. Records its mode switches and calls."""
 
     def __init__(self, script: object) -> None:
         self.spec = SPEC
         self.script = script
         self.memory_mode: MemoryMode = "high"
+        self.modes: list[MemoryMode] = []  # every set_memory_mode call
+        self.calls: list[tuple[MemoryMode, tuple[int, ...]]] = []  # (mode, seeds) of every generate call
 
     def generate(
         self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
     ) -> list[Image.Image]:
+        self.calls.append((self.memory_mode, params.seeds))
+        for step in range(1, params.steps + 1):
+            if progress is not None:
+                progress(StepProgress(step, params.steps, 0.01 * step))
         self.script(params)  # type: ignore[operator]
         return [Image.new("RGB", (8, 8), (255, 0, 0)) for _ in params.seeds]
+
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        self.modes.append(mode)
+        self.memory_mode = mode
 
     def footprint(self) -> Footprint:
         return reference_footprint(self.spec)
@@ -103,15 +114,17 @@ async def test_out_of_memory_retry_runs_after_the_failed_call_is_released(tmp_pa
     smaller batches run, so the retry has that memory back."""
     failed_attempt: list[weakref.ref[torch.Tensor]] = []
     alive_during_retry: list[bool] = []
+    backend = Scripted(None)
 
     def script(params: GenerationParams) -> None:
-        if params.count > 1:
+        if backend.memory_mode == "high":
             activations = torch.empty(1024)
             failed_attempt.append(weakref.ref(activations))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         alive_during_retry.append(failed_attempt[0]() is not None)
 
-    worker, source = make_worker(tmp_path, Scripted(script))
+    backend.script = script
+    worker, source = make_worker(tmp_path, backend)
     worker.start()
     try:
         await source.items.put(item(tmp_path, 1, (10, 11)))
@@ -120,7 +133,8 @@ async def test_out_of_memory_retry_runs_after_the_failed_call_is_released(tmp_pa
         await worker.stop()
     assert (outcome, job_id) == ("done", 1)
     assert [saved.seed for saved in images] == [10, 11]  # type: ignore[attr-defined]
-    assert alive_during_retry == [False, False]
+    assert alive_during_retry == [False]  # the retry: one call of both seeds, one mode lower
+    assert backend.calls == [("high", (10, 11)), ("balanced", (10, 11))]
 
 
 async def test_stop_waits_for_the_gpu_thread_without_blocking_the_loop(tmp_path: Path) -> None:
@@ -151,11 +165,12 @@ async def test_stop_waits_for_the_gpu_thread_without_blocking_the_loop(tmp_path:
 
 
 @pytest.mark.parametrize("seeds", [(1,), (1, 2, 3)])
-async def test_out_of_memory_twice_fails_the_job(tmp_path: Path, seeds: tuple[int, ...]) -> None:
+async def test_out_of_memory_in_every_mode_fails_the_job(tmp_path: Path, seeds: tuple[int, ...]) -> None:
     def script(params: GenerationParams) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    worker, source = make_worker(tmp_path, Scripted(script))
+    backend = Scripted(script)
+    worker, source = make_worker(tmp_path, backend)
     worker.start()
     try:
         await source.items.put(item(tmp_path, 7, seeds))
@@ -163,7 +178,9 @@ async def test_out_of_memory_twice_fails_the_job(tmp_path: Path, seeds: tuple[in
     finally:
         await worker.stop()
     assert (outcome, job_id) == ("failed", 7)
-    assert "Out of GPU memory" in str(message)
+    assert message == "Out of GPU memory, even in the lowest memory mode. Try a smaller size."
+    assert [mode for mode, _ in backend.calls] == ["high", "balanced", "low", "minimal"]
+    assert backend.modes == ["balanced", "low", "minimal", "high"]  # stepped down, then its own mode again
 
 
 # -- the JobSource failing: the worker survives, outcomes are recorded once the store is back ---------

@@ -222,6 +222,9 @@ class SlowBackend:
 
         raise GenerationCancelled()
 
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        self.memory_mode = mode
+
     def footprint(self) -> Footprint:
         return reference_footprint(self.spec)
 

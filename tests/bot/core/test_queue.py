@@ -196,7 +196,7 @@ async def test_watchers_hear_only_changed_positions(make_service: ServiceFactory
 
 class FaultyBackend:
     """A real tiny backend with faults injected by prompt: 'boom' raises, 'oom-once' runs out of
-    memory on its first batch call, 'oom-always' on every call, 'nan' decodes NaN latents."""
+    memory on a batch call in the high memory mode, 'oom-always' on every call, 'nan' decodes NaN latents."""
 
     def __init__(self, real: Backend, calls: list[int]) -> None:
         self.real = real
@@ -204,13 +204,17 @@ class FaultyBackend:
         self.calls = calls  # the batch size of every generate call
         self.memory_mode: MemoryMode = real.memory_mode
 
+    def set_memory_mode(self, mode: MemoryMode) -> None:
+        self.real.set_memory_mode(mode)
+        self.memory_mode = self.real.memory_mode
+
     def generate(
         self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
     ) -> list[Image.Image]:
         self.calls.append(params.count)
         if "boom" in params.prompt:
             raise ValueError("injected failure")
-        if "oom-always" in params.prompt or ("oom-once" in params.prompt and params.count > 1):
+        if "oom-always" in params.prompt or ("oom-once" in params.prompt and self.memory_mode == "high"):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if "nan" in params.prompt:
             vae = self.real.pipeline.vae  # type: ignore[attr-defined]
@@ -269,15 +273,16 @@ async def test_failures_stay_inside_their_job(make_service: ServiceFactory, faul
 
     assert results[boom.id].state == JobState.FAILED
     assert results[boom.id].error == "Generation failed (ValueError)."
-    assert results[oom_once.id].state == JobState.DONE  # retried one image at a time
+    assert results[oom_once.id].state == JobState.DONE  # retried one memory mode lower
     assert len(await service.images(oom_once.id)) == 2
     assert results[oom_always.id].state == JobState.FAILED
     assert "Out of GPU memory" in (results[oom_always.id].error or "")
     assert results[nan.id].state == JobState.FAILED
     assert "unusable image" in (results[nan.id].error or "")
     assert results[fine.id].state == JobState.DONE
-    # boom 1 call; oom-once: the batch of 2, then 1 + 1; oom-always: 1 then the single retry; nan 1; fine 1
-    assert calls == [1, 2, 1, 1, 1, 1, 1, 1]
+    # boom 1 call; oom-once: the batch of 2, then again in balanced mode; oom-always: high, balanced, low and
+    # minimal; nan 1; fine 1
+    assert calls == [1, 2, 2, 1, 1, 1, 1, 1, 1]
     # failed jobs gave their quota back; the worker is still alive
     later = await service.submit(request("after"), "u")
     assert (await service.wait(later.id)).state == JobState.DONE
