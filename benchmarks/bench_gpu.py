@@ -8,7 +8,8 @@ prints a markdown table for docs/benchmarks.md).
 For every model and memory mode it starts a GenerationService on a temporary data directory (the bot's
 real queue, store and GPU worker, quotas off), with the model's spec set to that mode
 (`dataclasses.replace(spec, memory=mode)`), loads the model through the worker (load time), warms it up
-once, then for each size and count:
+once (on a GPU also once per size and count: a new shape may autotune or recompile), then for each size
+and count:
 
     bare         backend.generate(params) on the worker's GPU thread: s/image, it/s (the median
                  time between two denoising steps), peak memory (torch.cuda.max_memory_allocated, reset
@@ -17,6 +18,7 @@ once, then for each size and count:
     queue        (service.wait): the bot's overhead is this time ÷ the bare call's
     estimate     inference.memory.estimate_peak for the mode in effect, from the loaded weights
 
+The first mode's load reads the weights from disk, the later ones mostly from the OS's file cache.
 The sizes are given for full-size models and scaled like the bot scales them (the tiny built-ins make
 1/8-size images). Without a CUDA GPU it runs the same code on the built-in tiny models at small settings,
 so the script never rots, and says so: the figures are then for the plumbing only.
@@ -182,11 +184,12 @@ async def bench_model_mode(
     spec = dataclasses.replace(config.models[name], memory=mode)
     config.models[name] = spec
     service = GenerationService(config, worker_class=make_worker_class())
-    await service.start()
     rows: list[Row] = []
     memory = Memory(device)
+    worker: Any = None
     try:
-        worker: Any = service.worker
+        await service.start()
+        worker = service.worker
         started = time.perf_counter()
         backend = await worker.load_model(spec)
         load = time.perf_counter() - started
@@ -219,6 +222,8 @@ async def bench_model_mode(
                 print(f"  {format_row(rows[-1])}", flush=True)
     finally:
         await service.close()
+        if worker is not None:
+            worker.cache.clear()  # unload the model: the next mode loads it afresh
         free_memory(device)
     return rows
 
@@ -252,7 +257,9 @@ async def bench_case(
     rates: list[float] = []
     peaks: list[int] = []
     note = ""
-    for _ in range(args.runs):
+    # On a GPU one untimed call first: a new shape may autotune kernels or recompile a compiled model.
+    warmups = 1 if memory.cuda else 0
+    for run in range(warmups + args.runs):
         try:
             seconds, step_times = await worker.on_gpu_thread(lambda: timed_call(backend, params, memory))
         except Exception as e:
@@ -261,6 +268,8 @@ async def bench_case(
             free_memory(device)
             note = "OOM (bare call)"
             break
+        if run < warmups:
+            continue
         bare.append(seconds)
         peak = memory.peak()
         if peak is not None:
