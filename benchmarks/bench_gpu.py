@@ -109,6 +109,7 @@ class Memory:
     """Peak memory of one call: CUDA's allocator statistics, or the process's RSS on the CPU (Linux)."""
 
     def __init__(self, device: str) -> None:
+        self.device = device
         self.cuda = device.startswith("cuda")
         self._baseline = 0
 
@@ -116,8 +117,8 @@ class Memory:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         elif can_measure_rss():
             gc.collect()
             reset_peak_rss()
@@ -127,8 +128,8 @@ class Memory:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
-            return int(torch.cuda.max_memory_allocated())
+            torch.cuda.synchronize(self.device)
+            return int(torch.cuda.max_memory_allocated(self.device))
         if can_measure_rss():
             return peak_rss() - self._baseline
         return None
@@ -153,9 +154,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     return check(error)
 
 
-def bench_config(path: Path | None, data_dir: Path, device: str) -> Config:
+def bench_config(path: Path | None, data_dir: Path, cpu: bool) -> Config:
     """The config of `path` (None: the embedded defaults) with its data_dir replaced by `data_dir` (the
-    bot's own database and images stay untouched), quotas off, running on `device`."""
+    bot's own database and images stay untouched) and quotas off; on the CPU if `cpu`, else on the
+    config's device."""
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
@@ -164,7 +166,8 @@ def bench_config(path: Path | None, data_dir: Path, device: str) -> Config:
         base = path.resolve().parent
     raw["data_dir"] = str(data_dir)
     raw["quotas"] = {**raw.get("quotas", {}), "images_per_day": 0, "max_queued_jobs": 0}
-    raw["inference"] = {**raw.get("inference", {}), "device": device}
+    if cpu:
+        raw["inference"] = {**raw.get("inference", {}), "device": "cpu"}
     return parse_config(raw, base, path)
 
 
@@ -237,7 +240,7 @@ def timed_call(backend: Any, params: Any, memory: Memory) -> tuple[float, list[f
     if memory.cuda:
         import torch
 
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(memory.device)
     return time.perf_counter() - started, step_times
 
 
@@ -393,8 +396,11 @@ async def run(args: argparse.Namespace, data_dir: Path) -> tuple[str, list[Row]]
 
     silence_library_output()
     cuda = args.device != "cpu" and torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    config = bench_config(args.config, data_dir, device)
+    config = bench_config(args.config, data_dir, cpu=not cuda)
+    configured = config.inference.device
+    if cuda and configured not in ("auto", "cuda") and not configured.startswith("cuda:"):
+        raise SystemExit(f"the config runs on {configured!r}: bench_gpu measures CUDA (or pass --device cpu)")
+    device = (configured if configured.startswith("cuda") else "cuda") if cuda else "cpu"
     if cuda:
         real = [n for n in config.models if n not in TINY_MODELS]
         names = args.models.split(",") if args.models else real or list(config.models)
