@@ -15,7 +15,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
-LOCAL = {"bot", "cogs", "inference", "tests", "benchmarks", "measure"}  # measure: benchmarks/measure.py
+# The packages, and the benchmark scripts the others import by file name (measure, bench_decode, ...).
+LOCAL = {"bot", "cogs", "inference", "tests", "benchmarks"} | {p.stem for p in (REPO / "benchmarks").glob("*.py")}
 
 
 def canonical(name: str) -> str:
