@@ -25,6 +25,8 @@ MEMORY_MODES: tuple[MemoryMode, ...] = get_args(MemoryMode)  # most memory first
 MEMORY_SETTINGS: tuple[MemorySetting, ...] = get_args(MemorySetting)
 
 GIB = 1024**3
+HALF_OF_FP32 = 0.64  # a VAE decode in fp16/bf16 against the same in fp32 (measured, docs/gpu.md)
+FP32_OF_HALF = 2.0  # and the other way round
 HEADROOM = 1.10  # allocator fragmentation and what the estimate does not see
 MIN_RESIDENT = int(0.35 * GIB)  # minimal mode: the layers streamed in at once and the CUDA workspace
 
@@ -63,6 +65,16 @@ class Footprint:
     minimal_tile_px: int
     batches: bool
     typical_px: int = 1024
+    decode_element_size: int = 4  # bytes per value of the decode decode_per_mp was measured at
+
+    def decoding_at(self, element_size: int) -> Footprint:
+        """The footprint when the VAE decodes in `element_size`-byte floats (2: fp16/bf16, 4: fp32). Measured
+        (docs/gpu.md): SDXL's VAE in 2-byte floats needs 0.64x its fp32 working set (2.38 against 3.75 GiB
+        per megapixel), the Qwen-Image VAE in fp32 2.0x its bf16 one (7.90 against 3.94)."""
+        if element_size == self.decode_element_size:
+            return self
+        factor = HALF_OF_FP32 if element_size < self.decode_element_size else FP32_OF_HALF
+        return replace(self, decode_per_mp=int(self.decode_per_mp * factor), decode_element_size=element_size)
 
     @property
     def weights(self) -> int:
@@ -105,6 +117,7 @@ REFERENCE_FOOTPRINTS: dict[Family, Footprint] = {
         tile_px=256,
         minimal_tile_px=256,
         batches=False,
+        decode_element_size=2,
     ),
 }
 

@@ -608,7 +608,9 @@ class AnimaBackend:
 
     def footprint(self) -> Footprint:
         pipe = self.pipeline
-        return reference_footprint(self.spec).with_weights(
+        # The reference decode is bf16's; an fp32 VAE (the CPU, GPUs without bf16) needs twice as much.
+        decoding = reference_footprint(self.spec).decoding_at(pipe.vae.dtype.itemsize)
+        return decoding.with_weights(
             denoiser=module_bytes(pipe.transformer, pipe.text_conditioner),
             text_encoders=module_bytes(pipe.text_encoder),
             vae=module_bytes(pipe.vae),

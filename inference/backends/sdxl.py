@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,12 +211,12 @@ class SDXLBackend:
 
     def footprint(self) -> Footprint:
         """Measured weights; a half-precision VAE that diffusers decodes without the fp32 upcast (an fp16-fix
-        VAE, force_upcast false) needs half the reference decode working set."""
+        VAE, force_upcast false) decodes in 2-byte floats, with a smaller working set than the fp32 reference."""
         pipe = self._require_pipe()
         reference = reference_footprint(self.spec)
         vae = pipe.vae
         if vae.dtype in (torch.float16, torch.bfloat16) and decodes_without_upcast(vae):
-            reference = replace(reference, decode_per_mp=reference.decode_per_mp // 2)
+            reference = reference.decoding_at(2)
         return reference.with_weights(
             denoiser=module_bytes(pipe.unet),
             text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),

@@ -30,7 +30,7 @@ def test_the_cases_skip_what_changes_nothing() -> None:
 
 @pytest.mark.skipif(not bench_decode.can_measure_rss(), reason="reads /proc/self (Linux)")
 def test_a_decode_of_the_real_size_sdxl_vae_is_measured() -> None:
-    result = bench_decode.run_case(Case("sdxl-bf16", 64, 64, 2, True, None))
+    result = bench_decode.run_case(Case("sdxl-bf16", 256, 256, 2, True, None))  # large enough to raise RSS
     # The published SDXL VAE: 83.65 M parameters (0.16 GiB in 2 bytes).
     assert 83_600_000 < result.parameters < 83_700_000
     assert result.weights == result.parameters * 2

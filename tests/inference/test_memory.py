@@ -122,3 +122,11 @@ def test_the_worker_plans_from_the_configured_limit_without_loading(tmp_path: Pa
     assert worker.plan(spec, 1024, 1024, 1) is None
     unlimited = GpuWorker(source=None, cache=ModelCache(RuntimeOptions("cpu", None, tmp_path), loader=never))  # type: ignore[arg-type]
     assert unlimited.plan(spec, 4096, 4096, 8) is not None
+
+
+def test_the_decode_estimate_follows_the_decode_dtype() -> None:
+    # Measured on the real-size VAEs (docs/gpu.md): SDXL's fp32 decode 3.75 GiB/MP, in 2-byte floats 2.38;
+    # Qwen-Image's bf16 decode 3.94 GiB/MP, in fp32 7.90.
+    assert SDXL.decoding_at(4) == SDXL
+    assert SDXL.decoding_at(2).decode_per_mp / GIB == pytest.approx(2.38, abs=0.1)
+    assert ANIMA.decoding_at(4).decode_per_mp / GIB == pytest.approx(7.90, abs=0.2)

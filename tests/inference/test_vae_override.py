@@ -117,7 +117,7 @@ def test_a_single_vae_file_in_the_original_layout(
 
 
 @pytest.mark.filterwarnings("ignore")  # diffusers warns about fp16 on the CPU
-def test_a_vae_that_needs_no_upcast_halves_the_decode_estimate(runtime: RuntimeOptions, vae_folder: Path) -> None:
+def test_a_vae_that_needs_no_upcast_lowers_the_decode_estimate(runtime: RuntimeOptions, vae_folder: Path) -> None:
     half = replace(runtime, dtype="float16")
     reference = reference_footprint(spec()).decode_per_mp
     own = load_sdxl(spec(), half)
@@ -125,7 +125,7 @@ def test_a_vae_that_needs_no_upcast_halves_the_decode_estimate(runtime: RuntimeO
     assert own.footprint().decode_per_mp == reference  # decoded in fp32
     fixed = load_sdxl(spec(DirSource(vae_folder)), half)
     assert fixed.pipeline.vae.dtype == torch.float16
-    assert fixed.footprint().decode_per_mp == reference // 2  # decoded in fp16
+    assert fixed.footprint().decode_per_mp == int(reference * 0.64)  # decoded in fp16 (measured ratio)
 
 
 def test_errors_name_the_vae(runtime: RuntimeOptions, tmp_path: Path, tiny_dir: Path) -> None:
