@@ -5,6 +5,7 @@ shown beside it; /generate's rating option and the channel decide what may be ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from inference.tagger import CHARACTER_CATEGORY, GENERAL_CATEGORY, TagResult
 
 MAX_PROMPT_CHARS = 1500  # room in a 2000-character message, and under /generate's prompt limit
 _BRACKETS = str.maketrans({"(": r"\(", ")": r"\)", "[": r"\[", "]": r"\]"})
+_SQUARE = re.compile(r"(?<!\\)([\[\]])")  # an unescaped [ or ]: a weight to the prompt parser
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ def describe_prompt(dialect: Dialect, result: TagResult, limit: int = MAX_PROMPT
             prompt = build_prompt(dialect, PromptChoices(text, default_negative=False), _TaggerCategories(categories))
         except PromptError:
             return ""
-        if len(prompt.prompt) <= limit:
-            return prompt.prompt
+        text = _SQUARE.sub(r"\\\1", prompt.prompt)  # `[text]` is a tag name, not a lowered weight
+        if len(text) <= limit:
+            return text
         tags.pop()  # general tags come last, lowest score last
     return ""
