@@ -18,7 +18,7 @@ from bot.discord_app.describe import DescribeGenerateButton, describe_text, desc
 from bot.discord_app.interactions import guild_key, locale_of
 from bot.prompts.describe import describe_prompt
 from bot.prompts.dialects import load_dialect
-from inference.tagger import ImageRejected, TaggerError, TaggerLoader, TagResult, open_image
+from inference.tagger import ImageRejected, TaggerError, TagResult, open_image, shared_loader
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -36,7 +36,7 @@ def _megabytes(size: int) -> str:
 class Describe(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:
         self.bot = bot
-        self.tagger = TaggerLoader(bot.config.tagger_options)  # loaded (downloaded) on first use
+        self.tagger = shared_loader(bot.config.tagger_options)  # loaded (downloaded) on first use
         self.slots = asyncio.Semaphore(CONCURRENT_TAGGING)
 
     @property

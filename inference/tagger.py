@@ -9,8 +9,10 @@ questionable, explicit), 4 the characters, 0 the general tags.
 
 `Tagger.tag(image)` is thread-safe and blocking: callers on an event loop run it in a thread
 (`asyncio.to_thread`). `TaggerLoader` loads the model once, on first use, and hands every caller the
-same one. `open_image` reads untrusted image bytes (an upload) within limits. Errors are `TaggerError`
-(the model cannot be had or used) and `ImageRejected` (the image is not acceptable), each one line.
+same one; `shared_loader(options)` is the one loader of the process for those options (the /describe
+command and the rating of results share one model in memory). `open_image` reads untrusted image bytes
+(an upload) within limits. Errors are `TaggerError` (the model cannot be had or used) and `ImageRejected`
+(the image is not acceptable), each one line.
 """
 
 from __future__ import annotations
@@ -331,3 +333,16 @@ class TaggerLoader:
             if self._tagger is None:
                 self._tagger = load_tagger(self.options)
             return cast(Tagger, self._tagger)
+
+
+_loaders: dict[TaggerOptions, TaggerLoader] = {}
+_loaders_lock = threading.Lock()
+
+
+def shared_loader(options: TaggerOptions) -> TaggerLoader:
+    """The process's loader for `options` (created, not loaded, on the first call)."""
+    with _loaders_lock:
+        loader = _loaders.get(options)
+        if loader is None:
+            loader = _loaders[options] = TaggerLoader(options)
+        return loader

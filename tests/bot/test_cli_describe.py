@@ -116,3 +116,23 @@ def test_describe_loads_no_torch(config: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "1girl, smile, solo"
+
+
+def test_tagger_config(tmp_path: Path) -> None:
+    from bot.config import ConfigError, load_config
+
+    config = tmp_path / "config.toml"
+    config.write_text("[inference]\nlocal_files_only = true\n", encoding="utf-8")
+    options = load_config(config).tagger_options
+    assert options.source == "SmilingWolf/wd-vit-tagger-v3" and options.local_files_only
+    assert (options.general_threshold, options.character_threshold, options.device) == (0.35, 0.85, "cpu")
+    (tmp_path / "org" / "name").mkdir(parents=True)  # a folder spelled like a hub id is the folder
+    config.write_text('[tagger]\nmodel = "org/name"\n', encoding="utf-8")
+    assert load_config(config).tagger_options.source == str(tmp_path / "org" / "name")
+    config.write_text('[tagger]\nmodel = "wd/tagger"\ngeneral_threshold = 0.5\n', encoding="utf-8")
+    options = load_config(config).tagger_options
+    assert options.source == "wd/tagger" and options.general_threshold == 0.5
+    for bad in ("general_threshold = 1.5", "character_threshold = 0", 'device = "mps"', "max_upload_mb = -1"):
+        config.write_text(f"[tagger]\n{bad}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="tagger"):
+            load_config(config)

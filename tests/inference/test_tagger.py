@@ -22,6 +22,7 @@ from inference.tagger import (
     open_image,
     prepare_image,
     read_labels,
+    shared_loader,
 )
 from inference.tiny.tagger import write_tiny_tagger
 
@@ -196,6 +197,12 @@ def test_loader_loads_once_across_threads(tiny_dir: Path, monkeypatch: pytest.Mo
     for t in threads:
         t.join()
     assert len(loads) == 1 and len({id(t) for t in got}) == 1 and loader.loaded
+
+
+def test_one_shared_loader_per_options(tiny_dir: Path) -> None:
+    options = TaggerOptions(str(tiny_dir))
+    assert shared_loader(options) is shared_loader(TaggerOptions(str(tiny_dir)))
+    assert shared_loader(options) is not shared_loader(TaggerOptions(str(tiny_dir), general_threshold=0.5))
 
 
 def test_loader_retries_after_a_failure(tmp_path: Path) -> None:
