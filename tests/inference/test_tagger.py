@@ -3,15 +3,19 @@ stand-in model built in code (inference/tiny/tagger.py), and the upload checks o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from inference.tagger import (
+    IMAGE_FORMATS,
     ImageRejected,
     Tagger,
     TaggerError,
@@ -25,6 +29,7 @@ from inference.tagger import (
     shared_loader,
 )
 from inference.tiny.tagger import write_tiny_tagger
+from tests.fuzz import fuzz_settings
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +277,44 @@ def test_open_image_refuses_a_decompression_bomb_before_decoding() -> None:
         open_image(encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9999)
     assert info.value.reason == "too_many_pixels"
     assert open_image(encoded(Image.new("RGB", (100, 100)), "PNG"), max_pixels=10000).size == (100, 100)
+
+
+def _seed_images() -> list[bytes]:
+    images = []
+    for fmt in IMAGE_FORMATS:
+        image = Image.new("RGB", (24, 16), (10, 200, 30))
+        images.append(encoded(image, fmt))
+    return images
+
+
+SEEDS = _seed_images()
+
+
+@fuzz_settings(150)
+@given(
+    seed=st.sampled_from(SEEDS),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+    cut=st.integers(0, 10_000),
+)
+def test_open_image_on_damaged_files_rejects_or_decodes(seed: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    """A hostile upload (a real image with bytes changed, cut short): a decoded image within the limits or
+    ImageRejected, never another exception."""
+    data = bytearray(seed)
+    for where, value in edits:
+        data[where % len(data)] = value
+    data = data[: max(1, len(data) - cut % len(data))]
+    try:
+        image = open_image(bytes(data), max_pixels=1_000_000)
+    except ImageRejected as e:
+        assert e.reason in ("bad_type", "too_many_pixels", "unreadable")
+    else:
+        assert image.width * image.height <= 1_000_000
+        assert prepare_image(image, 8).shape == (1, 8, 8, 3)
+
+
+@fuzz_settings(100)
+@given(data=st.binary(max_size=2000))
+def test_open_image_on_random_bytes(data: bytes) -> None:
+    """Random bytes: decoded or ImageRejected, never another exception."""
+    with contextlib.suppress(ImageRejected):
+        open_image(data)
