@@ -59,6 +59,18 @@ def test_prepare_image_pads_on_white_resizes_and_swaps_to_bgr() -> None:
     assert batch.min() >= 0.0 and batch.max() <= 255.0
 
 
+def test_prepare_image_matches_the_reference_steps() -> None:
+    """The reference preprocessing, step by step: pad (centred, white) with numpy, bicubic resize, BGR."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)  # 50 wide, 30 high
+    padded = np.pad(pixels, ((10, 10), (0, 0), (0, 0)), constant_values=255)
+    expected = np.asarray(Image.fromarray(padded).resize((16, 16), Image.Resampling.BICUBIC), dtype=np.float32)
+    got = prepare_image(Image.fromarray(pixels), 16)[0]
+    assert np.array_equal(got, expected[:, :, ::-1])
+    bilinear = np.asarray(Image.fromarray(padded).resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32)
+    assert not np.array_equal(got, bilinear[:, :, ::-1])
+
+
 def test_prepare_image_lays_transparency_on_white() -> None:
     clear = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     assert prepare_image(clear, 10).min() == 255.0
