@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("--category", choices=["general", "artist", "copyright", "character", "meta"])
     search.add_argument("--model", help="format results for this model (default from the config)")
+
+    describe = sub.add_parser("describe", parents=[common], help="tag an image with the WD tagger, as a prompt")
+    describe.add_argument("file", type=Path, help="a PNG, JPEG, WebP or GIF image")
+    describe.add_argument("--model", help="write the prompt for this model (default from the config)")
+    describe.add_argument("--general-threshold", type=_number, help="general tags from this score (0..1) up")
+    describe.add_argument("--character-threshold", type=_number, help="characters from this score (0..1) up")
+    describe.add_argument("--json", action="store_true", help="print the rating, tags and prompt as JSON")
     return parser
 
 
@@ -367,6 +374,61 @@ def _tags(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _describe(args: argparse.Namespace, config: Config) -> int:
+    """Tag one image file and print the prompt (first line), then the rating and the tags with their scores."""
+    from bot.core.messages import render
+    from bot.prompts.describe import describe_prompt
+    from bot.prompts.dialects import load_dialect
+    from inference.tagger import ImageRejected, TaggerError, TaggerLoader, open_image
+
+    model = args.model or config.inference.default_model
+    if model not in config.models:
+        raise CliError(f"unknown model {model!r} (have: {', '.join(config.models)})")
+    for name in ("general_threshold", "character_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value <= 1:
+            raise CliError(f"--{name.replace('_', '-')} must be more than 0 and at most 1 (got {value})")
+    limit = int(config.tagger.max_upload_mb * 2**20)
+    try:
+        size = args.file.stat().st_size
+        if size > limit:  # before reading it
+            megabytes = {"size": f"{size / 2**20:.1f}", "limit": f"{limit / 2**20:g}"}
+            raise CliError(f"{args.file}: {render('describe_too_big', **megabytes)}")
+        data = args.file.read_bytes()
+    except OSError as e:
+        raise CliError(f"{args.file}: {e.strerror or e}") from None
+    try:
+        image = open_image(data, max_bytes=limit, max_pixels=config.tagger.max_pixels)
+    except ImageRejected as e:
+        raise CliError(f"{args.file}: {render(f'describe_{e.reason}', 'en', **e.params)}") from None
+    try:
+        tagger = TaggerLoader(config.tagger_options).get()  # downloads on first use (huggingface_hub's bar)
+        result = tagger.tag(
+            image, general_threshold=args.general_threshold, character_threshold=args.character_threshold
+        )
+    except TaggerError as e:
+        raise CliError(str(e), EXIT_FAILURE) from None
+    prompt = describe_prompt(load_dialect(config.models[model].dialect), result)
+    if args.json:
+        print(json.dumps({
+            "model": model,
+            "prompt": prompt,
+            "rating": result.rating,
+            "rating_scores": result.rating_scores,
+            "characters": [[t, round(s, 4)] for t, s in result.characters],
+            "general": [[t, round(s, 4)] for t, s in result.general],
+        }, ensure_ascii=False, indent=2))
+        return 0
+    if not prompt:
+        print("animebot: the tagger found no tags above the thresholds", file=sys.stderr)
+    print(prompt)
+    others = ", ".join(f"{r} {s:.2f}" for r, s in result.rating_scores.items() if r != result.rating)
+    print(f"rating: {result.rating} {result.rating_scores[result.rating]:.2f} ({others})")
+    for label, tags in (("characters", result.characters), ("general", result.general)):
+        print(f"{label}: " + (", ".join(f"{t} {s:.2f}" for t, s in tags) or "-"))
+    return 0
+
+
 NO_TOKEN_HELP = """animebot: error: no Discord bot token.
 Get one: https://discord.com/developers/applications -> your application (or New Application) -> Bot
 -> Reset Token, and copy it. Then set it in the environment (preferred):
@@ -405,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "work":
             config.ensure_data_dir()
             return _work(config, args.resume)
+        if args.command == "describe":
+            return _describe(args, config)
         return _tags(args, config)
     except ConfigError as e:  # one line per mistake in the file
         return _fail(*str(e).splitlines(), code=EXIT_USAGE)

@@ -36,6 +36,14 @@ from inference.specs import (
     VaeFileSource,
     VaeSource,
 )
+from inference.tagger import (
+    DEFAULT_CHARACTER_THRESHOLD,
+    DEFAULT_GENERAL_THRESHOLD,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    TaggerOptions,
+)
 
 # The dialect a model gets when its config names none (the built-ins too).
 DEFAULT_DIALECTS = {"sdxl": "animagine-xl-4.0", "anima": "anima"}
@@ -151,6 +159,19 @@ class DiscordSettings(_Section):
     spoiler_sensitive: bool = False
 
 
+class TaggerSettings(_Section):
+    """[tagger]: the image tagger (/describe, `animebot describe`)."""
+
+    model: PathText = DEFAULT_MODEL  # a hub id (org/name), a local folder or a model.onnx file
+    revision: str | None = None
+    general_threshold: float = Field(default=DEFAULT_GENERAL_THRESHOLD, gt=0, le=1, allow_inf_nan=False)
+    character_threshold: float = Field(default=DEFAULT_CHARACTER_THRESHOLD, gt=0, le=1, allow_inf_nan=False)
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(default=0, ge=0, le=256)  # onnxruntime's threads; 0: its default
+    max_upload_mb: float = Field(default=DEFAULT_MAX_BYTES / 2**20, gt=0, le=100, allow_inf_nan=False)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, le=200_000_000)
+
+
 class Settings(_Section):
     data_dir: PathText = "var"
     inference: InferenceSettings = InferenceSettings()
@@ -158,6 +179,7 @@ class Settings(_Section):
     quotas: QuotaSettings = QuotaSettings()
     discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
+    tagger: TaggerSettings = TaggerSettings()
 
 
 class Config:
@@ -173,6 +195,8 @@ class Config:
         self.quotas = settings.quotas
         self.discord = settings.discord
         self.models = _model_specs(settings.models, base_dir, settings.inference, source)
+        self.tagger = settings.tagger
+        self.tagger_options = _tagger_options(settings.tagger, base_dir, settings.inference.local_files_only)
         _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:
             raise ConfigError(
@@ -222,6 +246,26 @@ def _check_tags_db_is_its_own_file(tags_db: Path, database: Path, source: Path |
             f"{source or 'config'}: tags.database: {tags_db} is the bot's main database ({database}); "
             'the tag database needs a file of its own, e.g. database = "tags.sqlite"'
         )
+
+
+def _tagger_options(tagger: TaggerSettings, base: Path, local_files_only: bool) -> TaggerOptions:
+    """[tagger] as the tagger's options: `model` is a path (relative to the config's folder) when one is
+    there or it does not look like a hub id (org/name), else a hub id."""
+    path = _resolve(base, tagger.model)
+    try:
+        on_disk = path.exists()
+    except OSError:  # a name the OS cannot look up (too long): not a folder of ours
+        on_disk = False
+    source = str(path) if on_disk or not _looks_like_hub_id(tagger.model) else tagger.model
+    return TaggerOptions(
+        source=source,
+        revision=tagger.revision,
+        general_threshold=tagger.general_threshold,
+        character_threshold=tagger.character_threshold,
+        device=tagger.device,
+        local_files_only=local_files_only,
+        threads=tagger.threads,
+    )
 
 
 def _resolve(base: Path, value: str) -> Path:
