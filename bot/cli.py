@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
+    sub.add_parser("doctor", parents=[common], help="check the install and the config; exit 1 if `run` would fail")
     sub.add_parser("run", parents=[common], help="run the Discord bot (token: DISCORD_TOKEN or [discord] token)")
     work = sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
     work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
@@ -324,6 +325,23 @@ def _models(config: Config) -> int:
     return 0
 
 
+def _doctor(config: Config) -> int:
+    """Every check of bot/doctor.py, one line each as it is known; exit 1 when something blocks `run`."""
+    from bot.doctor import run_checks
+
+    findings = []
+    for finding in run_checks(config):
+        findings.append(finding)
+        print(_one_line(finding.line()), flush=True)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warn" for f in findings)
+    if errors:
+        print(f"{errors} problem(s) block `animebot run`, {warnings} warning(s)")
+        return EXIT_FAILURE
+    print(f"ready for `animebot run` ({warnings} warning(s))")
+    return 0
+
+
 def _device_budget(config: Config) -> tuple[int | None, str, str | None]:
     """The device memory the bot could use now (None: no limit known), the device's name, and why the
     configured device cannot be used (None when it can). Imports torch (to ask CUDA what is free)."""
@@ -399,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args, config)
         if args.command == "models":
             return _models(config)
+        if args.command == "doctor":
+            return _doctor(config)
         if args.command == "run":
             config.ensure_data_dir()
             return _run(config)
