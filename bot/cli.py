@@ -401,10 +401,19 @@ def _run(config: Config) -> int:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return EXIT_USAGE
     from bot.discord_app.client import create_bot
+    from bot.metrics import start_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bot = create_bot(config, freeze_gc=True)
-    bot.run(token, log_handler=None)
+    metrics = start_metrics(bot.service, config.metrics)  # listening now: StartError if the port is taken
+    if metrics is not None:
+        bot.add_listener(metrics.feed.start, "on_ready")  # the queue gauges are read once the bot is up
+        logging.getLogger("animebot").info("Prometheus metrics at %s", metrics.url)
+    try:
+        bot.run(token, log_handler=None)
+    finally:
+        if metrics is not None:
+            metrics.server.stop()
     return 0
 
 

@@ -151,6 +151,13 @@ class DiscordSettings(_Section):
     spoiler_sensitive: bool = False
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint (bot/metrics.py): off unless a port is given."""
+
+    port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: no endpoint
+    host: str = "127.0.0.1"  # "0.0.0.0" to let another machine scrape it
+
+
 class Settings(_Section):
     data_dir: PathText = "var"
     inference: InferenceSettings = InferenceSettings()
@@ -158,6 +165,7 @@ class Settings(_Section):
     quotas: QuotaSettings = QuotaSettings()
     discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
+    metrics: MetricsSettings = MetricsSettings()
 
 
 class Config:
@@ -172,6 +180,7 @@ class Config:
         self.database = self.data_dir / "animebot.sqlite"
         self.quotas = settings.quotas
         self.discord = settings.discord
+        self.metrics = settings.metrics
         self.models = _model_specs(settings.models, base_dir, settings.inference, source)
         _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:
