@@ -217,19 +217,19 @@ def _prepare_out_dir(out: Path) -> None:
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
     """Submit to the same durable queue the bot uses, run the worker until this job is finished, and
     print the image paths. If the process dies, the job stays queued and runs at the next start."""
-    from bot.core.events import Event, JobEnded, JobProgress, JobStarted, ModelLoading
+    from bot.core.events import JobEnded, JobProgress, JobStarted
     from bot.core.service import GenerationService, cli_user
+    from bot.progress import Progress, loading_progress
 
     status = _TerminalProgress(sys.stderr)
     service = GenerationService(config)
-    await service.start()
-
-    def loading(event: Event) -> None:  # model loads belong to no job: every one is shown
-        if isinstance(event, ModelLoading):
-            status.line(f"loading {event.model}: {event.stage} ({event.done}/{event.total})",
-                        final=event.done == event.total)
-
-    unlisten = service.events.listen(loading)
+    # Model loads belong to no job: every one is shown (a bar on a terminal), from the start on.
+    unlisten = service.events.listen(loading_progress(Progress(sys.stderr)))
+    try:
+        await service.start()
+    except BaseException:
+        unlisten()
+        raise
     try:
         job = await service.submit(request, cli_user(), exempt=True)
         if service.interrupted:
@@ -271,8 +271,12 @@ def _work(config: Config, resume: bool = False) -> int:
 
     async def run() -> int:
         from bot.core.service import GenerationService
+        from bot.progress import Progress, WorkProgress, loading_progress
 
         service = GenerationService(config)
+        progress = Progress(sys.stderr)  # a bar on a terminal, plain lines otherwise
+        work = WorkProgress(progress)
+        listening = [service.events.listen(work), service.events.listen(loading_progress(progress))]  # from start
         await service.start()
         try:
             if resume:
@@ -281,11 +285,15 @@ def _work(config: Config, resume: bool = False) -> int:
             print(f"{waiting} job(s) waiting ({len(service.interrupted)} interrupted)", file=sys.stderr)
             if waiting and await service.paused():
                 raise CliError("the queue is paused: run `animebot work --resume` to unpause it and run them")
+            work.remaining(waiting + len(await service.running_jobs()))
             await service.drain()
+            work.close()
             for job in await service.undelivered():
                 print(f"job #{job.id}: {job.state.value}" + (f" ({job.error})" if job.error else ""))
             return 0
         finally:
+            for unlisten in listening:
+                unlisten()
             await service.close()
 
     return asyncio.run(run())
