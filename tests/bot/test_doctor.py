@@ -307,3 +307,57 @@ def test_configured_device_that_is_absent_blocks_run(capsys: pytest.CaptureFixtu
     assert code == 1
     assert len(lines_of(lines, "[error] device: device 'cuda' was asked for but CUDA is not available -> fix: ")) == 1
     assert lines_of(lines, "[ok] model tiny-sdxl: memory mode") == []  # no device: no mode to show
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "expected"),
+    [
+        (11.2, "[ok] model real: memory mode auto -> balanced: vae slicing, vae tiling, text encoders offloaded"),
+        (6.0, "[ok] model real: memory mode auto -> low: vae slicing, vae tiling, model cpu offload"),
+        (1.0, "[warn] model real: memory mode auto -> minimal: vae slicing, vae tiling, sequential cpu offload; a "
+              "1024x1024 image does not fit in 1.0 GiB in any mode, so its jobs are refused -> fix: free GPU memory"),
+    ],
+)
+def test_on_a_cuda_card_the_usable_memory_picks_each_model_s_mode(
+    capsys: pytest.CaptureFixture[str], good: Path, monkeypatch: pytest.MonkeyPatch, free_gib: float, expected: str
+) -> None:
+    """The GPU path, on a machine without one: torch.cuda reports a 12 GiB card with `free_gib` free. The usable
+    memory is computed as the worker does (inference.device.device_budget) and auto's mode follows from it."""
+    import torch
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (int(free_gib * gib), 12 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA Fake 12G")
+    models = good.parent / "models" / "real"
+    models.mkdir(parents=True)
+    (models / "model_index.json").write_text("{}", encoding="utf-8")
+    write_config(good.parent, '[inference]\ndevice = "cuda"\n[models.real]\nfamily = "sdxl"\npath = "models/real"\n')
+    code, lines = doctor(capsys, good)
+    assert code == 0, lines
+    usable = f"{free_gib:.1f} GiB"
+    assert f"[ok] device: cuda (NVIDIA Fake 12G): {usable} free of 12.0 GiB; usable {usable}" in lines
+    assert [line for line in lines if line.startswith(expected)], lines
+    assert lines_of(lines, "[ok] model tiny-sdxl: memory mode auto -> high")  # tiny weights fit anywhere
+
+
+def test_vram_limit_caps_the_usable_memory(
+    capsys: pytest.CaptureFixture[str], good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (20 * gib, 24 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA Fake 24G")
+    write_config(good.parent, '[inference]\ndevice = "cuda"\nvram_limit_gb = 6\n')
+    code, lines = doctor(capsys, good)
+    assert code == 0
+    assert (
+        "[ok] device: cuda (NVIDIA Fake 24G): 20.0 GiB free of 24.0 GiB; usable 6.0 GiB, capped by vram_limit_gb = 6"
+        in lines
+    )
