@@ -265,7 +265,7 @@ def _service_device(service: GenerationService) -> str | None:
     """The device the service's worker runs on; None before it started (or after it closed)."""
     try:
         return service.worker.cache.runtime.device
-    except AssertionError:
+    except (AssertionError, AttributeError):  # no worker (yet, or any more)
         return None
 
 

@@ -4,6 +4,7 @@ the figures read back from /metrics as Prometheus reads them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import urllib.error
 import urllib.request
@@ -229,3 +230,31 @@ def test_animebot_run_with_a_taken_port_fails_in_one_line(
         assert main(["run", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert err == f"animebot: error: [metrics] cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_job_submitted_reaches_listeners_not_a_job_s_followers() -> None:
+    """The metrics hear every submission; GenerationService.watch (a job's followers) never sees it."""
+    from bot.core.events import EventBus, JobSubmitted
+
+    bus = EventBus()
+    heard: list[object] = []
+    bus.listen(heard.append)
+    inbox = bus.follow(7)
+    bus.publish(JobSubmitted(7, "tiny-sdxl"))
+    assert heard == [JobSubmitted(7, "tiny-sdxl")] and inbox.empty()
+
+
+async def test_the_gpu_gauge_follows_the_service_device(make_service: ServiceFactory) -> None:
+    """The endpoint's GPU gauge asks the started service's worker for its device (the CPU here: no sample);
+    with CUDA's figures it reports them for that device."""
+    service = await make_service(UNLIMITED)
+    cuda = FakeCuda()
+    endpoint = MetricsEndpoint(service, "127.0.0.1", 0, cuda=cuda)
+    try:
+        samples = await asyncio.to_thread(scrape, endpoint.url)
+        assert not [key for key in samples if key[0] == "animebot_gpu_memory_bytes"] and cuda.asked == []
+        service.worker.cache.runtime = dataclasses.replace(service.worker.cache.runtime, device="cuda:0")
+        samples = await asyncio.to_thread(scrape, endpoint.url)
+        assert value(samples, "animebot_gpu_memory_bytes", device="cuda:0", kind="total") == 12 * 1024**3
+    finally:
+        await endpoint.close()
