@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the final parameters as JSON; load nothing")
 
     sub.add_parser("models", parents=[common], help="list configured models")
+    sub.add_parser("doctor", parents=[common], help="check the install and the config; exit 1 if `run` would fail")
     sub.add_parser("run", parents=[common], help="run the Discord bot (token: DISCORD_TOKEN or [discord] token)")
     work = sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
     work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
@@ -223,19 +224,19 @@ def _prepare_out_dir(out: Path) -> None:
 async def _generate_through_queue(request: GenerationRequest, out: Path | None, config: Config) -> int:
     """Submit to the same durable queue the bot uses, run the worker until this job is finished, and
     print the image paths. If the process dies, the job stays queued and runs at the next start."""
-    from bot.core.events import Event, JobEnded, JobProgress, JobStarted, ModelLoading
+    from bot.core.events import JobEnded, JobProgress, JobStarted
     from bot.core.service import GenerationService, cli_user
+    from bot.progress import Progress, loading_progress
 
     status = _TerminalProgress(sys.stderr)
     service = GenerationService(config)
-    await service.start()
-
-    def loading(event: Event) -> None:  # model loads belong to no job: every one is shown
-        if isinstance(event, ModelLoading):
-            status.line(f"loading {event.model}: {event.stage} ({event.done}/{event.total})",
-                        final=event.done == event.total)
-
-    unlisten = service.events.listen(loading)
+    # Model loads belong to no job: every one is shown (a bar on a terminal), from the start on.
+    unlisten = service.events.listen(loading_progress(Progress(sys.stderr)))
+    try:
+        await service.start()
+    except BaseException:
+        unlisten()
+        raise
     try:
         job = await service.submit(request, cli_user(), exempt=True)
         if service.interrupted:
@@ -277,8 +278,12 @@ def _work(config: Config, resume: bool = False) -> int:
 
     async def run() -> int:
         from bot.core.service import GenerationService
+        from bot.progress import Progress, WorkProgress, loading_progress
 
         service = GenerationService(config)
+        progress = Progress(sys.stderr)  # a bar on a terminal, plain lines otherwise
+        work = WorkProgress(progress)
+        listening = [service.events.listen(work), service.events.listen(loading_progress(progress))]  # from start
         await service.start()
         try:
             if resume:
@@ -287,11 +292,15 @@ def _work(config: Config, resume: bool = False) -> int:
             print(f"{waiting} job(s) waiting ({len(service.interrupted)} interrupted)", file=sys.stderr)
             if waiting and await service.paused():
                 raise CliError("the queue is paused: run `animebot work --resume` to unpause it and run them")
+            work.remaining(waiting + len(await service.running_jobs()))
             await service.drain()
+            work.close()
             for job in await service.undelivered():
                 print(f"job #{job.id}: {job.state.value}" + (f" ({job.error})" if job.error else ""))
             return 0
         finally:
+            for unlisten in listening:
+                unlisten()
             await service.close()
 
     return asyncio.run(run())
@@ -328,6 +337,23 @@ def _models(config: Config) -> int:
     for name, spec in config.models.items():
         if spec.vae is not None:
             print(f"{name}: VAE: {describe_vae(spec.vae)}")
+    return 0
+
+
+def _doctor(config: Config) -> int:
+    """Every check of bot/doctor.py, one line each as it is known; exit 1 when something blocks `run`."""
+    from bot.doctor import run_checks
+
+    findings = []
+    for finding in run_checks(config):
+        findings.append(finding)
+        print(_one_line(finding.line()), flush=True)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warn" for f in findings)
+    if errors:
+        print(f"{errors} problem(s) block `animebot run`, {warnings} warning(s)")
+        return EXIT_FAILURE
+    print(f"ready for `animebot run` ({warnings} warning(s))")
     return 0
 
 
@@ -445,10 +471,19 @@ def _run(config: Config) -> int:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return EXIT_USAGE
     from bot.discord_app.client import create_bot
+    from bot.metrics import start_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bot = create_bot(config, freeze_gc=True)
-    bot.run(token, log_handler=None)
+    metrics = start_metrics(bot.service, config.metrics)  # listening now: StartError if the port is taken
+    if metrics is not None:
+        bot.add_listener(metrics.feed.start, "on_ready")  # the queue gauges are read once the bot is up
+        logging.getLogger("animebot").info("Prometheus metrics at %s", metrics.url)
+    try:
+        bot.run(token, log_handler=None)
+    finally:
+        if metrics is not None:
+            metrics.server.stop()
     return 0
 
 
@@ -461,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args, config)
         if args.command == "models":
             return _models(config)
+        if args.command == "doctor":
+            return _doctor(config)
         if args.command == "run":
             config.ensure_data_dir()
             return _run(config)

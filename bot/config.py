@@ -170,6 +170,11 @@ class TaggerSettings(_Section):
     threads: int = Field(default=0, ge=0, le=256)  # onnxruntime's threads; 0: its default
     max_upload_mb: float = Field(default=DEFAULT_MAX_BYTES / 2**20, gt=0, le=100, allow_inf_nan=False)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, le=200_000_000)
+class MetricsSettings(_Section):
+    """The Prometheus endpoint (bot/metrics.py): off unless a port is given."""
+
+    port: int = Field(default=0, ge=0, le=65535, strict=True)  # 0: no endpoint
+    host: str = "127.0.0.1"  # "0.0.0.0" to let another machine scrape it
 
 
 class Settings(_Section):
@@ -180,6 +185,7 @@ class Settings(_Section):
     discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
     tagger: TaggerSettings = TaggerSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 class Config:
@@ -194,6 +200,7 @@ class Config:
         self.database = self.data_dir / "animebot.sqlite"
         self.quotas = settings.quotas
         self.discord = settings.discord
+        self.metrics = settings.metrics
         self.models = _model_specs(settings.models, base_dir, settings.inference, source)
         self.tagger = settings.tagger
         self.tagger_options = _tagger_options(settings.tagger, base_dir, settings.inference.local_files_only)

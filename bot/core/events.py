@@ -22,6 +22,14 @@ class JobQueued:
 
 
 @dataclass(frozen=True)
+class JobSubmitted:
+    """A job was persisted and queued (for listeners such as the metrics; a job's followers do not get it)."""
+
+    job_id: int
+    model: str
+
+
+@dataclass(frozen=True)
 class JobStarted:
     job_id: int
     model: str
@@ -63,7 +71,7 @@ class JobEnded:
         return self.job.id
 
 
-Event = JobQueued | JobStarted | JobProgress | JobFinished | ModelLoading
+Event = JobSubmitted | JobQueued | JobStarted | JobProgress | JobFinished | ModelLoading
 JobEvent = JobQueued | JobStarted | JobProgress | JobFinished  # the events of one job
 WatchEvent = JobQueued | JobStarted | JobProgress | JobEnded  # what watch() yields
 
@@ -106,7 +114,7 @@ class EventBus:
             self.progress[event.job_id] = event
         elif isinstance(event, JobFinished):
             self.progress.pop(event.job_id, None)
-        if not isinstance(event, ModelLoading):
+        if not isinstance(event, ModelLoading | JobSubmitted):
             for queue in self._followers.get(event.job_id, ()):
                 queue.put_nowait(event)
         for callback in list(self._listeners):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -93,6 +94,42 @@ class JobRecord:
     delivered: bool
     locale: str | None = None  # the asker's message language, for a delivery after a restart
     verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
+
+
+@dataclass(frozen=True)
+class UserFigures:
+    owner_id: str
+    name: str  # the display name last seen ("" if none)
+    jobs: int
+    images: int
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    model: str
+    jobs: int
+    done: int
+    failed: int
+    images: int
+
+
+@dataclass(frozen=True)
+class PeriodStats:
+    """The figures of the jobs asked for in a period (/stats): how they ended, the images they made, the
+    median wait (asked → started, of those that started) and run (started → done), the busiest users and
+    each model's share."""
+
+    since: float
+    states: dict[str, int] = field(default_factory=dict)  # state → jobs (queued and running too)
+    images: int = 0
+    median_wait: float | None = None
+    median_run: float | None = None
+    users: list[UserFigures] = field(default_factory=list)  # most jobs first
+    models: list[ModelFigures] = field(default_factory=list)  # most jobs first
+
+    @property
+    def jobs(self) -> int:
+        return sum(self.states.values())
 
 
 # -- stored parameters: the JSON in jobs.request and jobs.params, read through models that upgrade old rows --
@@ -528,6 +565,51 @@ class JobRepository:
         """The job whose result was delivered to `target` (frontend-specific, e.g. "channel:message")."""
         value = await self.store.scalar("SELECT job_id FROM deliveries WHERE target = ?", (target,))
         return None if value is None else int(value)
+
+    async def period_stats(self, since: float, guild_id: str | None = None, top_users: int = 5) -> PeriodStats:
+        """The figures of the jobs asked for since `since` (a time.time()), in the server `guild_id` or, with
+        None, everywhere. One read (one snapshot): a row per job, summed up here."""
+        rows = await self.store.fetchall(
+            "SELECT j.owner_id, j.model, j.state, j.created_at, j.started_at, j.finished_at,"
+            " COALESCE(u.display_name, '') AS name,"
+            " (SELECT COUNT(*) FROM images i WHERE i.job_id = j.id) AS images"
+            " FROM jobs j LEFT JOIN users u ON u.id = j.owner_id"
+            " WHERE j.created_at >= ?1 AND (?2 IS NULL OR j.guild_id = ?2)",
+            (since, guild_id),
+        )
+        states: dict[str, int] = {}
+        waits: list[float] = []
+        runs: list[float] = []
+        users: dict[str, list[Any]] = {}  # owner → [name, jobs, images]
+        models: dict[str, list[int]] = {}  # model → [jobs, done, failed, images]
+        for row in rows:
+            state, images = str(row["state"]), int(row["images"])
+            states[state] = states.get(state, 0) + 1
+            if row["started_at"] is not None:
+                waits.append(max(0.0, row["started_at"] - row["created_at"]))
+                if state == JobState.DONE and row["finished_at"] is not None:
+                    runs.append(max(0.0, row["finished_at"] - row["started_at"]))
+            user = users.setdefault(row["owner_id"], [row["name"], 0, 0])
+            user[1] += 1
+            user[2] += images
+            model = models.setdefault(row["model"], [0, 0, 0, 0])
+            model[0] += 1
+            model[1] += state == JobState.DONE
+            model[2] += state == JobState.FAILED
+            model[3] += images
+        busiest = sorted(users.items(), key=lambda item: (-item[1][1], -item[1][2], item[0]))[:top_users]
+        return PeriodStats(
+            since=since,
+            states=states,
+            images=sum(figures[3] for figures in models.values()),
+            median_wait=statistics.median(waits) if waits else None,
+            median_run=statistics.median(runs) if runs else None,
+            users=[UserFigures(owner, name, jobs, images) for owner, (name, jobs, images) in busiest],
+            models=[
+                ModelFigures(name, *figures)
+                for name, figures in sorted(models.items(), key=lambda item: (-item[1][0], item[0]))
+            ],
+        )
 
     async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
         """A user's jobs, newest first, one page; and the total count."""

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.core.errors import UserError
-from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, ModelLoading
+from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, JobSubmitted, ModelLoading
 from bot.core.jobs import UNREADABLE, ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, UnreadableJob
 from bot.core.quotas import Quotas
 from bot.core.settings import SettingsRepository
@@ -172,6 +172,7 @@ class JobQueue:
             await self.quotas.record(owner_id, job_id, resolved.params.count)
             job = await self.jobs.get(job_id)
             assert job is not None
+        self.events.publish(JobSubmitted(job.id, job.model))
         self._wakeup.set()
         self._changed()
         return job

@@ -16,7 +16,7 @@ from bot.config import Config
 from bot.core.audit import AuditLog
 from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
-from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState
+from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats
 from bot.core.lock import LockError, ProcessLock
 from bot.core.memory_info import MemoryStatus, memory_status, too_large
 from bot.core.queue import JobQueue
@@ -343,6 +343,10 @@ class GenerationService:
 
     async def history(self, owner_id: str, page: int = 0, per_page: int = 10) -> tuple[list[JobRecord], int]:
         return await self._jobs.history(owner_id, page, per_page)
+
+    async def stats(self, since: float, guild_id: str | None = None) -> PeriodStats:
+        """The figures of the jobs asked for since `since`, in one server (None: everywhere), for /stats."""
+        return await self._jobs.period_stats(since, guild_id)
 
     async def quota(self, owner_id: str, role_ids: Sequence[str] = ()) -> QuotaStatus:
         return await self.quotas.status(owner_id, role_ids)

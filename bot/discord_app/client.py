@@ -21,7 +21,16 @@ from bot.discord_app.views import result_view
 
 log = logging.getLogger(__name__)
 
-COGS = ("cogs.errors", "cogs.generate", "cogs.results", "cogs.account", "cogs.queue", "cogs.models", "cogs.describe")
+COGS = (
+    "cogs.errors",
+    "cogs.generate",
+    "cogs.results",
+    "cogs.account",
+    "cogs.queue",
+    "cogs.models",
+    "cogs.describe",
+    "cogs.stats",
+)
 SYNC_KEY = "command_tree_hash"
 
 
