@@ -78,8 +78,8 @@ def build_default(source: Path, out: Path, counts: Mapping[TagCategory, int]) ->
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise TagImportError(f"cannot write {out}: {exc.strerror or exc}") from None
-    aliases = sum(len(r[3]) for r in picked)
-    return BuildReport(Path(source), out, by_category, aliases, len(data))
+    n_aliases = sum(len(r[3]) for r in picked)
+    return BuildReport(Path(source), out, by_category, n_aliases, len(data))
 
 
 def ensure_tag_database(db_path: Path, default_file: Path = DEFAULT_TAGS_FILE) -> ImportReport | None:
@@ -92,7 +92,7 @@ def ensure_tag_database(db_path: Path, default_file: Path = DEFAULT_TAGS_FILE) -
     if db_path.exists():
         return None
     if not default_file.is_file():
-        log.warning("no tag database at %s and no default tag set at %s: autocomplete stays empty", db_path, default_file)
+        log.warning("no tag database at %s and no default tag set at %s: no autocomplete", db_path, default_file)
         return None
     # Into a side file first, renamed at the end: a crash midway never leaves a half-written database
     # that the next start would take for a real one.

@@ -19,9 +19,9 @@ import csv
 import datetime as _dt
 import gzip
 import hashlib
-import zlib
 import io
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

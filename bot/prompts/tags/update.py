@@ -97,7 +97,9 @@ def _total_length(response: urllib.response.addinfourl, already: int) -> int | N
     return int(length) if length and length.isdigit() else None
 
 
-def download(url: str, part: Path, progress: Progress | None = None, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[int, int]:
+def download(
+    url: str, part: Path, progress: Progress | None = None, max_bytes: int = MAX_DOWNLOAD_BYTES
+) -> tuple[int, int]:
     """Fetch ``url`` into ``part``, resuming what is there. Returns (bytes fetched now, bytes resumed).
 
     Raises TagImportError when the body is cut short, too large, or the server answers an error; the
@@ -110,7 +112,7 @@ def download(url: str, part: Path, progress: Progress | None = None, max_bytes: 
     if already:
         request.add_header("Range", f"bytes={already}-")
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)  # noqa: S310 (scheme checked)
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and already:  # the range starts at the end: the part is the whole file
             return 0, already
@@ -124,7 +126,8 @@ def download(url: str, part: Path, progress: Progress | None = None, max_bytes: 
             already = 0  # the server sent the whole file: start over
         total = _total_length(response, already)
         if total is not None and total > max_bytes:
-            raise TagImportError(f"{url} is {total / 1e6:.0f} MB; a tag list is a few MB (limit {max_bytes // 10**6} MB)")
+            limit = max_bytes // 10**6
+            raise TagImportError(f"{url} is {total / 1e6:.0f} MB; a tag list is a few MB (limit {limit} MB)")
         progress.start(total, already)
         try:
             with part.open("ab" if already else "wb") as out:

@@ -42,8 +42,8 @@ def test_the_shipped_file_is_valid_small_and_holds_the_top_of_each_category() ->
     for category, limit in DEFAULT_COUNTS.items():
         assert 0 < len(by_category[category]) <= limit
     names = {r.name: r for r in rows}
-    for name, category in [("hatsune_miku", 4), ("wlop", 1), ("1girl", 0), ("touhou", 3), ("highres", 5)]:
-        assert int(names[name].category) == category
+    for name, number in [("hatsune_miku", 4), ("wlop", 1), ("1girl", 0), ("touhou", 3), ("highres", 5)]:
+        assert int(names[name].category) == number
     assert "naked" in names["nude"].aliases  # aliases are kept
     assert (DEFAULT_TAGS_FILE.parent / "README.md").is_file()
 
@@ -103,7 +103,7 @@ async def test_a_fresh_data_dir_gets_the_default_set_at_start(tmp_path: Path) ->
         assert isinstance(service.tags, TagDatabase)
         artists = [m.name for m in service.tags.search("wl", TagCategory.ARTIST)]
         assert "wlop" in artists
-        assert [m.name for m in service.tags.search("hatsune", TagCategory.CHARACTER)][0] == "hatsune_miku"
+        assert next(m.name for m in service.tags.search("hatsune", TagCategory.CHARACTER)) == "hatsune_miku"
     finally:
         await service.close()
     assert config.tags_db.is_file()
