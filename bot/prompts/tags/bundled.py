@@ -86,8 +86,8 @@ def ensure_tag_database(db_path: Path, default_file: Path = DEFAULT_TAGS_FILE) -
     """Import the shipped default tag set into ``db_path`` if no file is there; None if one was.
 
     An existing file is never touched (a full list imported by the admin, or a broken file that the
-    opening reports). A missing shipped file (a trimmed installation) is logged and skipped: the bot
-    then runs without autocomplete, as before.
+    opening reports). A missing shipped file (a trimmed installation) or a failed import (a full disk)
+    is logged and skipped, leaving no file behind: the bot then starts without autocomplete, as before.
     """
     if db_path.exists():
         return None
@@ -101,6 +101,10 @@ def ensure_tag_database(db_path: Path, default_file: Path = DEFAULT_TAGS_FILE) -
     try:
         report = import_csv(default_file, part)
         part.replace(db_path)
+    except (TagImportError, OSError) as exc:
+        log.warning("first start: the default tag set was not imported (%s); no autocomplete until "
+                    "`animebot tags update`", exc)
+        return None
     finally:
         part.unlink(missing_ok=True)
     report = replace(report, db_path=db_path)
