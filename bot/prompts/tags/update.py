@@ -1,7 +1,9 @@
 """`animebot tags update`: fetch a full tag list (or take a local file) and swap it in only when complete.
 
 The download goes to ``<db>.download.part``: an interrupted one is resumed with an HTTP Range request
-the next time (a server that ignores the range sends the whole file, which then replaces the part).
+the next time, guarded by If-Range with the file's ETag (or Last-Modified), so a file that changed upstream
+in between is fetched whole again instead of being spliced (as is one from a server that ignores ranges,
+or that gave no validator).
 When the body is complete (the announced length, if any, is reached) the list is imported into a new
 database file beside the old one, opened like the bot opens it, and only then renamed over the old one
 (an atomic rename). Whatever fails on the way, the old database stays as it was and keeps working.
@@ -13,6 +15,7 @@ blocking: a command-line tool; it never runs on the bot's event loop.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import urllib.error
 import urllib.parse
@@ -107,10 +110,16 @@ def download(
     """
     check_url(url)
     progress = progress or _Silent()
+    validator_file = part.with_name(part.name + ".validator")
     already = part.stat().st_size if part.is_file() else 0
+    validator = validator_file.read_text(encoding="utf-8").strip() if already and validator_file.is_file() else ""
+    if not validator:
+        already = 0  # a part without the file's ETag/Last-Modified cannot be resumed safely
     request = urllib.request.Request(url, headers={"User-Agent": "animebot-tags-update"})
     if already:
+        # If-Range: the rest of *this* version of the file, or (it changed upstream) the whole new one.
         request.add_header("Range", f"bytes={already}-")
+        request.add_header("If-Range", validator)
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as exc:
@@ -124,10 +133,14 @@ def download(
     with response:
         if response.status != 206:
             already = 0  # the server sent the whole file: start over
+            validator_file.unlink(missing_ok=True)
         total = _total_length(response, already)
         if total is not None and total > max_bytes:
             limit = max_bytes // 10**6
             raise TagImportError(f"{url} is {total / 1e6:.0f} MB; a tag list is a few MB (limit {limit} MB)")
+        new_validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
+        if not already and new_validator:
+            validator_file.write_text(new_validator, encoding="utf-8")
         progress.start(total, already)
         try:
             with part.open("ab" if already else "wb") as out:
@@ -139,10 +152,11 @@ def download(
                     if already + fetched > max_bytes:
                         out.close()
                         part.unlink(missing_ok=True)
+                        validator_file.unlink(missing_ok=True)
                         raise TagImportError(f"{url} is larger than {max_bytes // 10**6} MB; not a tag list")
                     out.write(chunk)
                     progress.advance(len(chunk))
-        except (OSError, urllib.error.URLError) as exc:  # a reset connection, a full disk
+        except (OSError, http.client.HTTPException) as exc:  # a reset connection, a cut chunk, a full disk
             kept = already + fetched
             raise TagImportError(
                 f"download of {url} stopped after {kept:,} bytes ({exc}); run the update again to resume"
@@ -184,10 +198,13 @@ def update(
     except OSError as exc:
         raise TagImportError(f"cannot create the folder for {db_path}: {exc.strerror or exc}") from None
     fetched, resumed = download(source, part, progress, max_bytes)
+    validator = part.with_name(part.name + ".validator")
     try:
         report = replace_database(part, db_path)
     except TagImportError:
         part.unlink(missing_ok=True)  # complete but not a tag list: a retry must download it afresh
+        validator.unlink(missing_ok=True)
         raise
     part.unlink(missing_ok=True)
+    validator.unlink(missing_ok=True)
     return UpdateReport(source, fetched, resumed, report)

@@ -3,6 +3,7 @@ or broken one leaves the old database working and is resumed with a Range reques
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if b.status != 200:
             self.send_error(b.status)
             return
+        etag = '"' + hashlib.sha256(b.body).hexdigest()[:16] + '"'
+        if header and self.headers.get("If-Range") != etag:
+            header = None  # RFC 9110: a changed file (or no If-Range match) is sent whole
         start = int(header.removeprefix("bytes=").rstrip("-")) if header else 0
         if start >= len(b.body) and header:
             self.send_response(416)
@@ -48,6 +52,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if header:
             self.send_header("Content-Range", f"bytes {start}-{len(b.body) - 1}/{len(b.body)}")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
         self.end_headers()
         if b.cut_at is not None:
             self.wfile.write(body[: b.cut_at])
@@ -122,6 +127,19 @@ def test_a_cut_download_keeps_the_old_database_and_resumes(
     assert behaviour.ranges == [None, "bytes=20000-"]
     assert names(db_of(config)) == {"tag_0000", "tag_2999"}
     assert not part.exists()
+
+
+def test_a_file_changed_upstream_is_fetched_whole_not_spliced(
+    server: tuple[str, Behaviour], config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, behaviour = server
+    behaviour.cut_at = 20_000
+    assert main(["tags", "update", url, "--config", str(config)]) == 1
+    behaviour.body = NEW_CSV.replace(b"tag_", b"new_")  # the list was updated in between
+    assert main(["tags", "update", url, "--config", str(config)]) == 0
+    assert "resumed" not in capsys.readouterr().out
+    db = TagDatabase.open(db_of(config))
+    assert len(db) == 3000 and db.get("new_0000") is not None and db.get("tag_2999") is None
 
 
 def test_a_download_that_is_not_a_tag_list_changes_nothing(
