@@ -46,6 +46,7 @@ def test_the_shipped_file_is_valid_small_and_holds_the_top_of_each_category() ->
         assert int(names[name].category) == number
     assert "naked" in names["nude"].aliases  # aliases are kept
     assert (DEFAULT_TAGS_FILE.parent / "README.md").is_file()
+    assert "MIT License" in (DEFAULT_TAGS_FILE.parent / "LICENSE").read_text(encoding="utf-8")
 
 
 @needs_full_list
