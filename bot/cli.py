@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("--category", choices=["general", "artist", "copyright", "character", "meta"])
     search.add_argument("--model", help="format results for this model (default from the config)")
+    upd = tag_sub.add_parser(
+        "update", parents=[common], help="download (https) or import a full tag list; the old one stays until done"
+    )
+    upd.add_argument("source", nargs="?", help="a URL or a local CSV; default: [tags] update_url")
+    build = tag_sub.add_parser("build-default", help="build the compact default tag set shipped in data/tags/")
+    build.add_argument("source", type=Path, help="a full tag CSV (tagcomplete format)")
+    build.add_argument("out", type=Path, help="the .csv.gz to write")
+    for category, flag in (("general", "--general"), ("artist", "--artists"), ("character", "--characters"),
+                           ("copyright", "--copyrights"), ("meta", "--meta")):
+        build.add_argument(flag, type=_whole_number, dest=f"top_{category}", metavar="N",
+                           help=f"the N most-used {category} tags")
 
     describe = sub.add_parser("describe", parents=[common], help="tag an image with the WD tagger, as a prompt")
     describe.add_argument("file", type=Path, help="a PNG, JPEG, WebP or GIF image")
@@ -370,9 +381,70 @@ def _device_budget(config: Config) -> tuple[int | None, str, str | None]:
     return device_budget(runtime), runtime.device, None
 
 
+def _build_default_tags(args: argparse.Namespace) -> int:
+    from bot.prompts.tags import TagCategory
+    from bot.prompts.tags.bundled import DEFAULT_COUNTS, build_default
+
+    counts = {}
+    for category in TagCategory:
+        n = getattr(args, f"top_{category.name.lower()}")
+        n = DEFAULT_COUNTS[category] if n is None else n
+        if n < 0:
+            raise CliError(f"--{category.name.lower()}: a count cannot be negative ({n})")
+        counts[category] = n
+    try:
+        report = build_default(args.source, args.out, counts)
+    except TagImportError as e:
+        raise CliError(str(e)) from None
+    print(report.summary())
+    return 0
+
+
+class _TqdmProgress:
+    """The download's progress as a tqdm bar on stderr."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bar: tqdm[None] | None = None
+
+    def start(self, total: int | None, already: int) -> None:
+        self.bar = self._tqdm(
+            total=total, initial=already, unit="B", unit_scale=True, unit_divisor=1024, desc="tags", file=sys.stderr
+        )
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _update_tags(args: argparse.Namespace, config: Config) -> int:
+    from bot.prompts.tags.update import update
+
+    source = args.source or config.settings.tags.update_url
+    progress = _TqdmProgress()
+    try:
+        report = update(source, config.tags_db, progress)
+    except TagDatabaseBusy as e:
+        raise CliError(str(e), EXIT_FAILURE) from None
+    except TagImportError as e:
+        raise CliError(f"{e}; the tag database was not changed", EXIT_FAILURE) from None
+    finally:
+        progress.close()
+    print(report.summary())
+    return 0
+
+
 def _tags(args: argparse.Namespace, config: Config) -> int:
     from bot.prompts.tags import TagCategory, import_csv
 
+    if args.tags_command == "update":
+        return _update_tags(args, config)
     if args.tags_command == "import":
         try:
             report = import_csv(args.file, config.tags_db)
@@ -491,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "tags" and args.tags_command == "build-default":  # a build step: no config
+            return _build_default_tags(args)
         config = load_config(args.config)
         if args.command == "generate":
             return _generate(args, config)

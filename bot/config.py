@@ -141,6 +141,10 @@ class InferenceSettings(_Section):
 
 class TagSettings(_Section):
     database: PathText = "tags.sqlite"
+    # On a start with no tag database, import the default set shipped in data/tags/ (autocomplete at once).
+    import_default: StrictBool = True
+    # Where `animebot tags update` downloads the full list from (https; a tag-autocomplete danbooru.csv).
+    update_url: str = "https://raw.githubusercontent.com/DominikDoom/a1111-sd-webui-tagcomplete/main/tags/danbooru.csv"
 
 
 class QuotaSettings(_Section):

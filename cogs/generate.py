@@ -16,6 +16,7 @@ from bot.discord_app.choices import (
     MAX_CHOICES,
     Choice,
     aspect_pairs,
+    character_choices,
     choice,
     dialect_for,
     filter_choices,
@@ -26,7 +27,8 @@ from bot.discord_app.choices import (
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, owner_key, role_ids
-from bot.prompts.builder import PromptChoices
+from bot.prompts.builder import PromptChoices, default_quality
+from bot.prompts.dialects import load_dialect
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
 
@@ -46,6 +48,7 @@ class Generate(commands.Cog):
         year="A year or period",
         rating="Content rating (nsfw ratings only in age-restricted channels)",
         artist="Artist style (comma-separated for several)",
+        character="Character tag (comma-separated for several)",
         aspect="Aspect ratio / resolution bucket",
         seed="Seed for reproducible images",
         steps="Sampling steps",
@@ -61,6 +64,7 @@ class Generate(commands.Cog):
         year: str | None = None,
         rating: str | None = None,
         artist: str | None = None,
+        character: str | None = None,
         aspect: str | None = None,
         seed: int | None = None,
         steps: int | None = None,
@@ -74,7 +78,9 @@ class Generate(commands.Cog):
             nsfw_allowed = channel_allows_nsfw(interaction.channel)
             # The content policy decides in the service (resolve_request): nsfw ratings, banned words, SFW
             # negatives. Refusals come back as UserError, answered ephemerally by the error handler.
-            choices = PromptChoices(prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist)
+            choices = PromptChoices(
+                prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist, character=character
+            )
             request = GenerationRequest(
                 model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
             )
@@ -96,7 +102,11 @@ class Generate(commands.Cog):
             try:  # the job is queued: whatever fails from here on, its result comes
                 position = await bot.service.position(job.id) or 1
                 prompt = job.request.choices.prompt[:200]
-                await reply.send(render("queued", locale, job_id=job.id, position=position, prompt=prompt))
+                text = render("queued", locale, job_id=job.id, position=position, prompt=prompt)
+                added = default_quality(load_dialect(bot.config.models[job.model].dialect), job.request.choices)
+                if added:  # no quality picked: say which of the model's recommended tags were added
+                    text += "\n" + render("quality_added", locale, terms=", ".join(added))
+                await reply.send(text)
             except BaseException:
                 target.failed = True  # not acknowledged (a Discord hiccup, a bug): the result is posted in the channel
                 raise
@@ -119,6 +129,10 @@ class Generate(commands.Cog):
     @generate.autocomplete("aspect")
     async def _aspect(self, interaction: discord.Interaction, current: str) -> list[Choice]:
         return filter_choices(aspect_pairs(await dialect_for(interaction)), current)
+
+    @generate.autocomplete("character")
+    async def _character(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        return character_choices(await dialect_for(interaction), self.bot.service.tags, current)
 
     @generate.autocomplete("artist")
     async def _artist(self, interaction: discord.Interaction, current: str) -> list[Choice]:

@@ -148,6 +148,7 @@ class StoredChoices(_Stored):
     year: str | None = None
     rating: str | None = None
     artist: str | None = None
+    character: str | None = None
     default_negative: bool = True
     sfw: bool = False
 

@@ -94,6 +94,10 @@ class GenerationService:
         )
         self.quotas = Quotas(self._store, defaults)
         self._queue = JobQueue(self._store, self.quotas, config.models, self.events, config.data_dir)
+        if config.settings.tags.import_default and not config.tags_db.exists():
+            from bot.prompts.tags.bundled import ensure_tag_database
+
+            await asyncio.to_thread(ensure_tag_database, config.tags_db)  # ~1 s, off the event loop
         if config.tags_db.is_file():
             from bot.prompts.tags import TagDatabase
 

@@ -7,8 +7,10 @@ import discord
 from discord import app_commands
 
 from bot.discord_app.interactions import bot_of, guild_key
+from bot.prompts.builder import NO_QUALITY, TagLookup
 from bot.prompts.dialects import Dialect, load_dialect
 from bot.prompts.policy import rating_options
+from bot.prompts.tags import TagCategory, TagDatabase
 
 MAX_CHOICES = 25
 MAX_NAME = 100
@@ -37,7 +39,9 @@ async def dialect_for(interaction: discord.Interaction) -> Dialect:
 
 
 def quality_pairs(dialect: Dialect) -> list[tuple[str, str]]:
-    return [(f"{key} — {terms}", key) for key, terms in dialect.quality_choices.items()]
+    """The quality levels, and `none` (no quality tags: leaving the option empty adds the model's default)."""
+    pairs = [(f"{key} — {terms}", key) for key, terms in dialect.quality_choices.items()]
+    return [*pairs, (f"{NO_QUALITY} — no quality tags", NO_QUALITY)]
 
 
 def year_pairs(dialect: Dialect) -> list[tuple[str, str]]:
@@ -53,3 +57,25 @@ def rating_pairs(dialect: Dialect, nsfw_allowed: bool) -> list[tuple[str, str]]:
 
 def aspect_pairs(dialect: Dialect) -> list[tuple[str, str]]:
     return [(bucket.label, bucket.aspect) for bucket in dialect.buckets]
+
+
+def character_choices(dialect: Dialect, tags: TagLookup | None, current: str) -> list[Choice]:
+    """Characters (tag category 4) whose name or an alias starts with the last comma-separated name typed,
+    most posts first. Each shows the name as the model writes it, with the alias typed when that is what
+    matched, else its first aliases; its value is the Danbooru tag name."""
+    head, _, last = current.rpartition(",")
+    prefix = f"{head}, " if head else ""
+    if not isinstance(tags, TagDatabase):
+        typed = last.strip()
+        return [choice(prefix + typed, prefix + typed)] if typed else []
+    out: list[Choice] = []
+    for match in tags.search(last.strip(), TagCategory.CHARACTER, MAX_CHOICES):
+        shown = dialect.format_tag(match.name).replace("\\", "")
+        if match.matched_alias is not None:
+            shown += f" ← {match.matched_alias}"
+        elif match.tag.aliases:
+            shown += f" ({', '.join(match.tag.aliases[:2])})"
+        value = prefix + match.name
+        if len(value) <= MAX_NAME:
+            out.append(choice(prefix + shown, value))
+    return out

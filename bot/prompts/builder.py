@@ -27,6 +27,8 @@ _SENTENCE_END = re.compile(r"[.!?。！？]$")
 _QUALIFIED_NAME = re.compile(r"^[^()\[\]]+\([^()\[\]]*\)$")  # `name (qualifier)`, Danbooru style
 _NL_MIN_WORDS = 4
 MAX_ARTIST_LENGTH = 100
+# The quality choice that turns the model's default quality tags off.
+NO_QUALITY = "none"
 YEAR_BOUNDS = (1900, 2100)
 
 class PromptError(UserError):
@@ -54,6 +56,7 @@ class PromptChoices:
     artist: str | None = None  # one or more, comma-separated
     default_negative: bool = True  # prepend the model's recommended negative prompt
     sfw: bool = False  # add the model's nsfw tags to the negative prompt
+    character: str | None = None  # one or more Danbooru character tags, comma-separated (last: positional use)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class BuiltPrompt:
     prompt: str
     negative_prompt: str
     ratings: frozenset[str] = field(default_factory=frozenset)  # canonical ratings the prompt asks for
+    default_quality: tuple[str, ...] = ()  # the model's recommended quality tags, added (none was picked)
 
 
 @dataclass
@@ -135,7 +139,9 @@ def _terms(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) -> list[_Entry]:
+def _choice_entries(
+    dialect: Dialect, choices: PromptChoices, cls: _Classifier, tags: TagLookup | None = None
+) -> list[_Entry]:
     entries: list[_Entry] = []
 
     def add_vocab(terms: Iterable[str]) -> None:
@@ -147,7 +153,9 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
     if choices.quality and choices.quality.strip():
         value = choices.quality.strip()
         level = value.lower()
-        if level in dialect.quality_choices:
+        if level == NO_QUALITY:
+            pass  # no quality tags, not even the model's default ones
+        elif level in dialect.quality_choices:
             add_vocab(_terms(dialect.quality_choices[level]))
         else:
             terms = _terms(value)
@@ -175,6 +183,17 @@ def _choice_entries(dialect: Dialect, choices: PromptChoices, cls: _Classifier) 
                 raise PromptError("bad_artist", limit=MAX_ARTIST_LENGTH)
             text = dialect.format_artist(name)
             entries.append(_Entry("artist", text, _key(text.lstrip("@"))))
+
+    if choices.character and choices.character.strip():
+        names = [n for n in (_unescape(t) for t in _terms(choices.character)) if not _blank(n)]
+        for name in names:
+            if len(name) > MAX_ARTIST_LENGTH:
+                raise PromptError("bad_character", limit=MAX_ARTIST_LENGTH)
+        known = tags.lookup(names) if tags is not None and names else {}
+        for name in names:
+            tag = known.get(name)
+            canonical = tag.name if tag is not None else name  # an alias (`miku`) becomes the tag it names
+            entries.append(_Entry("character", dialect.format_tag(canonical), _key(canonical)))
     return entries
 
 
@@ -284,13 +303,29 @@ def negative_prompt(dialect: Dialect, choices: PromptChoices, nsfw: bool) -> str
     return ", ".join(out)
 
 
+def _defaults_for(dialect: Dialect, choices: PromptChoices, free: Iterable[_Entry]) -> tuple[str, ...]:
+    if choices.quality and choices.quality.strip():
+        return ()  # a quality was picked, or `none`
+    if any(entry.section == "quality" for entry in free):
+        return ()  # the prompt names its own quality tags
+    return dialect.default_quality
+
+
+def default_quality(dialect: Dialect, choices: PromptChoices) -> tuple[str, ...]:
+    """The model's recommended quality tags that `build_prompt` adds to these choices: all of them when the
+    user picked no quality and wrote no quality tag in the prompt; none otherwise (`none` turns them off)."""
+    return _defaults_for(dialect, choices, _free_entries(dialect, choices.prompt, _Classifier(dialect), None))
+
+
 def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | None = None) -> BuiltPrompt:
     """The final prompt and negative prompt for `dialect`. Raises PromptError on bad input."""
     cls = _Classifier(dialect)
     free = _free_entries(dialect, choices.prompt, cls, tags)
     if not free:  # nothing but separators, `@`, `_` or empty weight groups: ` , , `, `@`, `[_]`
         raise PromptError("empty_prompt")
-    entries = _choice_entries(dialect, choices, cls) + free
+    defaults = _defaults_for(dialect, choices, free)
+    entries = [e for e in (cls.vocabulary(_key(t)) for t in defaults) if e is not None]
+    entries += _choice_entries(dialect, choices, cls, tags) + free
 
     seen: set[tuple[str, str]] = set()
     unique: list[_Entry] = []
@@ -308,4 +343,4 @@ def build_prompt(dialect: Dialect, choices: PromptChoices, tags: TagLookup | Non
     prompt = ", ".join(entry.text for _, entry in ordered)
     ratings = _ratings_of(dialect, unique)
     nsfw = bool(ratings & dialect.choices.nsfw_ratings)
-    return BuiltPrompt(prompt, negative_prompt(dialect, choices, nsfw), ratings)
+    return BuiltPrompt(prompt, negative_prompt(dialect, choices, nsfw), ratings, defaults)

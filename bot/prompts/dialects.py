@@ -107,6 +107,8 @@ class Dialect:
     rating_choices: dict[str, str]
     period_choices: dict[str, str]
     choices: Choices
+    # The model card's recommended quality tags (vocabulary terms), added when the user picks no quality.
+    default_quality: tuple[str, ...] = ()
     # Samplers the model card recommends that diffusers does not have (Anima's er_sde): shown in /model info
     # and explained in docs/fidelity.md. Names as the card writes them.
     missing_samplers: tuple[str, ...] = ()
@@ -200,6 +202,7 @@ class PromptData(_Data):
     order: list[str]
     artist_prefix: str
     escape_parentheses: bool
+    default_quality: str = ""  # the model card's recommended quality tags, used when the user picks none
 
     @field_validator("order")
     @classmethod
@@ -379,7 +382,15 @@ def load_dialect(dialect_id: str, data_dir: Path = DATA_DIR) -> Dialect:
         period_choices=dict(picked.period),
         choices=choices,
         missing_samplers=tuple(gen.missing_samplers),
+        default_quality=tuple(t.strip() for t in prompt.default_quality.split(",") if t.strip()),
     )
+    vocabulary = {" ".join(t.lower().split()) for t in dialect.quality_section_terms}
+    unknown = [t for t in dialect.default_quality if " ".join(t.lower().split()) not in vocabulary]
+    if unknown:
+        raise DialectError(
+            f"{where}: prompt.default_quality: {', '.join(unknown)} not in the quality vocabulary "
+            "(vocab.quality, score, aesthetic, quality_meta)"
+        )
     if dialect.bucket(dialect.default_aspect) is None:
         raise DialectError(
             f"{where}: generation.aspect: {dialect.default_aspect!r} is not one of the "

@@ -18,9 +18,11 @@ The decision reads the folded text as words (runs of letters and digits: `explic
 `rating_explicit`, `artist:explicit` all hold the word `explicit`) and as tags squeezed to their letters
 (`e x p l i c i t`, `ex-plicit`). Which words name which rating comes from the data: data/choices.toml
 (ratings, which are nsfw, aliases) and every dialect's rating vocabulary (data/models/*.toml). The fields
-read are the ones that reach the prompt (prompt, artist, quality, year, rating), the built prompt (tag
+read are the ones that reach the prompt (prompt, artist, character, quality, year, rating), the built prompt (tag
 aliases resolved), and what the negative prompt weights below zero (`(nsfw:-1)` there asks for it).
-Banned words are looked for in every field, the negative prompt included.
+Banned words are looked for in every field, the negative prompt included. The curated explicit tags
+(data/policy/explicit_tags.toml, and through the tag database their aliases) in the fields that reach the
+prompt count as the rating `explicit`.
 """
 
 from __future__ import annotations
@@ -28,14 +30,27 @@ from __future__ import annotations
 import functools
 import json
 import re
+import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from bot.core.errors import UserError
-from bot.prompts.builder import PromptChoices
-from bot.prompts.dialects import Choices, Dialect, available_dialects, load_choices, load_dialect
+from bot.prompts.builder import PromptChoices, TagLookup, split_top_level
+from bot.prompts.dialects import (
+    DATA_DIR,
+    Choices,
+    Dialect,
+    DialectError,
+    available_dialects,
+    load_choices,
+    load_dialect,
+)
+from bot.validation import format_errors
 from inference.prompt_weighting import parse_weighted, strip_weighting
 
 VERDICT_VERSION = 1
@@ -219,6 +234,73 @@ class Verdict:
             return None
 
 
+# --- explicit tags ----------------------------------------------------------------------------
+
+
+class _ExplicitData(BaseModel):
+    """data/policy/explicit_tags.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    version: Literal[1]
+    words: list[str] = Field(min_length=1)
+    tags: list[str] = []
+
+
+@dataclass(frozen=True)
+class ExplicitTags:
+    """The curated explicit tags, folded: `words` match as words anywhere, `tags` only as a whole tag; both
+    also squeezed to their letters. `found` gives the first one a reading holds (its listed spelling)."""
+
+    words: Mapping[tuple[str, ...], str]
+    tags: Mapping[tuple[str, ...], str]
+
+    def found(self, reading: _Reading) -> str | None:
+        for key, name in self.words.items():
+            if reading.has(key) or "".join(key) in reading.squeezed:
+                return name
+        for key, name in self.tags.items():
+            if key in reading.pieces or "".join(key) in reading.squeezed:
+                return name
+        return None
+
+
+EXPLICIT_TAGS_FILE = DATA_DIR / "policy" / "explicit_tags.toml"
+
+
+@functools.cache
+def load_explicit_tags(path: Path = EXPLICIT_TAGS_FILE) -> ExplicitTags:
+    try:
+        raw = _ExplicitData.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as e:
+        raise DialectError(f"cannot read {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DialectError(f"{path}: not valid TOML: {e}") from None
+    except ValidationError as e:
+        raise DialectError(format_errors(e, str(path))) from None
+
+    def keyed(names: list[str]) -> dict[tuple[str, ...], str]:
+        out = {words(name): name for name in names}
+        if () in out:
+            raise DialectError(f"{path}: an entry holds no letters or digits")
+        return out
+
+    return ExplicitTags(keyed(raw.words), keyed(raw.tags))
+
+
+def canonical_names(texts: Iterable[str | None], tags: TagLookup) -> str:
+    """The tag database's names for the tags of these texts (`naked` -> `nude`, weights stripped), joined
+    as one tag list: what an alias stands for, for the explicit-tag check."""
+    pieces: set[str] = set()
+    for text in texts:
+        if text:
+            for piece in split_top_level(text):
+                name = strip_weighting(piece).replace("\\(", "(").replace("\\)", ")").strip()
+                if name:
+                    pieces.add(name.lstrip("@"))
+    found = tags.lookup(sorted(pieces)) if pieces else {}
+    return ", ".join(sorted({tag.name for tag in found.values()}))
+
+
 # --- the policy -------------------------------------------------------------------------------
 
 
@@ -232,17 +314,22 @@ class PolicyFields:
     year: str | None = None
     rating: str | None = None
     artist: str | None = None
+    character: str | None = None
 
     @classmethod
     def of(cls, choices: PromptChoices) -> PolicyFields:
-        return cls(choices.prompt, choices.negative, choices.quality, choices.year, choices.rating, choices.artist)
+        return cls(
+            choices.prompt, choices.negative, choices.quality, choices.year, choices.rating, choices.artist,
+            choices.character,
+        )
 
 
 class ContentPolicy:
     """Which words name which rating (from the choices and every dialect), and the decision on a request."""
 
-    def __init__(self, choices: Choices, dialects: Iterable[Dialect]) -> None:
+    def __init__(self, choices: Choices, dialects: Iterable[Dialect], explicit: ExplicitTags | None = None) -> None:
         self.choices = choices
+        self.explicit = explicit or ExplicitTags({}, {})
         self.order = {name: i for i, name in enumerate(choices.rating)}
         names: dict[tuple[str, ...], str] = {}
 
@@ -306,15 +393,21 @@ class ContentPolicy:
         nsfw_allowed: bool,
         sfw_negative: bool,
         banned_words: Sequence[str] = (),
+        tags: TagLookup | None = None,
     ) -> Verdict:
         """The decision on a request: its normalized fields and the prompt built from them (what the model
-        reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused."""
+        reads, tag aliases resolved). Raises UserError (banned_word, nsfw_not_allowed) when refused.
+
+        An explicit tag (data/policy/explicit_tags.toml; through `tags`, any alias of one) counts as the
+        rating `explicit`: refused where nsfw is, with the same message."""
         # A negative weight in the negative prompt asks for the thing: `(nsfw:-1.5)` there is read as asked.
         negated = ", ".join(piece for piece, weight in parse_weighted(fields.negative) if weight < 0)
         # The built prompt as the model also reads it, weighting stripped (SDXL's pooled embedding, and the
         # whole text when no weighting is needed): `(ex:1.1)plicit` there is `explicit`.
         plain = strip_weighting(built_prompt)
-        texts = (fields.prompt, fields.artist, fields.quality, fields.year, built_prompt, plain, negated)
+        texts = (
+            fields.prompt, fields.artist, fields.character, fields.quality, fields.year, built_prompt, plain, negated
+        )
         positive = [_read(t) for t in texts if t]
         rating = _read(fields.rating or "")
         negative = [_read(t) for t in {fields.negative, strip_weighting(fields.negative)} if t]
@@ -326,6 +419,10 @@ class ContentPolicy:
             found.update(self._ratings(reading))
         chosen = self.chosen_rating(fields.rating)
         found.update([chosen] if chosen is not None else self._ratings(rating))
+        canonical = canonical_names((fields.prompt, fields.artist, fields.character, negated), tags) if tags else ""
+        explicit_in = [*positive, _read(canonical)] if canonical else positive
+        if any(self.explicit.found(reading) for reading in explicit_in):
+            found.add(self.choices.rating[-1])  # the strongest rating: explicit
         ratings = tuple(sorted(found, key=self.order.__getitem__))
         nsfw = [r for r in ratings if r in self.choices.nsfw_ratings]
         if nsfw and not nsfw_allowed:
@@ -362,7 +459,7 @@ def _prepared(banned: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], str]]
 @functools.cache
 def content_policy() -> ContentPolicy:
     """The policy of the packaged data (every dialect's rating vocabulary)."""
-    return ContentPolicy(load_choices(), [load_dialect(d) for d in available_dialects()])
+    return ContentPolicy(load_choices(), [load_dialect(d) for d in available_dialects()], load_explicit_tags())
 
 
 def rating_options(dialect: Dialect, nsfw_allowed: bool) -> Mapping[str, str]:

@@ -123,6 +123,7 @@ def normalize_request(request: GenerationRequest) -> GenerationRequest:
         year=normalize_optional(c.year),
         rating=normalize_optional(c.rating),
         artist=normalize_optional(c.artist),
+        character=normalize_optional(c.character),
     )
     return replace(
         request,
@@ -141,6 +142,7 @@ def _check_lengths(request: GenerationRequest) -> None:
     limits: tuple[tuple[str, str | None, int], ...] = (
         ("negative", c.negative, MAX_PROMPT_LENGTH),
         ("artist", c.artist, MAX_ARTIST_FIELD),
+        ("character", c.character, MAX_ARTIST_FIELD),
         ("quality", c.quality, MAX_OPTION_LENGTH),
         ("year", c.year, MAX_OPTION_LENGTH),
         ("rating", c.rating, MAX_OPTION_LENGTH),
@@ -191,7 +193,12 @@ def resolve_request(
     request = replace(request, choices=replace(request.choices, sfw=sfw))
     built = build_prompt(dialect, request.choices, tags)
     verdict = policy.judge(
-        fields, built.prompt, nsfw_allowed=request.nsfw_allowed, sfw_negative=sfw, banned_words=banned_words
+        fields,
+        built.prompt,
+        nsfw_allowed=request.nsfw_allowed,
+        sfw_negative=sfw,
+        banned_words=banned_words,
+        tags=tags,
     )
     # The negative follows the policy's reading (`rating:explicit` is nsfw too), not the builder's own.
     built = replace(built, negative_prompt=negative_prompt(dialect, request.choices, verdict.nsfw))

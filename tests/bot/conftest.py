@@ -37,7 +37,7 @@ async def make_service(tmp_path: Path, models_dir: Path) -> AsyncIterator[Servic
 
     async def make(config_text: str = "", loader: Loader = load_backend, data: str = "data") -> GenerationService:
         path = tmp_path / f"config-{len(services)}.toml"
-        path.write_text(f'data_dir = "{data}"\n{config_text}', encoding="utf-8")
+        path.write_text(f'data_dir = "{data}"\n[tags]\nimport_default = false\n{config_text}', encoding="utf-8")
         config = load_config(path)
         runtime = RuntimeOptions("cpu", None, models_dir, vram_limit=config.vram_limit)  # [inference] vram_limit_gb
         cache = ModelCache(runtime, capacity=2, location="cpu", loader=loader)

@@ -124,7 +124,10 @@ def test_generate_writes_pngs_with_parameters(
     assert len(paths) == 2 and all(p.parent == out_dir for p in paths)
     first = read_parameters(paths[0])
     assert first is not None
-    assert first.startswith("1girl, smile\nNegative prompt: ")
+    # No --quality: the model's recommended quality tags are added, in the model's order.
+    expected = {"tiny-sdxl": "1girl, smile, masterpiece, high score, great score, absurdres",
+                "tiny-anima": "masterpiece, best quality, score_7, 1girl, smile"}[model]
+    assert first.startswith(f"{expected}\nNegative prompt: ")
     assert "Steps: 3" in first and "Seed: 7" in first and "Size: 64x64" in first and f"Model: {model}" in first
     assert "Seed: 8" in (read_parameters(paths[1]) or "")
     with Image.open(paths[0]) as image:

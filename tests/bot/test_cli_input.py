@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_with_a_surrogate_prints_valid_utf8_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["generate", "1girl, caf\udce9, \x00smile", "--negative", "\udcff\x07", "--dry-run", "--seed", "1"])
+    code = main(
+        ["generate", "1girl, caf\udce9, \x00smile", "--negative", "\udcff\x07", "--dry-run", "--seed", "1",
+         "--quality", "none"]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     out.encode("utf-8")  # strict: a lone surrogate would raise here (and on a real stdout)
@@ -40,7 +43,7 @@ def test_dry_run_with_a_surrogate_prints_valid_utf8_json(capsys: pytest.CaptureF
 def test_a_raw_undecodable_argv_byte_through_the_real_entry_point() -> None:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict UTF-8 stdout, whatever the test runner's locale
     result = subprocess.run(
-        [sys.executable, "-m", "bot", "generate", b"1girl, \xff", "--dry-run", "--seed", "1"],
+        [sys.executable, "-m", "bot", "generate", b"1girl, \xff", "--dry-run", "--seed", "1", "--quality", "none"],
         capture_output=True, cwd=REPO, timeout=60, env=env,
     )
     assert result.returncode == 0, result.stderr.decode("utf-8", "replace")

@@ -37,6 +37,8 @@ default_model = "tiny"
 [quotas]
 images_per_day = 0
 max_queued_jobs = 0
+[tags]
+import_default = false
 [models.tiny]
 builtin = "tiny-sdxl"
 size_scale = 0.0625

@@ -376,7 +376,7 @@ async def test_control_characters_never_reach_the_png(make_bot: BotFactory) -> N
         channel, (alice,) = server(env, "alice")
         result = await alice.slash(
             channel, "generate", prompt="1girl\x00, smile\x07\x1b[31m, ｈａｔ\u200b", negative="odd\x00hands",
-            steps=1, seed=3, aspect="1:1",
+            steps=1, seed=3, aspect="1:1", quality="none",
         )
         (job,) = await jobs_of(bot, alice.id)
         await finish(env, bot, job.id)

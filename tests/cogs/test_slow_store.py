@@ -59,7 +59,7 @@ async def first_callback(fake: FakeDiscord, token: str) -> int:
 async def ask(fake: FakeDiscord, prompt: str = "1girl") -> tuple[dict[str, Any], int]:
     """alice's /generate; the interaction and alice's id."""
     alice = fake.add_member("alice")
-    command = fake.slash("generate", alice, prompt=prompt, steps=1, aspect="1:1")
+    command = fake.slash("generate", alice, prompt=prompt, steps=1, aspect="1:1", quality="none")
     await fake.dispatch("INTERACTION_CREATE", command)
     return command, int(alice["user"]["id"])
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import gzip
 import hashlib
 import io
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from bot.prompts.tags.model import TagCategory, TagImportError, normalize
 MAX_PROBLEMS = 10
 # Sanity cap on the source file (the full Danbooru list is ~3.5 MB).
 MAX_CSV_BYTES = 256 * 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class RowProblem(NamedTuple):
@@ -87,7 +90,7 @@ class ImportReport:
 
 
 @dataclass
-class _ParsedRow:
+class ParsedRow:
     line: int
     name: str
     category: TagCategory
@@ -112,12 +115,26 @@ def _read_text(csv_path: Path) -> tuple[str, str]:
         raise TagImportError(f"tag CSV not found: {csv_path!r} is not a possible file name") from None
     except OSError as exc:
         raise TagImportError(f"cannot read tag CSV {csv_path}: {exc.strerror or exc}") from None
+    if data[:2] == GZIP_MAGIC:  # the shipped default set (data/tags/*.csv.gz), or a compressed download
+        data = _gunzip(csv_path, data)
     if not data.strip():
         raise TagImportError(f'{csv_path} is empty; expected lines like: 1girl,0,6008644,"1girls,sole_female"')
     if b"\x00" in data[:65536]:
         raise TagImportError(f"{csv_path} is a binary file, not a tag CSV")
     # Undecodable bytes become U+FFFD and only the rows that contain them are rejected.
     return data.decode("utf-8-sig", errors="replace"), hashlib.sha256(data).hexdigest()
+
+
+def _gunzip(csv_path: Path, data: bytes) -> bytes:
+    """The decompressed bytes, at most MAX_CSV_BYTES (a small file must not expand into gigabytes)."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(MAX_CSV_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise TagImportError(f"{csv_path} is a damaged gzip file ({exc})") from None
+    if len(out) > MAX_CSV_BYTES:
+        raise TagImportError(f"{csv_path} expands to more than {MAX_CSV_BYTES // 10**6} MB; a tag list is a few MB")
+    return out
 
 
 def _parse_row(row: list[str], check_utf8: bool) -> tuple[str, int, int, list[str]] | str:
@@ -150,11 +167,11 @@ def _shorten(text: str, limit: int = 30) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text):,} characters)"
 
 
-def _parse_csv(csv_path: Path) -> tuple[list[_ParsedRow], dict[str, int], list[RowProblem], str]:
+def _parse_csv(csv_path: Path) -> tuple[list[ParsedRow], dict[str, int], list[RowProblem], str]:
     text, digest = _read_text(csv_path)
     counts = {"rows": 0, "malformed": 0, "unknown_category": 0, "duplicate": 0}
     problems: list[RowProblem] = []
-    by_key: dict[str, _ParsedRow] = {}
+    by_key: dict[str, ParsedRow] = {}
 
     def problem(kind: str, line: int, reason: str) -> None:
         counts[kind] += 1
@@ -195,7 +212,7 @@ def _parse_csv(csv_path: Path) -> tuple[list[_ParsedRow], dict[str, int], list[R
                     if akey and akey not in seen:
                         seen.add(akey)
                         aliases.append(alias)
-                new = _ParsedRow(line, name, category, post_count, aliases)
+                new = ParsedRow(line, name, category, post_count, aliases)
                 old = by_key.get(key)
                 if old is None:
                     by_key[key] = new
@@ -226,6 +243,11 @@ def _raise_not_a_tag_csv(csv_path: Path, problems: list[RowProblem], detail: str
         f"{csv_path} does not look like a tag-autocomplete CSV{head}{first}. "
         'Expected lines like: 1girl,0,6008644,"1girls,sole_female" (name,category,post_count,"aliases")'
     )
+
+
+def parse_rows(csv_path: Path) -> list[ParsedRow]:
+    """The usable rows of a tag CSV (plain or gzip), duplicates resolved; TagImportError if it is none."""
+    return _parse_csv(Path(csv_path))[0]
 
 
 def import_csv(csv_path: Path, db_path: Path) -> ImportReport:

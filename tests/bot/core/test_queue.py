@@ -330,7 +330,8 @@ async def test_history_is_paged_newest_first(make_service: ServiceFactory) -> No
     assert total == 5
     assert [j.id for j in page0] == [jobs[4].id, jobs[3].id]
     assert [j.id for j in page2] == [jobs[0].id]
-    assert page0[0].params.prompt == "prompt 4" and page0[0].params.seeds == (4,) and page0[0].model == "tiny-sdxl"
+    assert page0[0].request.choices.prompt == "prompt 4"  # the model's default quality tags follow in params
+    assert page0[0].params.seeds == (4,) and page0[0].model == "tiny-sdxl"
 
 
 async def test_delivery_is_recorded_once(make_service: ServiceFactory) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.prompts.builder import PromptChoices, PromptError, build_prompt, split_top_level
+from bot.prompts.builder import PromptChoices, PromptError, build_prompt, default_quality, split_top_level
 from bot.prompts.dialects import load_dialect
 from bot.prompts.tags import TagDatabase, import_csv
 
@@ -127,7 +127,8 @@ def test_year_mapping(year: str, v4: str, v31: str, anima: str) -> None:
 )
 def test_rating_mapping(rating: str, v4: str, v31: str) -> None:
     for dialect, expected in (("animagine-xl-4.0", v4), ("animagine-xl-3.1", v31)):
-        assert build_prompt(load_dialect(dialect), PromptChoices("1girl", rating=rating)).prompt == f"1girl, {expected}"
+        choices = PromptChoices("1girl", quality="none", rating=rating)
+        assert build_prompt(load_dialect(dialect), choices).prompt == f"1girl, {expected}"
 
 
 def test_quality_goes_front_on_31_and_anima_and_end_on_40() -> None:
@@ -170,9 +171,13 @@ def test_anima_meta_tags_go_front_with_quality_year_and_safety(tags: TagDatabase
 
 
 def test_db_artist_gets_the_models_artist_format(tags: TagDatabase) -> None:
-    anima = build_prompt(load_dialect("anima"), PromptChoices("smile, yd_(orange_maru), 1girl"), tags)
+    anima = build_prompt(
+        load_dialect("anima"), PromptChoices("smile, yd_(orange_maru), 1girl", quality="none"), tags
+    )
     assert anima.prompt == "1girl, @yd \\(orange maru\\), smile"
-    sdxl = build_prompt(load_dialect("animagine-xl-4.0"), PromptChoices("smile, @yd (orange maru), 1girl"), tags)
+    sdxl = build_prompt(
+        load_dialect("animagine-xl-4.0"), PromptChoices("smile, @yd (orange maru), 1girl", quality="none"), tags
+    )
     assert sdxl.prompt == "1girl, yd \\(orange maru\\), smile"
 
 
@@ -192,7 +197,9 @@ def test_weighted_tags_keep_their_weight_and_are_categorised(tags: TagDatabase) 
 def test_duplicates_removed_across_choices_and_free_text(tags: TagDatabase) -> None:
     built = build_prompt(
         load_dialect("animagine-xl-4.0"),
-        PromptChoices("1girl, 1girl, Smile, smile, safe, looking_at_viewer, looking at viewer", rating="safe"),
+        PromptChoices(
+            "1girl, 1girl, Smile, smile, safe, looking_at_viewer, looking at viewer", quality="none", rating="safe"
+        ),
         tags,
     )
     assert built.prompt == "1girl, safe, smile, looking at viewer"  # the DB gives the canonical name
@@ -204,7 +211,8 @@ def test_without_a_tag_db_unknown_tags_keep_the_users_order() -> None:
 
 
 def test_unescaped_qualified_names_are_escaped_not_weighted() -> None:
-    built = build_prompt(load_dialect("animagine-xl-4.0"), PromptChoices("ganyu (genshin impact), 1girl"))
+    choices = PromptChoices("ganyu (genshin impact), 1girl", quality="none")
+    built = build_prompt(load_dialect("animagine-xl-4.0"), choices)
     assert built.prompt == "1girl, ganyu \\(genshin impact\\)"
 
 
@@ -258,4 +266,35 @@ def test_split_keeps_weighted_groups_and_escapes_whole() -> None:
 def test_year_option_reads_danbooru_spellings() -> None:
     dialect = load_dialect("anima")
     for value in ("year_2019", "Year  2019", "２０１９", " 2019 "):
-        assert build_prompt(dialect, PromptChoices("1girl", year=value)).prompt == "year 2019, 1girl", value
+        choices = PromptChoices("1girl", quality="none", year=value)
+        assert build_prompt(dialect, choices).prompt == "year 2019, 1girl", value
+
+
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [
+        ("animagine-xl-4.0", "1girl, smile, masterpiece, high score, great score, absurdres"),  # card: at the END
+        ("animagine-xl-3.1", "masterpiece, best quality, very aesthetic, absurdres, 1girl, smile"),  # at the front
+        ("anima", "masterpiece, best quality, score_7, 1girl, smile"),
+    ],
+)
+def test_no_quality_picked_adds_the_models_recommended_quality_tags(dialect: str, expected: str) -> None:
+    d = load_dialect(dialect)
+    built = build_prompt(d, PromptChoices("smile, 1girl"))
+    assert built.prompt == expected
+    assert built.default_quality == d.default_quality == default_quality(d, PromptChoices("smile, 1girl"))
+    assert built.default_quality and all(t in built.prompt for t in built.default_quality)
+
+
+@pytest.mark.parametrize("dialect", ["animagine-xl-4.0", "animagine-xl-3.1", "anima"])
+def test_none_turns_the_default_quality_off_and_a_choice_replaces_it(dialect: str) -> None:
+    d = load_dialect(dialect)
+    for none in ("none", "None", " NONE "):
+        built = build_prompt(d, PromptChoices("smile, 1girl", quality=none))
+        assert built.prompt == "1girl, smile" and built.default_quality == ()
+    low = build_prompt(d, PromptChoices("smile, 1girl", quality="low"))
+    assert low.default_quality == () and "masterpiece" not in low.prompt
+    # Quality tags written in the prompt count as a choice too: nothing is added to them.
+    own = build_prompt(d, PromptChoices("smile, 1girl, worst quality"))
+    assert own.default_quality == () == default_quality(d, PromptChoices("smile, 1girl, worst quality"))
+    assert "masterpiece" not in own.prompt

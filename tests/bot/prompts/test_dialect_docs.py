@@ -41,3 +41,13 @@ def test_the_order_and_defaults_tables_hold() -> None:
         bucket = dialect.default_bucket
         assert (dialect.steps, dialect.cfg) == (int(steps), float(cfg)), name
         assert (bucket.width, bucket.height, bucket.aspect) == (int(width), int(height), aspect), name
+
+
+def test_the_default_quality_table_is_the_dialect_data() -> None:
+    pattern = r"^\| (Animagine XL 3\.1|Animagine XL 4\.0|Anima) \| `([^`]+)`"
+    rows = dict(re.findall(pattern, DOC.read_text("utf-8"), re.M))
+    assert set(rows) == set(NAMES)
+    for name, terms in rows.items():
+        dialect = load_dialect(NAMES[name])
+        assert tuple(terms.split(", ")) == dialect.default_quality, name
+        assert build_prompt(dialect, PromptChoices("1girl")).default_quality == dialect.default_quality

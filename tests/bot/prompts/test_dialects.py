@@ -227,3 +227,20 @@ def test_a_value_out_of_range(data_copy: Path) -> None:
     edit(data_copy / "models" / "anima.toml", "steps = 30", "steps = 0")
     with pytest.raises(DialectError, match=r"generation\.steps: Input should be greater than or equal to 1"):
         load_dialect("anima", data_copy)
+
+
+def test_a_default_quality_outside_the_vocabulary_is_refused(data_copy: Path) -> None:
+    edit(data_copy / "models" / "anima.toml", 'default_quality = "masterpiece, best quality, score_7"',
+         'default_quality = "masterpiece, shiny"')
+    with pytest.raises(DialectError, match=r"prompt\.default_quality: shiny not in the quality vocabulary"):
+        load_dialect("anima", data_copy)
+
+
+@pytest.mark.parametrize("dialect_id", ["animagine-xl-3.1", "animagine-xl-4.0", "anima"])
+def test_every_dialect_has_a_default_quality_from_its_card(dialect_id: str) -> None:
+    expected = {
+        "animagine-xl-3.1": ("masterpiece", "best quality", "very aesthetic", "absurdres"),
+        "animagine-xl-4.0": ("masterpiece", "high score", "great score", "absurdres"),
+        "anima": ("masterpiece", "best quality", "score_7"),
+    }
+    assert load_dialect(dialect_id).default_quality == expected[dialect_id]
