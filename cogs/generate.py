@@ -10,8 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.messages import render
-from bot.discord_app.acknowledge import InTime, retry_busy
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.choices import (
     MAX_CHOICES,
     Choice,
@@ -24,11 +23,10 @@ from bot.discord_app.choices import (
     rating_pairs,
     year_pairs,
 )
-from bot.discord_app.delivery import Target
-from bot.discord_app.interactions import guild_key, locale_of
-from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, owner_key, role_ids
-from bot.prompts.builder import PromptChoices, default_quality
-from bot.prompts.dialects import load_dialect
+from bot.discord_app.interactions import guild_key
+from bot.discord_app.permissions import channel_allows_nsfw
+from bot.discord_app.submit import submit_and_announce
+from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase
 
@@ -84,34 +82,7 @@ class Generate(commands.Cog):
             request = GenerationRequest(
                 model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
             )
-            user = interaction.user
-            locale = locale_of(interaction)
-            job = await retry_busy(  # a busy store is tried again; the user sees "thinking…" meanwhile
-                lambda: bot.service.submit(
-                    request,
-                    owner_key(user),
-                    owner_name=user.display_name,
-                    guild_id=guild_id,
-                    channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-                    role_ids=role_ids(user),
-                    exempt=is_bot_admin(bot.config.discord, user),  # quota exemption is global
-                    locale=locale,
-                )
-            )
-            target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-            try:  # the job is queued: whatever fails from here on, its result comes
-                position = await bot.service.position(job.id) or 1
-                prompt = job.request.choices.prompt[:200]
-                text = render("queued", locale, job_id=job.id, position=position, prompt=prompt)
-                added = default_quality(load_dialect(bot.config.models[job.model].dialect), job.request.choices)
-                if added:  # no quality picked: say which of the model's recommended tags were added
-                    text += "\n" + render("quality_added", locale, terms=", ".join(added))
-                await reply.send(text)
-            except BaseException:
-                target.failed = True  # not acknowledged (a Discord hiccup, a bug): the result is posted in the channel
-                raise
-            finally:
-                bot.deliveries.start(job, target)
+            await submit_and_announce(bot, reply, request)
 
     @generate.autocomplete("quality")
     async def _quality(self, interaction: discord.Interaction, current: str) -> list[Choice]:

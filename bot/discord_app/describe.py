@@ -15,11 +15,11 @@ import discord
 
 from bot.core.errors import UserError
 from bot.core.messages import render
-from bot.discord_app.acknowledge import InTime, retry_busy
-from bot.discord_app.delivery import Target
+from bot.discord_app.acknowledge import InTime
 from bot.discord_app.errors import report_error
-from bot.discord_app.interactions import bot_of, guild_key, locale_of
-from bot.discord_app.permissions import channel_allows_nsfw, is_bot_admin, owner_key, role_ids
+from bot.discord_app.interactions import bot_of, guild_key
+from bot.discord_app.permissions import channel_allows_nsfw
+from bot.discord_app.submit import submit_and_announce
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest
 from inference.tagger import Rating, TagResult
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
 
 _PROMPT_BLOCK = re.compile(r"```\n(.+?)\n```", re.DOTALL)
-QUEUED_PROMPT_CHARS = 200  # the prompt shown in the "queued" answer, as /generate shows it
 
 
 def describe_text(result: TagResult, prompt: str, model: str, locale: str) -> str:
@@ -103,27 +102,4 @@ async def queue_generation(bot: AnimeBot, reply: InTime, choices: PromptChoices)
     guild_id = guild_key(interaction)
     model = await bot.service.active_model(guild_id)
     request = GenerationRequest(model, choices, nsfw_allowed=channel_allows_nsfw(interaction.channel))
-    user = interaction.user
-    locale = locale_of(interaction)
-    job = await retry_busy(
-        lambda: bot.service.submit(
-            request,
-            owner_key(user),
-            owner_name=user.display_name,
-            guild_id=guild_id,
-            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-            role_ids=role_ids(user),
-            exempt=is_bot_admin(bot.config.discord, user),
-            locale=locale,
-        )
-    )
-    target = Target(interaction.channel_id or 0, user.id, interaction=interaction, locale=locale)
-    try:  # the job is queued: whatever fails from here on, its result comes
-        position = await bot.service.position(job.id) or 1
-        prompt = job.request.choices.prompt[:QUEUED_PROMPT_CHARS]
-        await reply.send(render("queued", locale, job_id=job.id, position=position, prompt=prompt))
-    except BaseException:
-        target.failed = True  # not acknowledged: the result is posted in the channel
-        raise
-    finally:
-        bot.deliveries.start(job, target)
+    await submit_and_announce(bot, reply, request)

@@ -48,7 +48,9 @@ def describe_prompt(dialect: Dialect, result: TagResult, limit: int = MAX_PROMPT
     while tags:
         text = ", ".join(_literal(n) for n, _ in tags)
         try:
-            prompt = build_prompt(dialect, PromptChoices(text, default_negative=False), _TaggerCategories(categories))
+            # The tags alone: the model's default quality tags are added when the prompt is queued (and said so).
+            choices = PromptChoices(text, quality="none", default_negative=False)
+            prompt = build_prompt(dialect, choices, _TaggerCategories(categories))
         except PromptError:
             return ""
         text = _SQUARE.sub(r"\\\1", prompt.prompt)  # `[text]` is a tag name, not a lowered weight

@@ -38,7 +38,8 @@ def test_weight_like_names_stay_names() -> None:
     prompt = describe_prompt(load_dialect("animagine-xl-4.0"), result)
     assert prompt == "\\(o\\) \\(o\\), \\[text\\]"
     # Submitted, both are read as names (one tag each), as when a user types them escaped.
-    assert build_prompt(load_dialect("anima"), PromptChoices(prompt)).prompt == "\\(o\\) \\(o\\), [text]"
+    submitted = build_prompt(load_dialect("anima"), PromptChoices(prompt, quality="none"))
+    assert submitted.prompt == "\\(o\\) \\(o\\), [text]"
 
 
 def test_the_lowest_general_tags_go_first_when_too_long() -> None:
