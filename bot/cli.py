@@ -88,10 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", parents=[common], help="make images from a prompt")
     gen.add_argument("prompt", help="tags and/or sentences, comma-separated")
     gen.add_argument("--model", help="model name (see `animebot models`); default from the config")
-    gen.add_argument("--quality", help="masterpiece, best, great, good, normal, low, worst, or the model's own terms")
+    gen.add_argument(
+        "--quality",
+        help="masterpiece, best, great, good, normal, low, worst, the model's own terms, or none (no quality tags; "
+        "default: the model's recommended ones)",
+    )
     gen.add_argument("--year", help="a year such as 2019, or a period: newest, recent, mid, early, oldest")
     gen.add_argument("--rating", help="general (safe), sensitive, questionable (nsfw), explicit")
     gen.add_argument("--artist", help="artist name(s), comma-separated")
+    gen.add_argument("--character", help="character name(s) (Danbooru tags or their aliases), comma-separated")
     gen.add_argument("--negative", default="", help="added to the model's recommended negative prompt")
     gen.add_argument("--no-default-negative", action="store_true", help="leave out the recommended negative")
     gen.add_argument("--seed", type=_whole_number)
@@ -164,6 +169,7 @@ def _request(args: argparse.Namespace, config: Config) -> GenerationRequest:
         year=args.year,
         rating=args.rating,
         artist=args.artist,
+        character=args.character,
         default_negative=not args.no_default_negative,
     )
     return GenerationRequest(

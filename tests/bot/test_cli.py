@@ -46,6 +46,16 @@ def test_dry_run_prints_final_parameters_without_loading(capsys: pytest.CaptureF
     assert (data["seed"], data["seeds"], data["sampler"], data["model"]) == (42, [42, 43], "flow_euler", "tiny-anima")
 
 
+def test_character_and_no_quality_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "generate", "smile, 1girl", "--model", "tiny-anima", "--character", "hatsune miku",
+        "--quality", "none", "--dry-run",
+    )
+    assert code == 0
+    # Anima's order: count, then the character; `none` adds no quality tags.
+    assert json.loads(out)["prompt"] == "1girl, hatsune miku, smile"
+
+
 def test_dry_run_imports_no_torch() -> None:
     code = (
         "import sys; from bot.cli import main; "
