@@ -176,8 +176,9 @@ async def test_a_tagger_failure_withholds_in_a_normal_channel_only(
     bot = await make(make_bot, tmp_path / "no-tagger-here")
     withheld = withheld_counter(bot)
     async with simcord.run(bot, settle_timeout=60) as env:
-        channel, (alice,) = server(env, "alice")
-        adult = channel.guild.create_text_channel("adult")
+        guild = env.create_guild()
+        channel, (alice,) = server(env, "alice", guild=guild)
+        adult = guild.create_text_channel("adult")
         with caplog.at_level(logging.ERROR, logger="bot.discord_app.screening"):
             first, result = await generate(env, bot, alice, channel)
             second, _ = await generate(env, bot, alice, channel)
