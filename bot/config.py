@@ -174,6 +174,14 @@ class TaggerSettings(_Section):
     threads: int = Field(default=0, ge=0, le=256)  # onnxruntime's threads; 0: its default
     max_upload_mb: float = Field(default=DEFAULT_MAX_BYTES / 2**20, gt=0, le=100, allow_inf_nan=False)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, le=200_000_000)
+class SafetySettings(_Section):
+    """[safety]: the rating check of results before they are posted (bot/discord_app/screening.py)."""
+
+    rate_results: bool = True  # rate every result with the tagger; off: post everything unrated
+    # In channels that are not age-restricted: a result rated sensitive is spoilered, withheld or posted.
+    sensitive: Literal["spoiler", "withhold", "post"] = "spoiler"
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint (bot/metrics.py): off unless a port is given."""
 
@@ -189,6 +197,7 @@ class Settings(_Section):
     discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
     tagger: TaggerSettings = TaggerSettings()
+    safety: SafetySettings = SafetySettings()
     metrics: MetricsSettings = MetricsSettings()
 
 
@@ -207,6 +216,7 @@ class Config:
         self.metrics = settings.metrics
         self.models = _model_specs(settings.models, base_dir, settings.inference, source)
         self.tagger = settings.tagger
+        self.safety = settings.safety
         self.tagger_options = _tagger_options(settings.tagger, base_dir, settings.inference.local_files_only)
         _check_tags_db_is_its_own_file(self.tags_db, self.database, source)
         if self.inference.default_model not in self.models:

@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from bot.config import MetricsSettings
 from bot.core.errors import StartError
-from bot.core.events import Event, JobFinished, JobStarted, JobSubmitted
+from bot.core.events import Event, ImagesWithheld, JobFinished, JobStarted, JobSubmitted
 from bot.core.jobs import JobState
 
 if TYPE_CHECKING:
@@ -146,6 +146,9 @@ class MetricsFeed:
         self._wakeup.set()
 
     def _on_event(self, event: Event) -> None:
+        if isinstance(event, ImagesWithheld):  # nothing to read from the store
+            self.metrics.images_withheld.inc(event.count)
+            return
         if isinstance(event, JobSubmitted | JobStarted | JobFinished):
             self._pending.append(event)
             self._wake()

@@ -52,6 +52,15 @@ class JobFinished:
 
 
 @dataclass(frozen=True)
+class ImagesWithheld:
+    """A job's result images were not posted (the rating check; for listeners such as the metrics)."""
+
+    job_id: int
+    count: int
+    reason: str  # the rating above the channel's allowance, or "unchecked" (the check could not run)
+
+
+@dataclass(frozen=True)
 class ModelLoading:
     model: str
     stage: str
@@ -71,7 +80,7 @@ class JobEnded:
         return self.job.id
 
 
-Event = JobSubmitted | JobQueued | JobStarted | JobProgress | JobFinished | ModelLoading
+Event = JobSubmitted | JobQueued | JobStarted | JobProgress | JobFinished | ModelLoading | ImagesWithheld
 JobEvent = JobQueued | JobStarted | JobProgress | JobFinished  # the events of one job
 WatchEvent = JobQueued | JobStarted | JobProgress | JobEnded  # what watch() yields
 
@@ -114,7 +123,7 @@ class EventBus:
             self.progress[event.job_id] = event
         elif isinstance(event, JobFinished):
             self.progress.pop(event.job_id, None)
-        if not isinstance(event, ModelLoading | JobSubmitted):
+        if not isinstance(event, ModelLoading | JobSubmitted | ImagesWithheld):
             for queue in self._followers.get(event.job_id, ()):
                 queue.put_nowait(event)
         for callback in list(self._listeners):

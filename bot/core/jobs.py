@@ -61,6 +61,8 @@ class ImageRecord:
     width: int
     height: int
     parameters: str
+    rating: str | None = None  # the tagger's rating (general, sensitive, questionable, explicit); None: not rated
+    rating_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class JobRecord:
     delivered: bool
     locale: str | None = None  # the asker's message language, for a delivery after a restart
     verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
+    withheld: str | None = None  # not posted by the rating check: the rating, or "unchecked" (the check failed)
 
 
 @dataclass(frozen=True)
@@ -207,13 +210,13 @@ def params_from_json(text: str) -> GenerationParams:
 
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
-    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale, j.verdict,
+    j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale, j.verdict, j.withheld,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
 """
 # A claimed job's row as UPDATE ... RETURNING gives it (never delivered yet).
 _RETURNED_COLUMNS = """
     id, owner_id, guild_id, channel_id, model, request, params, state, error, attempts, reroll_of, cancelled_by,
-    created_at, started_at, finished_at, locale, verdict, 0 AS delivered
+    created_at, started_at, finished_at, locale, verdict, withheld, 0 AS delivered
 """
 
 
@@ -237,6 +240,7 @@ def _job(row: Any) -> JobRecord:
         delivered=bool(row["delivered"]),
         locale=row["locale"],
         verdict=Verdict.from_json(row["verdict"]),
+        withheld=row["withheld"],
     )
 
 
@@ -254,7 +258,8 @@ def _readable(rows: list[Any]) -> list[JobRecord]:
 
 def _image(row: Any) -> ImageRecord:
     return ImageRecord(
-        row["job_id"], row["idx"], row["seed"], row["path"], row["width"], row["height"], row["parameters"]
+        row["job_id"], row["idx"], row["seed"], row["path"], row["width"], row["height"], row["parameters"],
+        row["rating"], row["rating_score"],
     )
 
 
@@ -465,6 +470,21 @@ class JobRepository:
         changed = await self.store.execute(
             "INSERT INTO deliveries (job_id, delivered_at, target) VALUES (?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
             (job_id, time.time(), target),
+        )
+        return changed == 1
+
+    async def set_rating(self, job_id: int, index: int, rating: str, score: float) -> None:
+        """Store the tagger's rating of one result image."""
+        await self.store.execute(
+            "UPDATE images SET rating = ?, rating_score = ? WHERE job_id = ? AND idx = ?",
+            (rating, score, job_id, index),
+        )
+
+    async def withhold(self, job_id: int, reason: str) -> bool:
+        """Record that the job's result was not posted (its images stay): `reason` is the rating or "unchecked".
+        False if it was recorded before."""
+        changed = await self.store.execute(
+            "UPDATE jobs SET withheld = ? WHERE id = ? AND withheld IS NULL", (reason, job_id)
         )
         return changed == 1
 

@@ -118,4 +118,11 @@ MIGRATIONS: tuple[str, ...] = (
     WHERE jobs.id = ranked.id;
     CREATE INDEX jobs_waiting_in_order ON jobs (queue_rank, id) WHERE state = 'queued';
     """,
+    # 5: the rating check of results (bot/discord_app/screening.py): each image's rating by the tagger, and
+    # why a job's result was withheld from its channel
+    """
+    ALTER TABLE images ADD COLUMN rating TEXT;        -- general | sensitive | questionable | explicit; NULL: not rated
+    ALTER TABLE images ADD COLUMN rating_score REAL;  -- the tagger's score of that rating (0..1)
+    ALTER TABLE jobs ADD COLUMN withheld TEXT;        -- NULL: posted (or not yet); else the rating, or 'unchecked'
+    """,
 )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from bot.config import Config
 from bot.core.audit import AuditLog
 from bot.core.errors import StartError, StoreBusy, UserError
-from bot.core.events import EventBus, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
+from bot.core.events import EventBus, ImagesWithheld, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
 from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats
 from bot.core.lock import LockError, ProcessLock
 from bot.core.memory_info import MemoryStatus, memory_status, too_large
@@ -30,6 +30,7 @@ from inference.specs import ModelSpec
 from inference.types import ModelLoadError
 
 if TYPE_CHECKING:
+    from inference.tagger import TaggerLoader
     from inference.worker import GpuWorker
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ def _load_inference() -> None:
     from inference.quiet import silence_library_output
 
     silence_library_output()
+
+
+def _rate_file(loader: TaggerLoader, path: Path) -> tuple[str, float]:
+    """The tagger's rating of the image file at `path` and its score (blocking: on a thread)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        result = loader.get().tag(image)
+    return result.rating, result.rating_scores[result.rating]
 
 
 class GenerationService:
@@ -273,6 +284,29 @@ class GenerationService:
 
     async def images(self, job_id: int) -> list[ImageRecord]:
         return await self._jobs.images(job_id)
+
+    async def rate(self, job_id: int) -> list[ImageRecord]:
+        """The job's images, each rated by the tagger ([tagger]; loaded once, shared with /describe) and the
+        rating stored; images rated before (an earlier try) are not rated again. The tagger runs on a thread.
+        Raises TaggerError (the model cannot be had or used) or OSError (an image cannot be read)."""
+        from inference.tagger import shared_loader
+
+        images = await self._jobs.images(job_id)
+        loader = shared_loader(self.config.tagger_options)
+        rated = []
+        for image in images:
+            if image.rating is None:
+                rating, score = await asyncio.to_thread(_rate_file, loader, self.image_path(image.path))
+                await self._jobs.set_rating(job_id, image.index, rating, score)
+                image = replace(image, rating=rating, rating_score=score)
+            rated.append(image)
+        return rated
+
+    async def withhold(self, job_id: int, reason: str, count: int) -> None:
+        """Record that the job's `count` result images were not posted (`reason`: the rating, or "unchecked");
+        they stay in the store and the owner's history."""
+        if await self._jobs.withhold(job_id, reason):  # counted once, whatever the tries to tell the owner
+            self.events.publish(ImagesWithheld(job_id, count, reason))
 
     async def mark_delivered(self, job_id: int, target: str = "") -> bool:
         """Record that the job's result reached its user (`target`: where, e.g. "channel:message").

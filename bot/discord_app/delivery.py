@@ -21,6 +21,7 @@ from bot.core.jobs import JobRecord, JobState
 from bot.core.messages import render
 from bot.core.service import GenerationService
 from bot.discord_app.acknowledge import retry_while_busy
+from bot.discord_app.screening import UNCHECKED, Screener
 from bot.prompts.policy import PolicyFields, content_policy
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class Delivery:
         self.bot = bot
         self.service = service
         self.view_factory = view_factory
+        self.screener = Screener(service)
         self._delivering: set[int] = set()
         self._followed: set[int] = set()  # jobs a task follows now
         self._sent: dict[int, str] = {}  # results sent by this process, and where (in case recording one failed)
@@ -227,8 +229,12 @@ class Delivery:
 
     async def _send_result(self, job: JobRecord, target: Target) -> discord.Message | None:
         if job.state == JobState.DONE:
+            screening = await self.screener.screen(job, await self._channel(target))
+            if screening.action == "withhold":
+                return await self._withhold(job, target, screening.rating or UNCHECKED, screening.count)
+            spoiler = screening.action == "spoiler" or self.sensitive(job)
             try:
-                files = await self._files(job, target)
+                files = await self._files(job, target, spoiler)
             except OSError as error:  # the PNGs were deleted or damaged: say so once, never retry forever
                 log.warning("the images of job %s cannot be read (%s); telling its owner", job.id, error)
                 content = render("job_images_missing", target.locale, mention=target.mention, job_id=job.id)
@@ -239,11 +245,22 @@ class Delivery:
                 try:
                     return await self._edit(target, content=summary, attachments=files, **kwargs)
                 except (discord.HTTPException, Unreachable):
-                    files = await self._files(job, target)  # a File is consumed by a failed upload
+                    files = await self._files(job, target, spoiler)  # a File is consumed by a failed upload
             content = render("result_for", target.locale, mention=target.mention, summary=summary)
             return await self.post(target, content=content, files=files, **kwargs)
         key = "job_cancelled" if job.state == JobState.CANCELLED else "job_failed"
         content = render(key, target.locale, mention=target.mention, job_id=job.id, error=job.error or "")
+        return await self._send_text(target, content)
+
+    async def _channel(self, target: Target) -> Any:
+        return self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
+
+    async def _withhold(self, job: JobRecord, target: Target, reason: str, count: int) -> discord.Message | None:
+        """The result is not posted: recorded as withheld (its images stay in the store and /history), and its
+        owner told in a message without the images."""
+        await retry_while_busy(lambda: self.service.withhold(job.id, reason, count), self.record_patience)
+        key = "result_unchecked" if reason == UNCHECKED else "result_withheld"
+        content = render(key, target.locale, mention=target.mention, job_id=job.id, rating=reason)
         return await self._send_text(target, content)
 
     @staticmethod
@@ -260,7 +277,7 @@ class Delivery:
         return await self.post(target, content=content)
 
     async def post(self, target: Target, **kwargs: Any) -> discord.Message | None:
-        channel = self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
+        channel = await self._channel(target)
         if not isinstance(channel, discord.abc.Messageable):
             return None
         return await channel.send(allowed_mentions=addressing(target.user_id), **kwargs)
@@ -280,9 +297,8 @@ class Delivery:
         guild = getattr(channel, "guild", None)
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
-    async def _files(self, job: JobRecord, target: Target) -> list[discord.File]:
+    async def _files(self, job: JobRecord, target: Target, spoiler: bool) -> list[discord.File]:
         limit = self.upload_limit(target)
-        spoiler = self.sensitive(job)
         files = []
         for image in await self.service.images(job.id):
             path = self.service.image_path(image.path)

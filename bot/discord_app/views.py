@@ -136,7 +136,8 @@ def history_line(job: JobRecord, locale: str) -> str:
         locale,
         job_id=job.id,
         at=int(job.created_at),
-        state=render(f"state_{job.state.value}", locale),
+        state=render(f"state_{job.state.value}", locale)
+        + ("" if job.withheld is None else " " + render("state_withheld", locale, rating=job.withheld)),
         model=job.model,
         seed=seed,
         prompt=shorten(job.request.choices.prompt),

@@ -13,6 +13,7 @@ from bot.config import (
     InferenceSettings,
     ModelSettings,
     QuotaSettings,
+    SafetySettings,
     Settings,
     TagSettings,
     load_config,
@@ -44,8 +45,10 @@ def test_no_config_means_the_embedded_tiny_models() -> None:
 def test_example_config_loads_and_documents_every_key() -> None:
     config = load_config(REPO / "config.example.toml")
     assert {"animagine-xl-4", "animagine-xl-3", "anima"} <= set(config.models)
+    assert config.safety == SafetySettings(rate_results=True, sensitive="spoiler")
     text = (REPO / "config.example.toml").read_text(encoding="utf-8")
-    for section in (Settings, InferenceSettings, TagSettings, QuotaSettings, ModelSettings, ComfyUIFiles):
+    sections = (Settings, InferenceSettings, TagSettings, QuotaSettings, ModelSettings, ComfyUIFiles, SafetySettings)
+    for section in sections:
         for key in section.model_fields:
             if section is Settings and key in ("inference", "tags", "quotas", "models"):
                 continue
@@ -245,3 +248,10 @@ def test_bad_memory_settings_give_one_line_naming_the_key(tmp_path: Path, text: 
     message = str(err.value)
     assert message.startswith(f"{path}: {expected}"), message
     assert "\n" not in message
+
+
+def test_safety_defaults_are_safe_and_a_bad_value_is_refused(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, 'data_dir = "data"\n')).safety == SafetySettings()
+    assert SafetySettings().rate_results is True and SafetySettings().sensitive == "spoiler"
+    with pytest.raises(ConfigError, match="sensitive"):
+        load_config(write(tmp_path, '[safety]\nsensitive = "show"\n'))

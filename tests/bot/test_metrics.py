@@ -258,3 +258,25 @@ async def test_the_gpu_gauge_follows_the_service_device(make_service: ServiceFac
         assert value(samples, "animebot_gpu_memory_bytes", device="cuda:0", kind="total") == 12 * 1024**3
     finally:
         await endpoint.close()
+
+
+async def test_withheld_images_are_counted_once_from_the_event(make_service: ServiceFactory) -> None:
+    """service.withhold (the rating check's record) publishes ImagesWithheld; the feed counts its images, once
+    per job however often the delivery tries to tell the owner; the job's followers never get the event."""
+    service = await make_service(UNLIMITED)
+    endpoint = MetricsEndpoint(service, "127.0.0.1", 0)
+    try:
+        job = await service.submit(request(count=2), "alice")
+        assert (await asyncio.wait_for(service.wait(job.id), 120)).state == JobState.DONE
+        follower = service.events.follow(job.id)
+        await service.withhold(job.id, "explicit", 2)
+        await service.withhold(job.id, "explicit", 2)
+        await endpoint.feed.idle()
+        samples = await asyncio.to_thread(scrape, endpoint.url)
+        assert follower.empty()
+        service.events.unfollow(job.id, follower)
+    finally:
+        await endpoint.close()
+    assert value(samples, "animebot_images_withheld_total") == 2
+    withheld = await service.job(job.id)
+    assert withheld is not None and withheld.withheld == "explicit"

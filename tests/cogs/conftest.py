@@ -86,12 +86,15 @@ async def make_bot(
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
 
-    async def make(config_text: str = "", *, tags: bool = True, inference: str = "") -> AnimeBot:
-        """`config_text` is added after BASE_CONFIG; `inference`, lines of its [inference] table."""
+    async def make(
+        config_text: str = "", *, tags: bool = True, inference: str = "", safety: str = "rate_results = false\n"
+    ) -> AnimeBot:
+        """`config_text` is added after BASE_CONFIG; `inference` and `safety`, lines of its [inference] and
+        [safety] tables (the rating of results is off unless a test turns it on: tests/cogs/test_rating.py)."""
         from bot.prompts.tags import import_csv
 
         path = tmp_path / "config.toml"
-        base = BASE_CONFIG.replace("[inference]\n", "[inference]\n" + inference, 1)
+        base = BASE_CONFIG.replace("[inference]\n", "[inference]\n" + inference, 1) + "[safety]\n" + safety
         path.write_text(base + config_text, encoding="utf-8")
         config = load_config(path)
         if tags and not config.tags_db.exists():
