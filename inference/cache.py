@@ -83,9 +83,15 @@ class ModelCache:
         return entry[1] if entry is not None and entry[0] == spec else None
 
     def footprint(self, spec: ModelSpec) -> Footprint:
-        """The measured footprint of `spec` when it is loaded, the reference one before."""
+        """The measured footprint of `spec` when it is loaded, the reference one before. Also called from the
+        event loop (the pre-flight check) while the worker thread may be unloading the model."""
         backend = self.loaded(spec)
-        return backend.footprint() if backend is not None else reference_footprint(spec)
+        if backend is not None:
+            try:
+                return backend.footprint()
+            except RuntimeError:  # unloaded by the worker thread in the meantime
+                pass
+        return reference_footprint(spec)
 
     def evict(self, name: str) -> None:
         entry = self._entries.pop(name, None)

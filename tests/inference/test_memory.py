@@ -130,3 +130,22 @@ def test_the_decode_estimate_follows_the_decode_dtype() -> None:
     assert SDXL.decoding_at(4) == SDXL
     assert SDXL.decoding_at(2).decode_per_mp / GIB == pytest.approx(2.38, abs=0.1)
     assert ANIMA.decoding_at(4).decode_per_mp / GIB == pytest.approx(7.90, abs=0.2)
+
+
+def test_a_model_unloaded_meanwhile_has_its_reference_footprint(tmp_path: Path) -> None:
+    from inference.cache import ModelCache
+    from inference.specs import RuntimeOptions
+
+    class Unloaded:
+        memory_mode = "high"
+
+        def __init__(self, spec: ModelSpec) -> None:
+            self.spec = spec
+
+        def footprint(self) -> object:
+            raise RuntimeError("model 't' has been unloaded")
+
+    spec = ModelSpec("t", "sdxl", "animagine-xl-4.0", DirSource(tmp_path))
+    cache = ModelCache(RuntimeOptions("cpu", None, tmp_path), loader=lambda s, r, p: Unloaded(s))  # type: ignore[arg-type,return-value]
+    cache.get(spec)
+    assert cache.footprint(spec) == SDXL
