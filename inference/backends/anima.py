@@ -496,6 +496,7 @@ class AnimaBackend:
         self._pipe: Any = pipeline
         self._lock = threading.Lock()
         self._sampler: str | None = None
+        self._footprint: Footprint | None = None  # measured once: the weights never change after the load
         self._on_device = False  # load_anima places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._chain: list[UserCpuOffloadHook] = []  # low mode's model-offload hooks
@@ -607,14 +608,17 @@ class AnimaBackend:
                 self._activate_locked()
 
     def footprint(self) -> Footprint:
+        """Measured weights, measured once (the pre-flight check calls this from the event loop per request)."""
         pipe = self.pipeline
-        # The reference decode is bf16's; an fp32 VAE (the CPU, GPUs without bf16) needs twice as much.
-        decoding = reference_footprint(self.spec).decoding_at(pipe.vae.dtype.itemsize)
-        return decoding.with_weights(
-            denoiser=module_bytes(pipe.transformer, pipe.text_conditioner),
-            text_encoders=module_bytes(pipe.text_encoder),
-            vae=module_bytes(pipe.vae),
-        )
+        if self._footprint is None:
+            # The reference decode is bf16's; an fp32 VAE (the CPU, GPUs without bf16) needs twice as much.
+            decoding = reference_footprint(self.spec).decoding_at(pipe.vae.dtype.itemsize)
+            self._footprint = decoding.with_weights(
+                denoiser=module_bytes(pipe.transformer, pipe.text_conditioner),
+                text_encoders=module_bytes(pipe.text_encoder),
+                vae=module_bytes(pipe.vae),
+            )
+        return self._footprint
 
     def offload(self) -> None:
         """Every hook off, the weights in CPU RAM; activate puts the memory mode back."""

@@ -110,6 +110,7 @@ class SDXLBackend:
         self._pipe: StableDiffusionXLPipeline | None = pipe
         self._base_scheduler_config = pipe.scheduler.config
         self._schedulers: dict[str, Any] = {}
+        self._footprint: Footprint | None = None  # measured once: the weights never change after the load
         self._on_device = False  # load_sdxl places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._lock = threading.RLock()
@@ -211,17 +212,22 @@ class SDXLBackend:
 
     def footprint(self) -> Footprint:
         """Measured weights; a half-precision VAE that diffusers decodes without the fp32 upcast (an fp16-fix
-        VAE, force_upcast false) decodes in 2-byte floats, with a smaller working set than the fp32 reference."""
+        VAE, force_upcast false) decodes in 2-byte floats, with a smaller working set than the fp32 reference.
+
+        Measured at the first call (the load places the model with it) and kept: the pre-flight check calls it
+        from the event loop for every request, and during a decode diffusers holds the VAE in fp32."""
         pipe = self._require_pipe()
-        reference = reference_footprint(self.spec)
-        vae = pipe.vae
-        if vae.dtype in (torch.float16, torch.bfloat16) and decodes_without_upcast(vae):
-            reference = reference.decoding_at(2)
-        return reference.with_weights(
-            denoiser=module_bytes(pipe.unet),
-            text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
-            vae=module_bytes(vae),
-        )
+        if self._footprint is None:
+            reference = reference_footprint(self.spec)
+            vae = pipe.vae
+            if vae.dtype in (torch.float16, torch.bfloat16) and decodes_without_upcast(vae):
+                reference = reference.decoding_at(2)
+            self._footprint = reference.with_weights(
+                denoiser=module_bytes(pipe.unet),
+                text_encoders=module_bytes(pipe.text_encoder, pipe.text_encoder_2),
+                vae=module_bytes(vae),
+            )
+        return self._footprint
 
     def set_memory_mode(self, mode: MemoryMode) -> None:
         """Switch the diffusers features of `mode` on (and those of the previous mode off). Idempotent. A parked
