@@ -16,6 +16,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.core.service import GenerationService
 from bot.discord_app.delivery import Delivery
+from bot.discord_app.screening import preload_tagger
 from bot.discord_app.translator import CommandTranslator
 from bot.discord_app.views import result_view
 
@@ -30,6 +31,7 @@ COGS = (
     "cogs.models",
     "cogs.describe",
     "cogs.stats",
+    "cogs.safety",
 )
 SYNC_KEY = "command_tree_hash"
 
@@ -68,6 +70,7 @@ class AnimeBot(commands.Bot):
         if self._owns_service:
             await self.service.start()
         self.delivery = Delivery(self, self.service, result_view)
+        self.delivery.spawn(preload_tagger(self.service), "tagger-preload")  # off the loop; close() cancels it
         for name in COGS:
             await self.load_extension(name)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions
