@@ -4,6 +4,7 @@ tree only when it changed."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import json
@@ -58,6 +59,7 @@ class AnimeBot(commands.Bot):
         self._owns_service = service is None
         self.service = service or GenerationService(config)
         self.delivery: Delivery | None = None  # set in setup_hook
+        self.tagger_preload: asyncio.Task[None] | None = None  # set in setup_hook
         self.synced = False  # whether the last setup_hook registered commands with Discord
         self.freeze_gc = freeze_gc
 
@@ -70,7 +72,8 @@ class AnimeBot(commands.Bot):
         if self._owns_service:
             await self.service.start()
         self.delivery = Delivery(self, self.service, result_view)
-        self.delivery.spawn(preload_tagger(self.service), "tagger-preload")  # off the loop; close() cancels it
+        # The tagger, loaded in the background (on a thread) when results are rated; close() cancels it.
+        self.tagger_preload = self.delivery.spawn(preload_tagger(self.service), "tagger-preload")
         for name in COGS:
             await self.load_extension(name)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions

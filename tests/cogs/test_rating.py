@@ -252,9 +252,10 @@ async def test_a_late_withheld_result_is_told_by_dm(
         assert [m.id for m in visible(env, channel.id)] == [result.response.id]  # alice was told privately
         assert posted_images(env, channel.id) == [] and pings(env) == []
 
-        shown = await alice.user.click(ResponseMessage(env, notice), custom_id=f"animebot:withheld:{job.id}")  # in the DM: only hers
+        # The notice's button, in alice's DM (hers alone), shows her the images.
+        shown = await alice.user.click(ResponseMessage(env, notice), custom_id=f"animebot:withheld:{job.id}")
         assert shown.response is not None and len(shown.response.attachments) == 2
-        # A forged click by someone else (the DM is alice's alone) reveals nothing.
+        # Someone else asking for it by number learns nothing.
         shown_to_bob = await bob.slash(channel, "withheld show", job=job.id)
         assert shown_to_bob.ephemeral and shown_to_bob.response is not None
         assert not shown_to_bob.response.attachments and "no withheld result" in shown_to_bob.response.content
@@ -280,3 +281,34 @@ async def test_closed_dms_get_a_neutral_public_line_that_pings_nobody(
         assert posted_images(env, channel.id) == []
         target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (job.id,))
         assert target == f"{channel.id}:{last.id}"
+
+
+@pytest.mark.parametrize("rated", [True, False])
+async def test_the_tagger_is_loaded_once_at_start_and_shared(
+    make_bot: BotFactory, tiny_tagger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rated: bool
+) -> None:
+    """Results rated: the bot loads the tagger while it starts (a background task, the model on a thread), and
+    the first rating and /describe use that one model. Not rated: nothing is loaded until /describe asks."""
+    import inference.tagger as tagger_module
+    from inference.tagger import shared_loader
+    from tests.cogs.test_describe import png
+
+    folder = shutil.copytree(tiny_tagger, tmp_path / "wd-fresh")  # options no other test has loaded
+    loads: list[Any] = []
+    real = tagger_module.load_tagger
+    monkeypatch.setattr(tagger_module, "load_tagger", lambda options: loads.append(options) or real(options))
+    painted(monkeypatch, WHITE)
+    bot = await make_bot(f"[tagger]\nmodel = '{folder}'\n", safety=f"rate_results = {str(rated).lower()}\n")
+    loader = shared_loader(bot.config.tagger_options)
+    assert not loader.loaded and loads == []
+    async with simcord.run(bot, settle_timeout=60) as env:
+        assert bot.tagger_preload is not None
+        await bot.tagger_preload
+        assert loader.loaded is rated and len(loads) == int(rated)
+        channel, (alice,) = server(env, "alice")
+        job, result = await generate(env, bot, alice, channel)
+        assert result.response is not None and len(result.response.attachments) == 2
+        assert [i.rating for i in await bot.service.images(job.id)] == (["general"] * 2 if rated else [None] * 2)
+        described = await alice.slash(channel, "describe", image=("white.png", png(WHITE)))
+        assert described.response is not None and "1girl" in described.response.content
+        assert loader.loaded and len(loads) == 1  # one model for the rating and /describe
