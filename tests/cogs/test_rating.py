@@ -296,7 +296,12 @@ async def test_the_tagger_is_loaded_once_at_start_and_shared(
     folder = shutil.copytree(tiny_tagger, tmp_path / "wd-fresh")  # options no other test has loaded
     loads: list[Any] = []
     real = tagger_module.load_tagger
-    monkeypatch.setattr(tagger_module, "load_tagger", lambda options: loads.append(options) or real(options))
+
+    def counted(options: Any) -> Any:
+        loads.append(options)
+        return real(options)
+
+    monkeypatch.setattr(tagger_module, "load_tagger", counted)
     painted(monkeypatch, WHITE)
     bot = await make_bot(f"[tagger]\nmodel = '{folder}'\n", safety=f"rate_results = {str(rated).lower()}\n")
     loader = shared_loader(bot.config.tagger_options)
