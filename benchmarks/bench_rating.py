@@ -139,6 +139,15 @@ def build_vit_tagger(folder: Path, seed: int = 0) -> tuple[Path, int]:
     return folder, params
 
 
+def resident_mib() -> float:
+    """The process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def timed(work: Callable[[], Any], samples: int) -> float:
     """The median seconds of `work()`."""
     times = []
@@ -163,6 +172,7 @@ def main() -> None:
         size = (folder / MODEL_FILE).stat().st_size
         print(f"stand-in built in {time.perf_counter() - start:.1f} s: {params / 1e6:.1f}M parameters, "
               f"{size / 2**20:.0f} MiB (not a user's cost)")
+        rss_before = resident_mib()
         start = time.perf_counter()
         tagger = Tagger(folder / MODEL_FILE, folder / TAGS_FILE, threads=args.threads)
         load = time.perf_counter() - start
@@ -174,7 +184,7 @@ def main() -> None:
         tagger.tag(first_image)
         first = time.perf_counter() - start
         print(f"cold: load {load:.2f} s (session from the file), then the first rating {first:.2f} s; "
-              f"total {load + first:.2f} s")
+              f"total {load + first:.2f} s; resident memory +{resident_mib() - rss_before:.0f} MiB")
         print(f"{'image':>10} {'preprocess':>11} {'model run':>10} {'rating (tag)':>13}   median of {args.samples}")
         for name, image in images.items():
             batch = prepare_image(image, tagger.side)
