@@ -44,13 +44,13 @@ def safety_text(safety: EffectiveSafety, config_rate: bool, config_sensitive: st
     def on_off(value: bool) -> str:
         return render("safety_on" if value else "safety_off", locale)
 
+    status = (
+        render("safety_status", locale, sensitive=render(f"sensitive_{safety.sensitive}", locale))
+        if safety.rate_results
+        else render("safety_status_off", locale)
+    )
     lines = [
-        render(
-            "safety_status",
-            locale,
-            rating=on_off(safety.rate_results),
-            sensitive=render(f"sensitive_{safety.sensitive}", locale),
-        ),
+        status,
         render(
             "safety_config",
             locale,
