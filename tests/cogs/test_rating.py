@@ -317,3 +317,18 @@ async def test_the_tagger_is_loaded_once_at_start_and_shared(
         described = await alice.slash(channel, "describe", image=("white.png", png(WHITE)))
         assert described.response is not None and "1girl" in described.response.content
         assert loader.loaded and len(loads) == 1  # one model for the rating and /describe
+
+
+async def test_a_failed_follow_up_falls_back_to_a_dm(
+    make_bot: BotFactory, tiny_tagger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    painted(monkeypatch, RED)
+    bot = await make(make_bot, tiny_tagger)
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        env.inject_error("POST", "/webhooks/*", status=500, times=None)  # follow-ups fail; edits still work
+        job, result = await generate(env, bot, alice, channel)
+        assert job.withheld == "explicit" and job.delivered and result.followups == []
+        assert result.response is not None and "not posted in this channel" in result.response.content
+        (notice,) = visible(env, env.backend.get_dm_channel(alice.id).id)
+        assert "rated explicit" in notice.content and notice.components
