@@ -281,7 +281,7 @@ class Delivery:
         """Tell the owner, and only them, why the result was withheld, with a button that shows it to them:
         an ephemeral follow-up while the interaction token lives, else a DM; None when neither can be sent
         (DMs closed, the user unknown)."""
-        from bot.discord_app.withheld import withheld_view
+        from bot.discord_app.withheld import withheld_view  # here: withheld → views → rerolls → delivery
 
         key = "withheld_notice_unchecked" if reason == UNCHECKED else "withheld_notice"
         content = render(key, target.locale, job_id=job.id, rating=reason)
