@@ -180,6 +180,9 @@ class SafetySettings(_Section):
     rate_results: bool = True  # rate every result with the tagger; off: post everything unrated
     # In channels that are not age-restricted: a result rated sensitive is spoilered, withheld or posted.
     sensitive: Literal["spoiler", "withhold", "post"] = "spoiler"
+    # Whether a server's admins (/safety set) may make the check looser than this: turn it off, or post
+    # `sensitive` results more openly. Off: a server may only be stricter (bot/core/safety_settings.py).
+    servers_may_loosen: bool = False
 
 
 class MetricsSettings(_Section):

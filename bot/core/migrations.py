@@ -125,4 +125,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN rating_score REAL;  -- the tagger's score of that rating (0..1)
     ALTER TABLE jobs ADD COLUMN withheld TEXT;        -- NULL: posted (or not yet); else the rating, or 'unchecked'
     """,
+    # 6: each server's own rating-check settings (/safety; bot/core/safety_settings.py): NULL columns follow
+    # the config's [safety]; a looser choice than the config's applies only where [safety] servers_may_loosen
+    """
+    CREATE TABLE guild_safety (
+        guild_id TEXT PRIMARY KEY,
+        sensitive TEXT CHECK (sensitive IN ('spoiler', 'withhold', 'post')),  -- NULL: [safety] sensitive
+        rate_results INTEGER CHECK (rate_results IN (0, 1)),                  -- NULL: [safety] rate_results
+        updated_by TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_withheld_by_guild ON jobs (guild_id, id DESC) WHERE withheld IS NOT NULL;
+    """,
 )

@@ -21,6 +21,14 @@ from bot.core.lock import LockError, ProcessLock
 from bot.core.memory_info import MemoryStatus, memory_status, too_large
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
+from bot.core.safety_settings import (
+    EffectiveSafety,
+    SafetyChoice,
+    SafetyRepository,
+    Sensitive,
+    effective,
+    is_looser,
+)
 from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
@@ -475,3 +483,68 @@ class GenerationService:
 
     async def audit(self, actor: str, guild_id: str | None, action: str, detail: Mapping[str, object]) -> None:
         await self._audit.record(actor, guild_id, action, detail)
+
+    # -- the rating check's settings per server (bot/core/safety_settings.py) ---------------------
+
+    @property
+    def _safety(self) -> SafetyRepository:
+        return SafetyRepository(self.store)
+
+    async def safety(self, guild_id: str | None) -> EffectiveSafety:
+        """The rating check as it applies in the server (the config's [safety] in DMs and where the server
+        chose nothing; a choice looser than the config only where [safety] servers_may_loosen)."""
+        s = self.config.safety
+        choice = None if guild_id is None else await self._safety.choice(guild_id)
+        return effective(s.rate_results, s.sensitive, s.servers_may_loosen, choice)
+
+    async def set_safety(
+        self, guild_id: str, actor: str, *, sensitive: Sensitive | None = None, rate_results: bool | None = None
+    ) -> EffectiveSafety:
+        """A server admin's choice (None leaves a field as it was), written to the audit log with it. A choice
+        looser than the config is refused (UserError safety_looser) unless [safety] servers_may_loosen;
+        nothing changes then. Returns the settings the server has now."""
+        s = self.config.safety
+        async with self.store.transaction():
+            before = await self.safety(guild_id)
+            stored = before.choice or SafetyChoice()
+            merged = SafetyChoice(
+                sensitive if sensitive is not None else stored.sensitive,
+                rate_results if rate_results is not None else stored.rate_results,
+            )
+            if not s.servers_may_loosen and is_looser(s.rate_results, s.sensitive, merged):
+                raise UserError("safety_looser")
+            await self._safety.set_choice(guild_id, sensitive, rate_results, actor)
+            detail = {
+                "sensitive": sensitive,
+                "rate_results": rate_results,
+                "before": {"sensitive": before.sensitive, "rate_results": before.rate_results},
+            }
+            await self.audit(actor, guild_id, "safety.set", detail)
+            return await self.safety(guild_id)
+
+    async def clear_safety(self, guild_id: str, actor: str) -> bool:
+        """Forget the server's choice (the config applies again); audited. False if it had none."""
+        async with self.store.transaction():
+            cleared = await self._safety.clear_choice(guild_id)
+            if cleared:
+                await self.audit(actor, guild_id, "safety.clear", {})
+        return cleared
+
+    async def rating_wanted(self) -> bool:
+        """Whether results are rated anywhere: the config's [safety] rate_results, or a server that turned it on."""
+        return self.config.safety.rate_results or await self._safety.any_rating_on()
+
+    async def load_tagger(self) -> None:
+        """Load the tagger ([tagger]; shared with /describe and the rating of results) now, on a thread, so the
+        first rating or /describe does not wait for it. Raises TaggerError when it cannot be had."""
+        from inference.tagger import shared_loader
+
+        await asyncio.to_thread(shared_loader(self.config.tagger_options).get)
+
+    async def withheld_jobs(
+        self, *, guild_id: str | None = None, owner_id: str | None = None, limit: int = 10
+    ) -> list[JobRecord]:
+        """The newest jobs whose result was withheld: a server's (guild_id), or an owner's anywhere (owner_id)."""
+        ids = await self._safety.withheld_job_ids(guild_id=guild_id, owner_id=owner_id, limit=limit)
+        jobs = [await self.job(job_id) for job_id in ids]
+        return [job for job in jobs if job is not None]

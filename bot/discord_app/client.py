@@ -4,6 +4,7 @@ tree only when it changed."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import json
@@ -16,6 +17,7 @@ from discord.ext import commands
 from bot.config import Config
 from bot.core.service import GenerationService
 from bot.discord_app.delivery import Delivery
+from bot.discord_app.screening import preload_tagger
 from bot.discord_app.translator import CommandTranslator
 from bot.discord_app.views import result_view
 
@@ -30,6 +32,7 @@ COGS = (
     "cogs.models",
     "cogs.describe",
     "cogs.stats",
+    "cogs.safety",
 )
 SYNC_KEY = "command_tree_hash"
 
@@ -56,6 +59,7 @@ class AnimeBot(commands.Bot):
         self._owns_service = service is None
         self.service = service or GenerationService(config)
         self.delivery: Delivery | None = None  # set in setup_hook
+        self.tagger_preload: asyncio.Task[None] | None = None  # set in setup_hook
         self.synced = False  # whether the last setup_hook registered commands with Discord
         self.freeze_gc = freeze_gc
 
@@ -68,6 +72,8 @@ class AnimeBot(commands.Bot):
         if self._owns_service:
             await self.service.start()
         self.delivery = Delivery(self, self.service, result_view)
+        # The tagger, loaded in the background (on a thread) when results are rated; close() cancels it.
+        self.tagger_preload = self.delivery.spawn(preload_tagger(self.service), "tagger-preload")
         for name in COGS:
             await self.load_extension(name)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions

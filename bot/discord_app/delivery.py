@@ -256,12 +256,51 @@ class Delivery:
         return self.bot.get_channel(target.channel_id) or await self.bot.fetch_channel(target.channel_id)
 
     async def _withhold(self, job: JobRecord, target: Target, reason: str, count: int) -> discord.Message | None:
-        """The result is not posted: recorded as withheld (its images stay in the store and /history), and its
-        owner told in a message without the images."""
+        """The result is not posted: recorded as withheld (its images stay in the store, /history and
+        /withheld), its owner told privately (`_tell_withheld`), and the public progress message says only,
+        neutrally, that the result was not posted in this channel (no rating, no image, no ping)."""
         await retry_while_busy(lambda: self.service.withhold(job.id, reason, count), self.record_patience)
-        key = "result_unchecked" if reason == UNCHECKED else "result_withheld"
-        content = render(key, target.locale, mention=target.mention, job_id=job.id, rating=reason)
-        return await self._send_text(target, content)
+        notice = await self._tell_withheld(job, target, reason)
+        public = render("result_not_posted_here", target.locale, job_id=job.id)
+        none = discord.AllowedMentions.none()
+        if self._editable(target):
+            try:
+                return await self._edit(target, content=public, attachments=[], view=None, allowed_mentions=none)
+            except (discord.HTTPException, Unreachable):
+                pass
+        if notice is not None:
+            return notice
+        # Neither a private word nor the progress message reached anyone: a short public line, which shows
+        # nothing of the images and pings nobody (its owner finds the result with /withheld).
+        channel = await self._channel(target)
+        if not isinstance(channel, discord.abc.Messageable):
+            return None
+        return await channel.send(content=public, allowed_mentions=none)
+
+    async def _tell_withheld(self, job: JobRecord, target: Target, reason: str) -> discord.Message | None:
+        """Tell the owner, and only them, why the result was withheld, with a button that shows it to them:
+        an ephemeral follow-up while the interaction token lives, else a DM; None when neither can be sent
+        (DMs closed, the user unknown)."""
+        from bot.discord_app.withheld import withheld_view  # here: withheld → views → rerolls → delivery
+
+        key = "withheld_notice_unchecked" if reason == UNCHECKED else "withheld_notice"
+        content = render(key, target.locale, job_id=job.id, rating=reason)
+        kwargs: dict[str, Any] = {
+            "view": withheld_view(job, target.locale),
+            "allowed_mentions": discord.AllowedMentions.none(),
+        }
+        interaction = target.interaction
+        if interaction is not None and token_alive(interaction):
+            try:
+                return await interaction.followup.send(content, ephemeral=True, wait=True, **kwargs)
+            except discord.HTTPException as error:
+                log.info("job %s: the private notice could not be sent as a follow-up (%s); trying a DM", job.id, error)
+        try:
+            user = self.bot.get_user(target.user_id) or await self.bot.fetch_user(target.user_id)
+            return await user.send(content, **kwargs)
+        except discord.HTTPException as error:  # Forbidden: DMs closed; NotFound: no such user
+            log.info("job %s: its owner cannot be sent a DM (%s); the channel is told neutrally", job.id, error)
+            return None
 
     @staticmethod
     def _editable(target: Target) -> bool:

@@ -3,9 +3,13 @@
 Every result image is rated by the tagger (GenerationService.rate: on a thread, the model loaded once and
 shared with /describe; the rating stored with the image). In a server channel that is not age-restricted a
 result is posted by its highest rating: `general` as it is, `sensitive` as a spoiler (or withheld, or
-posted: [safety] sensitive), `questionable` and `explicit` withheld. Age-restricted channels and DMs get
+posted: [safety] sensitive, or the server's own choice: /safety, bot/core/safety_settings.py), `questionable`
+and `explicit` withheld. Age-restricted channels and DMs get
 everything. When the check cannot run (no tagger, a broken model) a result meant for a normal channel is
-withheld: the check fails closed."""
+withheld: the check fails closed.
+
+`preload_tagger` loads the tagger when the bot starts (a background task, the model on a thread), so the
+first rated result or /describe does not wait for a download inside an interaction."""
 
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ class Screener:
 
     async def screen(self, job: JobRecord, channel: Any) -> Screening:
         """Rate the job's images and decide how its result goes to `channel` (the Discord channel object)."""
-        safety = self.service.config.safety
+        safety = await self.service.safety(job.guild_id)  # the server's own choice within what the config allows
         if not safety.rate_results:
             return Screening("post")
         open_channel = job.guild_id is None or channel_allows_nsfw(channel)  # DMs and age-restricted channels
@@ -72,3 +76,22 @@ class Screener:
             "the rating check of results could not run (%s); results for channels that are not age-restricted "
             "are withheld until it can (first: job %s)", message, job_id,
         )
+
+
+async def preload_tagger(service: GenerationService) -> None:
+    """Load the shared tagger now if results are rated anywhere (the config's [safety] rate_results, or a
+    server that turned it on); /describe alone loads it on its first use. Logs success or failure, never
+    raises: a tagger that cannot be had is tried again by the first rating, which withholds (fails closed)
+    meanwhile."""
+    try:
+        if not await service.rating_wanted():
+            log.debug("results are not rated anywhere: the tagger is loaded on first use (/describe)")
+            return
+        source = service.config.tagger_options.source
+        log.info("loading the tagger %s for the rating check of results", source)
+        await service.load_tagger()
+    except Exception as error:  # TaggerError (no network, a broken file), a closed store at shutdown
+        log.warning("the tagger could not be loaded at start (%s: %s); the first rating tries again",
+                  type(error).__name__, error)
+        return
+    log.info("tagger %s loaded", source)

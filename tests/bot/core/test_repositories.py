@@ -16,6 +16,7 @@ REPOSITORIES = {
     "bot/core/settings.py",
     "bot/core/audit.py",
     "bot/core/quotas.py",
+    "bot/core/safety_settings.py",  # each server's rating-check settings (guild_safety)
     "bot/core/store.py",
     "bot/core/migrations.py",
     "bot/prompts/tags/db.py",  # the tag database: its own file, schema and reader
