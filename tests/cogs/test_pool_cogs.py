@@ -1,0 +1,164 @@
+"""The Discord side of `[workers] mode = "redis"` through the real command tree (simcord), with a stand-in for
+the pool dispatcher (tests/fakes/pool_executor.py): /queue shows which worker runs each job and says when no
+worker is online or Redis does not answer; /model info lists the workers holding and serving a model; /model
+switch goes through the executor; /generate says the job waits for a worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import discord
+import pytest
+import simcord
+
+from bot.config import load_config
+from bot.core.jobs import JobState
+from bot.core.service import GenerationService
+from bot.discord_app.client import AnimeBot, create_bot
+from tests.cogs.conftest import BASE_CONFIG, BotFactory, parked_follow, server
+from tests.cogs.test_account import queue_jobs
+from tests.cogs.test_i18n import japanese_users  # noqa: F401  (a fixture)
+from tests.fakes.pool_executor import FakePool, worker
+
+PoolBotFactory = Callable[..., Awaitable[tuple[AnimeBot, FakePool]]]
+POOL = '[workers]\nmode = "redis"\nurl = "redis://127.0.0.1:6399/0"\n'
+
+
+@pytest.fixture
+async def make_pool_bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PoolBotFactory]:
+    services: list[GenerationService] = []
+
+    async def make(online: bool = True, *workers: str, loaded: tuple[str, ...] = ()) -> tuple[AnimeBot, FakePool]:
+        path = tmp_path / "config.toml"
+        path.write_text(BASE_CONFIG + "[safety]\nrate_results = false\n" + POOL, encoding="utf-8")
+        config = load_config(path)
+        pools: list[FakePool] = []
+
+        def factory(service: GenerationService) -> FakePool:
+            statuses = tuple(
+                worker(w, models=("tiny", "tiny-anima64"), loaded=loaded if i == 0 else (), device=f"cuda:{i}")
+                for i, w in enumerate(workers)
+            )
+            pools.append(FakePool(service, statuses, online))
+            return pools[0]
+
+        service = GenerationService(config, executor_factory=factory)
+        await service.start()
+        services.append(service)
+        monkeypatch.setattr(service.events, "follow", parked_follow(service.events))
+        return create_bot(config, service), pools[0]
+
+    yield make
+    for service in services:
+        await service.close()
+
+
+async def test_queue_shows_the_worker_of_each_running_job(
+    make_pool_bot: PoolBotFactory, japanese_users: set[int]  # noqa: F811
+) -> None:
+    bot, pool = await make_pool_bot(True, "gpu-box:cuda:0", "gpu-box:cuda:1")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice, yuki) = server(env, "alice", "yuki")
+        japanese_users.add(yuki.id)
+        first, second, third = await queue_jobs(bot, alice.id, 3)
+        await bot.service.set_paused(False)
+        assert await pool.take("gpu-box:cuda:0") == first.id
+        assert await pool.take("gpu-box:cuda:1") == second.id
+
+        shown = await alice.slash(channel, "queue")
+        assert shown.ephemeral and shown.response is not None
+        text = shown.response.content
+        assert f"Running: #{first.id} (starting). (on worker `gpu-box:cuda:0`)" in text
+        assert f"Running: #{second.id} (starting). (on worker `gpu-box:cuda:1`)" in text
+        assert f"#{third.id} at position 1" in text
+        assert "No worker is online" not in text and "Redis" not in text
+
+        ja = await yuki.slash(channel, "queue")
+        assert ja.response is not None and "ワーカー `gpu-box:cuda:1`" in ja.response.content
+
+
+async def test_queue_says_no_worker_online(make_pool_bot: PoolBotFactory) -> None:
+    bot, _ = await make_pool_bot(True)
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        shown = await alice.slash(channel, "queue")
+        assert shown.response is not None
+        assert "No worker is online: jobs wait until one connects." in shown.response.content
+        assert "Nothing is running." in shown.response.content
+
+
+async def test_queue_says_redis_is_unreachable(make_pool_bot: PoolBotFactory) -> None:
+    bot, pool = await make_pool_bot(False, "gpu-a")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        shown = await alice.slash(channel, "queue")
+        assert shown.response is not None and "Redis server does not answer" in shown.response.content
+        pool.online = True
+        again = await alice.slash(channel, "queue")
+        assert again.response is not None and "Redis" not in again.response.content
+
+
+async def test_generate_says_the_job_waits_for_a_worker(
+    make_pool_bot: PoolBotFactory, japanese_users: set[int]  # noqa: F811
+) -> None:
+    """Redis down: the request is still accepted and stored, and the user is told it waits for a worker."""
+    bot, pool = await make_pool_bot(False, "gpu-a")
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice, yuki) = server(env, "alice", "yuki")
+        japanese_users.add(yuki.id)
+        asked = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert asked.response is not None
+        text = asked.response.content
+        assert "queued (position 1)" in text and "No worker is online right now" in text
+        (job,) = (await bot.service.history(f"discord:{alice.id}", 0, 10))[0]
+        assert job.state == JobState.QUEUED
+
+        pool.online = True  # Redis is back and a worker is online: no such line
+        asked = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert asked.response is not None and "No worker" not in asked.response.content
+        ja = await yuki.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert ja.response is not None and "ワーカー" not in ja.response.content
+        pool.online = False
+        ja = await yuki.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert ja.response is not None and "オンラインのワーカーがありません" in ja.response.content
+
+
+async def test_model_info_lists_the_workers_holding_and_serving_it(make_pool_bot: PoolBotFactory) -> None:
+    bot, pool = await make_pool_bot(True, "gpu-a", "gpu-b", loaded=("tiny",))
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        info = await alice.slash(channel, "model info", name="tiny")
+        assert info.response is not None
+        assert "Workers: `gpu-a` (cuda:0) hold it; `gpu-b` (cuda:1) can load it." in info.response.content
+        other = await alice.slash(channel, "model info", name="tiny-anima64")
+        assert other.response is not None
+        assert "Workers: none hold it; `gpu-a` (cuda:0), `gpu-b` (cuda:1) can load it." in other.response.content
+        pool.online = False
+        down = await alice.slash(channel, "model info", name="tiny")
+        assert down.response is not None and "Workers: none online." in down.response.content
+
+
+async def test_model_switch_goes_through_the_executor(make_pool_bot: PoolBotFactory) -> None:
+    bot, pool = await make_pool_bot(True, "gpu-a", loaded=("tiny-anima64",))
+    async with simcord.run(bot, settle_timeout=60) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("general")
+        mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+        mod = guild.add_member(env.create_user("mod"), roles=[mods])
+        switched = await mod.slash(channel, "model switch", name="tiny-anima64")
+        assert switched.response is not None
+        assert "tiny-anima64 is now active" in switched.response.content
+        assert pool.switched == ["tiny-anima64"]
+        assert await bot.service.active_model(str(guild.id)) == "tiny-anima64"
+
+
+async def test_local_mode_queue_is_unchanged(make_bot: BotFactory) -> None:
+    """Local mode's /queue is as before: no worker names, no pool lines (the one worker is this process)."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await queue_jobs(bot, alice.id, 1)
+        shown = await alice.slash(channel, "queue")
+        assert shown.response is not None
+        assert "worker" not in shown.response.content.lower() and "Redis" not in shown.response.content
