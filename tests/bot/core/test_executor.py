@@ -243,3 +243,28 @@ async def test_redis_mode_without_a_factory_builds_the_pool_dispatcher(
         assert built == [(service.config, service.queue, service.events)]
     finally:
         await service.close()
+
+
+async def test_metrics_count_the_workers_online(make_pool_service: PoolFactory, make_service: ServiceFactory) -> None:
+    """animebot_workers_online: the pool's live workers (0 while Redis is down); 1 in local mode. The GPU gauge
+    has no device in redis mode (the GPUs are in the workers' processes)."""
+    from bot.metrics import MetricsEndpoint
+    from tests.bot.test_metrics import scrape, value
+
+    service, pool = await make_pool_service(workers=("gpu-a", "gpu-b"))
+    endpoint = MetricsEndpoint(service, "127.0.0.1", 0)
+    try:
+        assert value(await asyncio.to_thread(scrape, endpoint.url), "animebot_workers_online") == 2
+        pool.online = False
+        assert value(await asyncio.to_thread(scrape, endpoint.url), "animebot_workers_online") == 0
+        pool.online, pool.workers = True, ()
+        assert value(await asyncio.to_thread(scrape, endpoint.url), "animebot_workers_online") == 0
+    finally:
+        await endpoint.close()
+
+    local = await make_service(data="local-data")
+    endpoint = MetricsEndpoint(local, "127.0.0.1", 0)
+    try:
+        assert value(await asyncio.to_thread(scrape, endpoint.url), "animebot_workers_online") == 1
+    finally:
+        await endpoint.close()
