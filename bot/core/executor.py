@@ -9,7 +9,6 @@ finish what it started (`busy`, `idle`). torch is imported only by LocalExecutor
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from bot.config import Config
     from inference.cache import ModelCache
     from inference.worker import GpuWorker
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -193,13 +190,6 @@ class LocalExecutor:
 
         return device_budget(self.cache.runtime)
 
-    def _status_budget(self) -> int | None:
-        try:
-            return self._budget()
-        except Exception:  # a lost device: the status (a scrape, /queue) still answers
-            log.warning("reading the usable memory of %s failed", self.cache.runtime.device, exc_info=True)
-            return None
-
     def memory_status(self, spec: ModelSpec) -> MemoryStatus:
         """The model's memory setting and the mode it runs in: the loaded model's, else what its setting
         resolves to for the device memory usable now (what the next load picks)."""
@@ -224,7 +214,7 @@ class LocalExecutor:
             models=tuple(self.config.models),
             loaded=_loaded(worker.cache),
             busy_job=running,
-            budget=self._status_budget(),
+            budget=None,  # not asked here: status() makes no device query (memory_status() does)
             local=True,
         )
         return ExecutorStatus("local", True, (me,), {} if running is None else {running: self.id})
