@@ -77,6 +77,11 @@ async def test_queue_shows_the_worker_of_each_running_job(
         ja = await yuki.slash(channel, "queue")
         assert ja.response is not None and "ワーカー `gpu-box:cuda:1`" in ja.response.content
 
+        del pool.running[second.id]  # the dispatcher no longer knows its worker (e.g. its heartbeat expired)
+        shown = await alice.slash(channel, "queue")
+        assert shown.response is not None
+        assert f"Running: #{second.id} (starting). (its worker is not online right now)" in shown.response.content
+
 
 async def test_queue_says_no_worker_online(make_pool_bot: PoolBotFactory) -> None:
     bot, _ = await make_pool_bot(True)
