@@ -148,7 +148,9 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             if name == previous:
                 await reply.send(render("model_already_active", locale, model=name))
                 return
-            await reply.send(render("model_loading", locale, model=name))
+            # Local mode loads it in this process, after the running job; the pool's workers load it themselves.
+            pool = self.bot.service.executor_status().mode == "redis"
+            await reply.send(render("model_switching" if pool else "model_loading", locale, model=name))
         stages: asyncio.Queue[ModelLoading | None] = asyncio.Queue()
 
         def on_event(event: Event) -> None:

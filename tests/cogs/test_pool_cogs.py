@@ -155,6 +155,9 @@ async def test_model_switch_goes_through_the_executor(make_pool_bot: PoolBotFact
         assert switched.response is not None
         assert "tiny-anima64 is now active" in switched.response.content
         assert pool.switched == ["tiny-anima64"]
+        first = [r.json for r in env.http_requests if r.method == "POST" and "/callback" in r.path]
+        assert any("Switching to tiny-anima64…" in str(body) for body in first), first
+        assert not any("after the job running now" in str(body) for body in first)
         assert await bot.service.active_model(str(guild.id)) == "tiny-anima64"
 
 
