@@ -16,10 +16,16 @@ from bot.config import load_config
 from bot.core.jobs import JobState
 from bot.core.service import GenerationService
 from bot.discord_app.client import AnimeBot, create_bot
+from inference.cache import ModelCache
+from inference.registry import load_backend
+from inference.specs import RuntimeOptions
+from tests.bot.conftest import models_dir  # noqa: F401  (the session's tiny models)
 from tests.cogs.conftest import BASE_CONFIG, BotFactory, parked_follow, server
 from tests.cogs.test_account import queue_jobs
+from tests.cogs.test_generate import finish, jobs_of
 from tests.cogs.test_i18n import japanese_users  # noqa: F401  (a fixture)
-from tests.fakes.pool_executor import FakePool, worker
+from tests.cogs.test_results import generated
+from tests.fakes.pool_executor import FakePool, InProcessPool, worker
 
 PoolBotFactory = Callable[..., Awaitable[tuple[AnimeBot, FakePool]]]
 POOL = '[workers]\nmode = "redis"\nurl = "redis://127.0.0.1:6399/0"\n'
@@ -170,3 +176,40 @@ async def test_local_mode_queue_is_unchanged(make_bot: BotFactory) -> None:
         shown = await alice.slash(channel, "queue")
         assert shown.response is not None
         assert "worker" not in shown.response.content.lower() and "Redis" not in shown.response.content
+
+
+async def test_a_reroll_says_it_waits_for_a_worker(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A result made by a worker of the pool; rerolled while no worker is online, the new job is queued and the
+    notice says it waits for a worker."""
+    path = tmp_path / "config.toml"
+    path.write_text(BASE_CONFIG + "[safety]\nrate_results = false\n" + POOL, encoding="utf-8")
+    config = load_config(path)
+    cache = ModelCache(RuntimeOptions("cpu", None, models_dir), capacity=2, location="cpu", loader=load_backend)
+    pools: list[InProcessPool] = []
+
+    def factory(service: GenerationService) -> InProcessPool:
+        pools.append(InProcessPool(service, cache))
+        return pools[-1]
+
+    service = GenerationService(config, executor_factory=factory)
+    await service.start()
+    try:
+        monkeypatch.setattr(service.events, "follow", parked_follow(service.events))
+        bot = create_bot(config, service)
+        async with simcord.run(bot, settle_timeout=60) as env:
+            channel, (alice,) = server(env, "alice")
+            job, message = await generated(env, bot, alice, channel)
+            assert job.state == JobState.DONE
+            pools[0].offline = True
+            clicked = await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+            assert not clicked.ephemeral
+            callbacks = [str(r.json) for r in env.http_requests if r.method == "POST" and "/callback" in r.path]
+            assert f"Rerolling job #{job.id}" in callbacks[-1] and "No worker is online right now" in callbacks[-1]
+            new = (await jobs_of(bot, alice.id))[0]
+            assert new.reroll_of == job.id
+            pools[0].offline = False
+            await finish(env, bot, new.id)
+    finally:
+        await service.close()

@@ -15,6 +15,7 @@ import asyncio
 from bot.core.executor import ExecutorStatus, LocalExecutor, WorkerStatus
 from bot.core.memory_info import MemoryStatus, memory_status
 from bot.core.service import GenerationService
+from inference.cache import ModelCache
 from inference.memory import JobPlan, plan_job, reference_footprint
 from inference.specs import ModelSpec
 
@@ -122,3 +123,18 @@ class LateLocalPool(LocalExecutor):
 
     def plan(self, spec: ModelSpec, width: int, height: int, count: int) -> JobPlan | None:
         return plan_job(None, reference_footprint(spec), width, height, count)
+
+
+class InProcessPool(LocalExecutor):
+    """A real in-process worker (the tiny models) reported as the pool of redis mode: one worker online, or
+    none while the test sets `offline` (the worker still runs what it took)."""
+
+    def __init__(self, service: GenerationService, cache: ModelCache) -> None:
+        super().__init__(service.config, service.queue, cache)
+        self.offline = False
+
+    def status(self) -> ExecutorStatus:
+        local = super().status()
+        if self.offline:
+            return ExecutorStatus("redis", True, (), {})
+        return ExecutorStatus("redis", True, local.workers, local.running)
