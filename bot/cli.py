@@ -258,6 +258,10 @@ async def _generate_through_queue(request: GenerationRequest, out: Path | None, 
         job = await service.submit(request, cli_user(), exempt=True)
         if service.interrupted:
             status.line(f"resuming {len(service.interrupted)} interrupted job(s) first", final=True)
+        if service.waiting_for_worker():  # redis mode: kept in the queue until a worker connects
+            from bot.core.messages import render
+
+            status.line(render("queue_no_worker", "en"), final=True)
         finished = job
         async with contextlib.aclosing(service.watch(job.id)) as events:
             async for event in events:

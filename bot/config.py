@@ -6,8 +6,10 @@ import contextlib
 import os
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -55,6 +57,8 @@ GIB = 1024**3
 MAX_VRAM_LIMIT_GB = 4096  # a cap no card reaches, so the bytes stay a plain integer
 # The file types a `vae` may name (anything else is a hub id or a folder).
 VAE_FILE_SUFFIXES = (".safetensors",)
+MAX_SHARDS = 100_000
+REDIS_SCHEMES = ("redis", "rediss")
 # A Discord id (snowflake): an unsigned 64-bit number.
 DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
 
@@ -155,6 +159,16 @@ class QuotaSettings(_Section):
 
 class DiscordSettings(_Section):
     token: str | None = None  # DISCORD_TOKEN in the environment wins
+    # "auto": discord.py's AutoShardedBot, as many shards as Discord recommends; N > 0: N shards; 0: one
+    # connection (a plain Bot), as for a bot in fewer than a couple of thousand servers.
+    shards: Literal["auto"] | int = 0
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _shards(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 0 <= value <= MAX_SHARDS):
+            return value
+        raise ValueError(f'must be "auto" or a number of shards from 0 (one connection) to {MAX_SHARDS}')
     guild_ids: list[DiscordId] = []  # sync commands to these guilds (instant) instead of globally
     admin_user_ids: list[DiscordId] = []
     admin_role_ids: list[DiscordId] = []
@@ -185,6 +199,101 @@ class SafetySettings(_Section):
     servers_may_loosen: bool = False
 
 
+class WorkersSettings(_Section):
+    """[workers]: who runs the jobs. "local": one GPU worker inside the bot process (the default). "redis": any
+    number of `animebot worker` processes, on this host or others, through the Redis server at `url`
+    (docs/scaling.md). The password goes in the URL (redis://:PASSWORD@host) or in REDIS_PASSWORD."""
+
+    mode: Literal["local", "redis"] = "local"
+    url: str = "redis://127.0.0.1:6379/0"  # redis:// or rediss:// (TLS)
+    visibility_timeout: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
+    heartbeat_interval: float | None = Field(default=None, gt=0, le=86_400, allow_inf_nan=False)
+    max_result_mb: float = Field(default=64, gt=0, le=1024, allow_inf_nan=False)
+    prefix: str = "animebot"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_url(cls, data: Any) -> Any:
+        # Here, not in a field validator: an error must never echo the URL, which may hold the password.
+        if isinstance(data, dict) and "url" in data:
+            url = data["url"]
+            if not isinstance(url, str):
+                raise ValueError("url: must be a string such as redis://127.0.0.1:6379/0")
+            problem = redis_url_problem(url)
+            if problem is not None:
+                raise ValueError(f"url: {problem}")
+        return data
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        from bot.core.pool.protocol import ProtocolError, check_id
+
+        try:
+            return check_id(value, "key prefix")
+        except ProtocolError:
+            raise ValueError("must be 1 to 100 letters, digits or ._:@- (it becomes part of every key name)") from None
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> WorkersSettings:
+        if self.heartbeat_interval is not None and self.heartbeat_interval >= self.visibility_timeout:
+            raise ValueError(
+                "heartbeat_interval must be shorter than visibility_timeout (a worker would expire between beats)"
+            )
+        return self
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between two heartbeats of a worker: heartbeat_interval, else a quarter of the timeout."""
+        return self.heartbeat_interval if self.heartbeat_interval is not None else self.visibility_timeout / 4
+
+    @property
+    def max_result_bytes(self) -> int:
+        return int(self.max_result_mb * 1024 * 1024)
+
+    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The password: the URL's, else REDIS_PASSWORD's (None: no password)."""
+        env = os.environ if environ is None else environ
+        return urlsplit(self.url).password or env.get("REDIS_PASSWORD") or None
+
+    @property
+    def display_url(self) -> str:
+        """The URL for logs and messages: a password in it is masked."""
+        return mask_url(self.url)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` is not a Redis URL the pool can use (None: it is). Never quotes the password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        return "not a valid URL (expected redis://HOST:PORT/DB or rediss://...)"
+    if parts.scheme not in REDIS_SCHEMES:
+        scheme = repr(parts.scheme) if parts.scheme else "none"
+        return f"must start with redis:// or rediss:// (TLS), not scheme {scheme}"[:200]
+    if not parts.hostname:
+        return "names no host (expected redis://HOST:PORT/DB)"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (if any) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(an invalid URL)"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint (bot/metrics.py): off unless a port is given."""
 
@@ -202,6 +311,7 @@ class Settings(_Section):
     tagger: TaggerSettings = TaggerSettings()
     safety: SafetySettings = SafetySettings()
     metrics: MetricsSettings = MetricsSettings()
+    workers: WorkersSettings = WorkersSettings()
 
 
 class Config:
@@ -217,6 +327,7 @@ class Config:
         self.quotas = settings.quotas
         self.discord = settings.discord
         self.metrics = settings.metrics
+        self.workers = settings.workers
         self.models = _model_specs(settings.models, base_dir, settings.inference, source)
         self.tagger = settings.tagger
         self.safety = settings.safety

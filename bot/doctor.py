@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import redis
+
 from bot.config import Config
 from bot.core.lock import lock_path
+from bot.core.pool.protocol import Heartbeat, Keys, ProtocolError
 from bot.core.store import SCHEMA_VERSION
 from inference.specs import (
     BuiltinSource,
@@ -46,6 +49,7 @@ HUB_TIMEOUT = 10.0  # seconds for one hub metadata request
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _INDEX_FILES = ("model_index.json", "modular_model_index.json")
 _TORCH_HELP = "https://pytorch.org/get-started/locally/"
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,100}$")  # a worker id (bot/core/pool/protocol.py): safe in a key name
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,13 @@ def run_checks(config: Config, environ: Mapping[str, str] | None = None) -> Iter
     """Every check, in the order the lines are printed (a generator: each line shows as soon as it is known)."""
     env = os.environ if environ is None else environ
     yield check_python()
-    budget = yield from check_torch(config)
-    for spec in config.models.values():
-        yield from check_model(config, spec, budget)
+    if config.workers.mode == "redis":
+        # The bot loads no model in redis mode: no GPU here; the workers check theirs (`animebot worker`).
+        yield from check_redis(config, env)
+    else:
+        budget = yield from check_torch(config)
+        for spec in config.models.values():
+            yield from check_model(config, spec, budget)
     yield from check_token(config, env)
     yield from check_data_dir(config)
     yield from check_database(config.database)
@@ -135,6 +143,91 @@ def check_torch(config: Config) -> Generator[Finding, None, Budget]:
             fix = f"for real models, install a CUDA torch build and an NVIDIA driver ({_TORCH_HELP})"
         yield Finding("warn" if fix else "ok", "device", "cpu: no GPU in use; real models take minutes an image", fix)
     return budget
+
+
+# -- the Redis worker pool ([workers] mode = "redis") --------------------------------------------------------
+
+REDIS_TIMEOUT = 5.0  # seconds to connect and for each command
+_REDIS_INSTALL = "start redis-server (Debian: `sudo apt-get install redis-server`; docs/scaling.md)"
+
+
+def check_redis(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
+    """Redis answers PING with the configured URL and password (which is never printed), whether it keeps an
+    append-only file, and the workers whose heartbeat is alive."""
+    workers = config.workers
+    shown = workers.display_url
+    password = workers.password(env)
+    yield Finding("info", "workers", 'mode "redis": the jobs run on `animebot worker` processes; no GPU needed here')
+    client = redis.Redis.from_url(
+        workers.url, password=password, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
+    )
+    try:
+        try:
+            client.ping()
+        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as e:
+            # NOAUTH (a password is needed), WRONGPASS (a wrong one), or an ACL user without PING.
+            text = _scrub(str(e), password)
+            fix = "set the password in REDIS_PASSWORD (or in [workers] url: redis://:PASSWORD@host:6379/0)"
+            yield Finding("error", "redis", f"{shown}: refused: {text}", fix)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            text = _scrub(str(e), password)
+            fix = f"{_REDIS_INSTALL}, or correct [workers] url"
+            yield Finding("error", "redis", f"{shown}: does not answer ({text})", fix)
+            return
+        yield Finding("ok", "redis", f"{shown}: answers PING")
+        yield from _redis_persistence(client)
+        keys = Keys(workers.prefix)
+        try:
+            members: set[bytes] = client.smembers(keys.workers)  # type: ignore[assignment]
+            ids = sorted(i for i in (m.decode("utf-8", "replace") for m in members) if _ID.fullmatch(i))
+            beats: list[bytes | None] = client.mget([keys.worker(i) for i in ids]) if ids else []  # type: ignore[assignment]
+        except redis.exceptions.RedisError as e:
+            yield Finding("warn", "workers", f"cannot read the heartbeats: {_scrub(str(e), password)}")
+            return
+        alive = 0
+        for worker_id, raw in zip(ids, beats, strict=True):
+            if raw is None:  # expired: stopped or dead
+                continue
+            try:
+                beat = Heartbeat.from_bytes(raw)
+            except ProtocolError as e:
+                yield Finding("warn", f"worker {worker_id}", f"unreadable heartbeat ({e})")
+                continue
+            alive += 1
+            yield Finding("ok", f"worker {worker_id}", _describe_worker(beat))
+        if not alive:
+            fix = "start one: `animebot worker --config FILE --device cuda:0` (docs/scaling.md)"
+            yield Finding("warn", "workers", "no worker online: jobs wait in the queue until one connects", fix)
+    finally:
+        client.close()
+
+
+def _redis_persistence(client: redis.Redis) -> Iterator[Finding]:
+    try:
+        info = client.info("persistence")
+    except redis.exceptions.RedisError:  # an ACL user without INFO: not ours to judge
+        return
+    if str(info.get("aof_enabled", "0")) != "1":
+        yield Finding(
+            "warn",
+            "redis",
+            "no append-only file: a Redis restart loses the jobs handed to workers and their unread results",
+            "`appendonly yes` in redis.conf (or CONFIG SET appendonly yes)",
+        )
+
+
+def _describe_worker(beat: Heartbeat) -> str:
+    where = f"{beat.device or '?'} on {beat.host or '?'} (pid {beat.pid})"
+    budget = "" if beat.budget is None else f", {_gib(beat.budget)} usable"
+    held = ", ".join(beat.loaded) or "nothing"
+    busy = f"; running job {', '.join(f'#{j}' for j in beat.busy)}" if beat.busy else "; idle"
+    return f"{where}{budget}; serves {', '.join(beat.models) or 'nothing'}; holds {held}{busy}"
+
+
+def _scrub(text: str, password: str | None) -> str:
+    """An error text with the password (if some library put it there) masked."""
+    return text.replace(password, "***") if password else text
 
 
 # -- models -----------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ event loop. GPU memory is read from torch.cuda at scrape time, when the service 
     animebot_images_total{model}             counter    images made
     animebot_images_withheld_total           counter    result images not posted (the rating check)
     animebot_gpu_memory_bytes{device,kind}   gauge      allocated | reserved | free | total (CUDA only)
+    animebot_workers_online                  gauge      workers serving the queue (local mode: 1; redis mode:
+                                                        those whose heartbeat is alive, 0 while Redis is down)
 """
 
 from __future__ import annotations
@@ -100,7 +102,12 @@ class GpuMemoryCollector(Collector):
 class Metrics:
     """The bot's metrics, in their own registry."""
 
-    def __init__(self, device: Callable[[], str | None] = lambda: None, cuda: CudaMemory | None = None) -> None:
+    def __init__(
+        self,
+        device: Callable[[], str | None] = lambda: None,
+        cuda: CudaMemory | None = None,
+        workers: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.queue_length = Gauge("animebot_queue_length", "Jobs waiting in the queue", registry=r)
@@ -118,6 +125,8 @@ class Metrics:
         # Incremented by the rating check (result images above the channel's allowance, not posted).
         self.images_withheld = Counter("animebot_images_withheld", "Result images withheld from posting", registry=r)
         r.register(GpuMemoryCollector(device, cuda))
+        self.workers_online = Gauge("animebot_workers_online", "Workers serving the queue now", registry=r)
+        self.workers_online.set_function(lambda: float(workers()))  # read at scrape time
 
 
 class MetricsFeed:
@@ -251,7 +260,9 @@ class MetricsEndpoint:
     listens from construction on (port 0: a free one). Raises StartError if it cannot."""
 
     def __init__(self, service: GenerationService, host: str, port: int, cuda: CudaMemory | None = None) -> None:
-        self.metrics = Metrics(device=lambda: _service_device(service), cuda=cuda)
+        self.metrics = Metrics(
+            device=lambda: _service_device(service), cuda=cuda, workers=lambda: _workers_online(service)
+        )
         self.server = MetricsServer.start(self.metrics, host, port)
         self.feed = MetricsFeed(service, self.metrics)
 
@@ -265,11 +276,21 @@ class MetricsEndpoint:
 
 
 def _service_device(service: GenerationService) -> str | None:
-    """The device the service's worker runs on; None before it started (or after it closed)."""
+    """The device of the worker in this process (local mode), from the executor's status; None before the
+    service started, and in redis mode (the workers' GPUs are in other processes)."""
     try:
-        return service.worker.cache.runtime.device
-    except (AssertionError, AttributeError):  # no worker (yet, or any more)
+        status = service.executor_status()
+    except AssertionError:  # not started
         return None
+    return next((w.device for w in status.workers if w.local), None)
+
+
+def _workers_online(service: GenerationService) -> int:
+    try:
+        status = service.executor_status()
+    except AssertionError:  # not started
+        return 0
+    return len(status.workers) if status.online else 0
 
 
 def start_metrics(service: GenerationService, settings: MetricsSettings) -> MetricsEndpoint | None:

@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot.core.errors import UserError
 from bot.core.events import Event, ModelLoading
+from bot.core.executor import WorkerStatus, holding, serving
 from bot.core.memory_info import memory_lines
 from bot.core.messages import render
 from bot.core.quotas import QuotaLimits, format_wait
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOADING_EDIT_INTERVAL = 1.0  # seconds between edits of the loading message
+WORKERS_SHOWN = 10  # workers listed per line by /model info (redis mode)
 
 
 def require_server_admin(interaction: discord.Interaction) -> None:
@@ -99,7 +101,24 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             active=render("model_yes" if name == active else "model_no", locale),
         )
         memory = await asyncio.to_thread(self._memory_lines, spec, locale)
-        return "\n".join([text, *memory])[:2000]
+        return "\n".join([text, *memory, *self._worker_lines(name, locale)])[:2000]
+
+    def _worker_lines(self, name: str, locale: str) -> list[str]:
+        """Redis mode: the workers that hold the model now and those that can load it (none in local mode,
+        where the one worker is this process)."""
+        status = self.bot.service.executor_status()
+        if status.mode != "redis":
+            return []
+        if not status.online or not status.workers:
+            return [render("model_info_no_worker", locale)]
+
+        def listed(workers: tuple[WorkerStatus, ...]) -> str:
+            shown = [render("model_info_worker", locale, id=w.id, device=w.device) for w in workers[:WORKERS_SHOWN]]
+            return ", ".join(shown) or render("model_info_none", locale)
+
+        held = holding(status, name)
+        others = tuple(w for w in serving(status, name) if w not in held)
+        return [render("model_info_workers", locale, held=listed(held), served=listed(others))]
 
     def _memory_lines(self, spec: ModelSpec, locale: str) -> list[str]:
         """The memory mode, its features, the VAE override and the samplers diffusers lacks (on a thread:
@@ -129,7 +148,9 @@ class Models(commands.GroupCog, group_name="model", group_description="The image
             if name == previous:
                 await reply.send(render("model_already_active", locale, model=name))
                 return
-            await reply.send(render("model_loading", locale, model=name))
+            # Local mode loads it in this process, after the running job; the pool's workers load it themselves.
+            pool = self.bot.service.executor_status().mode == "redis"
+            await reply.send(render("model_switching" if pool else "model_loading", locale, model=name))
         stages: asyncio.Queue[ModelLoading | None] = asyncio.Queue()
 
         def on_event(event: Event) -> None:

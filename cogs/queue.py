@@ -1,4 +1,5 @@
-"""/queue: length, your positions, the running job's progress; bot admins can pause, resume and clear the
+"""/queue: length, your positions, the running jobs' progress (redis mode: on which worker, and whether any
+worker is online); bot admins can pause, resume and clear the
 (global) queue; owners cancel their own jobs, server admins the jobs asked in their server, bot admins any
 job. Rights are checked here in code (bot/discord_app/permissions.py); every admin action is audited."""
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 Action = Literal["show", "pause", "resume", "clear", "cancel"]
 OWN_JOBS_SHOWN = 10  # positions listed by /queue; the rest are counted
+RUNNING_SHOWN = 10  # running jobs listed by /queue (redis mode: one per busy worker)
 
 
 class Queue(commands.Cog):
@@ -36,6 +38,18 @@ class Queue(commands.Cog):
             async for event in events:
                 return event if isinstance(event, JobProgress) else None
         return None
+
+    async def _running_line(self, job_id: int, locale: str) -> str:
+        if (progress := await self._now(job_id)) is not None:
+            return render(
+                "queue_running_step",
+                locale,
+                job_id=job_id,
+                step=progress.step,
+                total=progress.total,
+                eta=round(progress.eta),
+            )
+        return render("queue_running_start", locale, job_id=job_id)
 
     async def status_text(self, user: discord.abc.User, locale: str) -> str:
         service = self.bot.service
@@ -50,22 +64,21 @@ class Queue(commands.Cog):
             lines.append(render("queue_yours", locale, positions=", ".join(shown)))
         else:
             lines.append(render("queue_none_yours", locale))
-        running = next(iter(await service.running_jobs()), None)
-        if running is None:
+        status = service.executor_status()
+        pool = status.mode == "redis"
+        if pool and not status.online:
+            lines.append(render("queue_redis_unreachable", locale))
+        elif pool and not status.workers:
+            lines.append(render("queue_no_worker_online", locale))
+        running = (await service.running_jobs())[:RUNNING_SHOWN]
+        if not running:
             lines.append(render("queue_idle", locale))
-        elif (progress := await self._now(running)) is not None:
-            lines.append(
-                render(
-                    "queue_running_step",
-                    locale,
-                    job_id=running,
-                    step=progress.step,
-                    total=progress.total,
-                    eta=round(progress.eta),
-                )
-            )
-        else:
-            lines.append(render("queue_running_start", locale, job_id=running))
+        for job_id in running:
+            lines.append(await self._running_line(job_id, locale))
+            if pool:  # which worker runs it (local mode: the one in this process)
+                worker = status.running.get(job_id)
+                key, params = ("queue_on_worker", {"worker": worker}) if worker else ("queue_on_no_worker", {})
+                lines[-1] += " " + render(key, locale, **params)
         return "\n".join(lines)[:2000]
 
     @app_commands.command(name="queue", description="The queue: length, your position, the running job")

@@ -74,10 +74,11 @@ class JobQueue:
         self._announcer: asyncio.Task[None] | None = None
         self.announce_interval = ANNOUNCE_INTERVAL
 
-    async def start(self) -> list[int]:
+    async def start(self, requeue: bool = True) -> list[int]:
         """Jobs a dead process left running are queued again (their ids are returned); positions are
-        announced from now on."""
-        interrupted = await self.jobs.requeue_interrupted()
+        announced from now on. `requeue=False` (redis mode) leaves running jobs as they are: they may run on
+        a worker that is alive, and the pool's dispatcher reconciles them."""
+        interrupted = await self.jobs.requeue_interrupted() if requeue else []
         self._wakeup.set()
         self._moved.set()
         if self._announcer is None:

@@ -1,5 +1,6 @@
 """Everything between "a user asked for images" and "images exist", for the CLI and Discord alike:
-the store, quotas, the queue, the GPU worker and the model cache, wired together."""
+the store, quotas, the queue and the executor that runs the jobs (bot/core/executor.py: the in-process GPU
+worker, or the pool of Redis workers), wired together."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,9 +17,10 @@ from bot.config import Config
 from bot.core.audit import AuditLog
 from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, ImagesWithheld, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
+from bot.core.executor import Executor, ExecutorStatus, LocalExecutor, waiting_for_worker
 from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats
 from bot.core.lock import LockError, ProcessLock
-from bot.core.memory_info import MemoryStatus, memory_status, too_large
+from bot.core.memory_info import MemoryStatus, too_large
 from bot.core.queue import JobQueue
 from bot.core.quotas import QuotaLimits, Quotas, QuotaStatus
 from bot.core.safety_settings import (
@@ -33,11 +35,12 @@ from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
-from inference.cache import ModelCache
+from inference.memory import reference_footprint
 from inference.specs import ModelSpec
 from inference.types import ModelLoadError
 
 if TYPE_CHECKING:
+    from inference.cache import ModelCache
     from inference.tagger import TaggerLoader
     from inference.worker import GpuWorker
 
@@ -51,14 +54,6 @@ def cli_user() -> str:
         return "cli:local"
 
 
-def _load_inference() -> None:
-    """Import the GPU side (torch, diffusers: seconds) and quiet its libraries' output; on a thread."""
-    import inference.worker  # noqa: F401  (cached in sys.modules for the imports that follow)
-    from inference.quiet import silence_library_output
-
-    silence_library_output()
-
-
 def _rate_file(loader: TaggerLoader, path: Path) -> tuple[str, float]:
     """The tagger's rating of the image file at `path` and its score (blocking: on a thread)."""
     from PIL import Image
@@ -69,18 +64,37 @@ def _rate_file(loader: TaggerLoader, path: Path) -> tuple[str, float]:
     return result.rating, result.rating_scores[result.rating]
 
 
+ExecutorFactory = Callable[["GenerationService"], Executor]
+
+
+def pool_dispatcher(service: GenerationService) -> Executor:
+    """The executor of `[workers] mode = "redis"`: the dispatcher that hands the queue's jobs to `animebot
+    worker` processes through Redis. Imported here, by name: the bot process of redis mode loads no torch."""
+    from bot.core.pool.dispatcher import PoolDispatcher
+
+    return PoolDispatcher(service.config, service.queue, service.events)
+
+
 class GenerationService:
     def __init__(
-        self, config: Config, cache: ModelCache | None = None, worker_class: type[GpuWorker] | None = None
+        self,
+        config: Config,
+        cache: ModelCache | None = None,
+        worker_class: type[GpuWorker] | None = None,
+        *,
+        executor_factory: ExecutorFactory | None = None,
     ) -> None:
+        """`cache` and `worker_class` shape the in-process worker of local mode (tests and benchmarks);
+        `executor_factory` replaces the executor [workers] mode names (tests of redis mode)."""
         self.config = config
         self._worker_class = worker_class  # None: inference.worker.GpuWorker (benchmarks pass a subclass)
+        self._executor_factory = executor_factory
         self.events = EventBus()
         self._cache = cache
         self.tags: TagLookup | None = None
         self._store: Store | None = None
         self._queue: JobQueue | None = None
-        self._worker: GpuWorker | None = None
+        self._executor: Executor | None = None
         self.interrupted: list[int] = []  # jobs a dead process left running, queued again at start
         self._opened: contextlib.AsyncExitStack | None = None  # what start() opened; close() closes it
 
@@ -121,22 +135,23 @@ class GenerationService:
             from bot.prompts.tags import TagDatabase
 
             self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
-        self.interrupted = await self._queue.start()
+        # Local mode: jobs a dead process left running are queued again now. Redis mode: they may be running
+        # on a worker that is alive; the dispatcher reconciles them with what Redis holds.
+        local = config.workers.mode == "local"
+        self.interrupted = await self._queue.start(requeue=local)
         opened.push_async_callback(self._queue.close)
 
-        # What cannot be used has been found by now (in milliseconds); then the seconds of torch and
-        # diffusers, imported on a thread so the event loop (a connected bot's heartbeat) never waits.
-        await asyncio.to_thread(_load_inference)
-        from inference.device import make_runtime
-        from inference.worker import GpuWorker  # torch: loaded by the process that runs the GPU
-
-        if self._cache is None:
-            inf = config.inference
-            runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only, config.vram_limit)
-            self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
-        self._worker = (self._worker_class or GpuWorker)(self._queue, self._cache)
-        self._worker.start()
-        opened.push_async_callback(self._worker.stop)
+        # What cannot be used has been found by now (in milliseconds); then the executor: in local mode the
+        # seconds of torch and diffusers, imported on a thread (the event loop never waits).
+        if self._executor_factory is not None:
+            executor = self._executor_factory(self)
+        elif local:
+            executor = LocalExecutor(config, self._queue, self._cache, self._worker_class)
+        else:
+            executor = pool_dispatcher(self)
+        await executor.start()
+        self._executor = executor
+        opened.push_async_callback(executor.stop)
 
     async def close(self) -> None:
         """Stop the worker and the queue's announcer, close the store, release the data directory: in that
@@ -170,9 +185,25 @@ class GenerationService:
         return self._queue
 
     @property
+    def executor(self) -> Executor:
+        """Who runs the jobs: the in-process worker (local mode) or the Redis pool's dispatcher."""
+        assert self._executor is not None, "start() first"
+        return self._executor
+
+    @property
     def worker(self) -> GpuWorker:
-        assert self._worker is not None, "start() first"
-        return self._worker
+        """The in-process GPU worker of local mode (tests and benchmarks drive it); AssertionError otherwise."""
+        executor = self.executor
+        assert isinstance(executor, LocalExecutor), "no in-process worker: [workers] mode is not local"
+        return executor.worker
+
+    def executor_status(self) -> ExecutorStatus:
+        """The workers, what they hold and run, and whether Redis answers (redis mode); no I/O."""
+        return self.executor.status()
+
+    def waiting_for_worker(self) -> bool:
+        """Whether a job queued now waits until a worker comes online (redis mode: no worker, or Redis down)."""
+        return waiting_for_worker(self.executor_status())
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -200,9 +231,11 @@ class GenerationService:
         """Pre-flight: a job that cannot run in any memory mode on this device is refused now (UserError
         job_too_large), before it is queued or counted, not after its steps. Cheap: nothing is loaded."""
         p, spec = resolved.params, resolved.spec
-        if self.worker.plan(spec, p.width, p.height, p.count) is not None:
+        executor = self.executor
+        if executor.plan(spec, p.width, p.height, p.count) is not None:
             return
-        footprint = self.worker.cache.footprint(spec)
+        # The measured footprint of the in-process worker's cache; the pool's workers measure their own.
+        footprint = executor.footprint(spec) if isinstance(executor, LocalExecutor) else reference_footprint(spec)
         raise too_large(spec, footprint, self.memory_status(spec), p.width, p.height, p.count)
 
     async def reroll(
@@ -336,7 +369,7 @@ class GenerationService:
     async def cancel(self, job_id: int, by: str, *, admin: bool = False) -> JobRecord:
         job = await self.queue.cancel(job_id, by, admin=admin)
         if job.state == JobState.RUNNING:
-            self.worker.cancel(job_id)
+            await self.executor.cancel(job_id)
         return job
 
     # -- the queue -------------------------------------------------------------------------------
@@ -375,10 +408,10 @@ class GenerationService:
         while (
             (await self.queue.waiting() and not await self.queue.paused())
             or await self.queue.running()
-            or self.worker.running_job is not None
+            or self.executor.busy()
         ):
             await asyncio.sleep(0.05)
-        await self.worker.idle()
+        await self.executor.idle()
 
     async def state(self, key: str) -> str | None:
         """A value the bot keeps for itself (bot_state), e.g. the command tree's hash."""
@@ -454,26 +487,20 @@ class GenerationService:
 
     def memory_status(self, spec: ModelSpec) -> MemoryStatus:
         """The model's memory setting and the mode it runs in: the loaded model's, else what its setting
-        resolves to for the device memory usable now (what the next load picks)."""
-        from inference.device import device_budget  # torch: already loaded by start()
-
-        cache = self.worker.cache
-        budget = device_budget(cache.runtime)
-        backend = cache.loaded(spec)
-        if backend is not None:
-            return MemoryStatus(spec.memory, backend.memory_mode, "loaded", budget)
-        return memory_status(spec, budget, cache.footprint(spec))
+        resolves to for the device memory usable now (what the next load picks). Redis mode: the workers'."""
+        return self.executor.memory_status(spec)
 
     async def switch_model(self, name: str, actor: str, guild_id: str | None = None) -> None:
         """Load `name` in the worker (after the job running now; the queue keeps its order and every
         job keeps the model it was submitted for), then make it the active model of the guild (or the
-        global default). A failed load leaves the previous model active: UserError says why."""
+        global default). A failed load leaves the previous model active: UserError says why. Redis mode: the
+        dispatcher loads nothing when a worker already holds the model."""
         spec = self.config.models.get(name)
         if spec is None:
             raise UserError("unknown_model", value=name, options=", ".join(self.config.models))
         previous = await self.active_model(guild_id)
         try:
-            await self.worker.load_model(spec)
+            await self.executor.switch_model(spec)
         except ModelLoadError as e:
             await self.audit(actor, guild_id, "model.switch_failed", {"model": name, "error": str(e)})
             raise UserError("model_load_failed", model=name, reason=str(e), active=previous) from None

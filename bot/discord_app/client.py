@@ -45,9 +45,29 @@ def intents() -> discord.Intents:
     return wanted
 
 
+def shard_options(config: Config) -> dict[str, Any] | None:
+    """[discord] shards as AutoShardedBot's options: None for one connection (0, the default); "auto": as many
+    shards as Discord recommends (shard_count None); N: N shards."""
+    shards = config.discord.shards
+    if shards == 0:
+        return None
+    return {"shard_count": None if shards == "auto" else shards}
+
+
 class AnimeBot(commands.Bot):
-    def __init__(self, config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> None:
+    """The bot: a plain commands.Bot (one gateway connection); ShardedAnimeBot is the same on
+    commands.AutoShardedBot. Make one with create_bot, which picks by [discord] shards."""
+
+    def __init__(
+        self,
+        config: Config,
+        service: GenerationService | None = None,
+        *,
+        freeze_gc: bool = False,
+        **options: Any,
+    ) -> None:
         super().__init__(
+            **options,
             command_prefix=commands.when_mentioned,
             intents=intents(),
             help_command=None,
@@ -127,6 +147,12 @@ class AnimeBot(commands.Bot):
                 self._owns_service = False
 
 
+class ShardedAnimeBot(AnimeBot, commands.AutoShardedBot):
+    """AnimeBot over several gateway connections (discord.py's AutoShardedBot), for bots in thousands of
+    servers. commands.Bot and commands.AutoShardedBot only join BotBase to a client class, so this MRO puts
+    AutoShardedClient's connection handling under AnimeBot's code: the same bot, sharded."""
+
+
 def freeze_startup_objects() -> None:
     """Collect once, then move everything alive after start (torch, diffusers and transformers
     modules, the tag index: about 600k objects) out of the garbage collector's sight. Each full
@@ -139,5 +165,9 @@ def freeze_startup_objects() -> None:
 def create_bot(config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> AnimeBot:
     """The bot, ready for `bot.start(token)`; nothing touches the network before that. A service
     passed in belongs to the caller (started and closed by it); otherwise the bot owns one.
-    `freeze_gc`: see `freeze_startup_objects` (for the long-running `animebot run`)."""
-    return AnimeBot(config, service, freeze_gc=freeze_gc)
+    `freeze_gc`: see `freeze_startup_objects` (for the long-running `animebot run`). [discord] shards
+    "auto" or N > 0 gives a ShardedAnimeBot (an AutoShardedBot)."""
+    sharding = shard_options(config)
+    if sharding is None:
+        return AnimeBot(config, service, freeze_gc=freeze_gc)
+    return ShardedAnimeBot(config, service, freeze_gc=freeze_gc, **sharding)

@@ -59,6 +59,8 @@ async def reroll(
     try:  # the new job is queued: whatever fails from here on, its result comes
         position = await bot.service.position(new.id) or 1
         text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
+        if bot.service.waiting_for_worker():  # redis mode, no worker online or Redis down: it is kept and waits
+            text += "\n" + render("queue_no_worker", locale)
         if reply is not None:
             await reply.send(text)
             target.interaction = reply.interaction

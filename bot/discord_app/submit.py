@@ -48,6 +48,8 @@ async def submit_and_announce(bot: AnimeBot, reply: InTime, request: GenerationR
         added = default_quality(load_dialect(bot.config.models[job.model].dialect), job.request.choices)
         if added:  # no quality picked: say which of the model's recommended tags were added
             text += "\n" + render("quality_added", locale, terms=", ".join(added))
+        if bot.service.waiting_for_worker():  # redis mode, no worker online or Redis down: it is kept and waits
+            text += "\n" + render("queue_no_worker", locale)
         await reply.send(text)
     except BaseException:
         target.failed = True  # not acknowledged (a Discord hiccup, a bug): the result is posted in the channel

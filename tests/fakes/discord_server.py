@@ -572,6 +572,8 @@ class FakeDiscord:
             "auth": {},
             "application": {"id": str(self.application_id), "flags": APPLICATION_FLAGS},
             "_trace": ["fake-gateway"],
+            # As Discord: a session identified as a shard is told which (AutoShardedClient reads it).
+            **({"shard": session.identify["shard"]} if session.identify and "shard" in session.identify else {}),
         }
 
     # -- REST ------------------------------------------------------------------------------------------
