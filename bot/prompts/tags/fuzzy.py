@@ -1,0 +1,105 @@
+"""Typo-tolerant candidates: a bigram inverted index over a list of keys (numpy), verified by edit distance.
+
+``GramIndex(keys)`` holds, for every bigram of ``"\\x01" + key`` (the marker makes the first letter
+count), the sorted ids of the keys that contain it, in one flat array (CSR: sorted gram codes,
+offsets, ids). A query counts, with one ``np.bincount``, how many of its bigrams each key shares,
+keeps the keys sharing enough of them, and ``prefix_distance`` then checks each survivor with the
+Damerau (OSA) edit distance between the query and the key's beginning, as long as the query, so a
+typo in a name typed halfway (``hatsnue_m``) still finds ``hatsune_miku``.
+
+Built in ~0.1 s and ~10 MB for the 180k keys of the full Danbooru list; a query costs well under
+a millisecond on the per-category lists autocomplete uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from rapidfuzz.distance import OSA
+
+_MARK = "\x01"  # before each key: its first letter forms the bigram (MARK, letter)
+_SEP = "\x00"  # after each key: no bigram spans two keys
+_ID_BITS = 22  # key ids below 4M; a bigram of two code points takes the other 42 bits of a uint64
+
+
+def max_typos(length: int) -> int:
+    """How many edits a query of ``length`` characters may hold: none below 4 (too many short words
+    are one edit apart), one up to 7, then two."""
+    return 0 if length < 4 else 1 if length < 8 else 2
+
+
+def prefix_distance(query: str, key: str, limit: int) -> int:
+    """The smallest OSA distance between ``query`` and a beginning of ``key`` of about its length
+    (``len(query) ± limit``); ``limit + 1`` when it is more than ``limit``."""
+    n = len(query)
+    best = limit + 1
+    for length in range(max(1, n - limit), n + limit + 1):
+        d = OSA.distance(query, key[:length], score_cutoff=limit)
+        if d < best:
+            best = d
+            if d == 0:
+                break
+        if length >= len(key):
+            break
+    return best
+
+
+def _gram_codes(text: str) -> NDArray[np.uint64]:
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return (codes[:-1] << np.uint64(21)) | codes[1:]
+
+
+class GramIndex:
+    """Bigram -> ids of the keys containing it, over ``keys`` (ids are positions in ``keys``)."""
+
+    __slots__ = ("grams", "ids", "offsets", "size")
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        if len(keys) >= 1 << _ID_BITS:
+            raise ValueError(f"too many keys for a GramIndex: {len(keys):,}")
+        self.size = len(keys)
+        text = "".join(_MARK + key + _SEP for key in keys)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        lengths = np.fromiter((len(key) + 2 for key in keys), dtype=np.int64, count=len(keys))
+        owner = np.repeat(np.arange(len(keys), dtype=np.uint64), lengths)
+        first, second = codes[:-1].astype(np.uint64), codes[1:].astype(np.uint64)
+        valid = (codes[:-1] != 0) & (codes[1:] != 0)  # not across the separator
+        grams = (first[valid] << np.uint64(21)) | second[valid]
+        pairs = np.sort((grams << np.uint64(_ID_BITS)) | owner[:-1][valid])
+        if len(pairs):
+            pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]  # one per (gram, key)
+        all_grams = pairs >> np.uint64(_ID_BITS)
+        self.ids: NDArray[np.int32] = (pairs & np.uint64((1 << _ID_BITS) - 1)).astype(np.int32)
+        starts = np.flatnonzero(np.concatenate(([True], all_grams[1:] != all_grams[:-1]))) if len(pairs) else pairs
+        self.grams: NDArray[np.uint64] = all_grams[starts]
+        self.offsets: NDArray[np.int64] = np.append(starts, len(pairs)).astype(np.int64)
+
+    def nbytes(self) -> int:
+        return int(self.grams.nbytes + self.ids.nbytes + self.offsets.nbytes)
+
+    def candidates(self, query: str, typos: int, order: NDArray[np.int32], limit: int) -> NDArray[np.int64]:
+        """Ids of at most ``limit`` keys that share enough bigrams with ``query`` to be within ``typos``
+        edits of one of their beginnings: the ones sharing most first, then by ``order`` (smaller
+        first: the tag's popularity rank)."""
+        if not query or self.size == 0:
+            return np.empty(0, dtype=np.int64)
+        wanted = np.unique(_gram_codes(_MARK + query))
+        if not len(self.grams):
+            return np.empty(0, dtype=np.int64)
+        where = np.minimum(np.searchsorted(self.grams, wanted), len(self.grams) - 1)
+        where = where[self.grams[where] == wanted]  # the query's bigrams that some key has
+        if not len(where):
+            return np.empty(0, dtype=np.int64)
+        lists = [self.ids[self.offsets[i] : self.offsets[i + 1]] for i in where.tolist()]
+        counts = np.bincount(np.concatenate(lists), minlength=self.size)
+        # One edit changes at most three of the query's distinct bigrams (a transposition).
+        need = max(1, len(wanted) - 3 * typos)
+        hits = np.flatnonzero(counts >= need)
+        if len(hits) > limit:
+            score = counts[hits].astype(np.int64) * (1 << 32) - order[hits]
+            hits = hits[np.argpartition(-score, limit)[:limit]]
+        score = counts[hits].astype(np.int64) * (1 << 32) - order[hits]
+        result: NDArray[np.int64] = hits[np.argsort(-score, kind="stable")]
+        return result
