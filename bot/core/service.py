@@ -112,7 +112,8 @@ class GenerationService:
         if config.tags_db.is_file():
             from bot.prompts.tags import TagDatabase
 
-            self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
+            # Lazy: a checked file; the bot builds the search index when its autocomplete cog loads.
+            self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db, lazy=True)
         self.interrupted = await self._queue.start()
         opened.push_async_callback(self._queue.close)
 
