@@ -241,9 +241,10 @@ class TagIndex:
         return found
 
     def prepare(self) -> None:
-        """Build every category's sounds-alike index now, so no search pays for it later."""
+        """Build every category's sounds-alike index now, so no search pays for it later (the first
+        typo search of a process also pays ~20 ms of first calls into numpy and rapidfuzz: done here)."""
         for category in TagCategory:
-            self.sounds(category)
+            self.sounds(category).fuzzy("warmup", 1)
 
     def _match(self, rank: int, prefix: str) -> TagMatch:
         tag = self._tags[rank]

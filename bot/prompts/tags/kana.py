@@ -24,7 +24,7 @@ KANA_TABLE = Path(__file__).resolve().parents[3] / "data" / "tags" / "kana.toml"
 
 # Hiragana U+3041..U+3096 and katakana U+30A1..U+30F6 are the same syllables 0x60 apart.
 _KATAKANA_TO_HIRAGANA = {c: c - 0x60 for c in range(0x30A1, 0x30F7)}
-_KANA = re.compile(r"[\u3041-\u3096\u309d\u309e\u30a1-\u30fa\u30fc-\u30fe]")
+_KANA = re.compile(r"[\u3041-\u3096\u309d\u309e\u30a1-\u30fa\u30fc-\u30fe\uff66-\uff9d]")  # + half-width
 _SMALL_TSU = "っ"
 _LONG_MARK = "ー"
 _VOWELS = "aiueo"
@@ -52,6 +52,7 @@ def to_romaji(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).translate(_KATAKANA_TO_HIRAGANA)
     out: list[str] = []
     double_next = False
+    syllabic_n = False  # the last syllable was ん
     i = 0
     while i < len(text):
         ch = text[i]
@@ -71,6 +72,9 @@ def to_romaji(text: str) -> str:
             roman, i = table[ch], i + 1
         else:
             roman, i = ch, i + 1
+        if syllabic_n and out[-1] == "n" and roman[:1] in "aiueoy":
+            out[-1] = "n'"  # ん before a vowel or y: kan'i, not kani
+        syllabic_n = ch == "ん" and roman == "n"
         if double_next:
             if roman.startswith("ch"):
                 roman = "t" + roman
