@@ -36,8 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_tags import default_csv, make_queries, rss_bytes  # noqa: E402
-from benchmarks.measure import percentile  # noqa: E402
+from bench_tags import default_csv, make_queries, rss_bytes  # noqa: E402  (benchmarks/)
+from measure import percentile  # noqa: E402  (benchmarks/measure.py)
+
 from bot.prompts.tags import TagCategory, TagDatabase, import_csv  # noqa: E402
 from bot.prompts.tags.bundled import DEFAULT_TAGS_FILE  # noqa: E402
 

@@ -78,7 +78,9 @@ class GramIndex:
         all_grams = (pairs >> np.uint64(_ID_BITS)).astype(np.uint32)
         self.ids: NDArray[np.int32] = (pairs & np.uint64((1 << _ID_BITS) - 1)).astype(np.int32)
         del pairs
-        starts = np.flatnonzero(np.concatenate(([True], all_grams[1:] != all_grams[:-1]))) if len(all_grams) else []
+        first = np.ones(len(all_grams), dtype=bool)  # where each bigram's run of ids starts
+        first[1:] = all_grams[1:] != all_grams[:-1]
+        starts = np.flatnonzero(first)
         self.grams: NDArray[np.uint32] = all_grams[starts]
         self.offsets: NDArray[np.int64] = np.append(starts, len(all_grams)).astype(np.int64)
 

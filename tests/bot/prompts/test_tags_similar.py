@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.prompts.tags import MAX_LIMIT, TagCategory, TagDatabase, import_csv
+from bot.prompts.tags import MAX_LIMIT, TagCategory, TagDatabase, TagMatch, import_csv
 from bot.prompts.tags.bundled import DEFAULT_TAGS_FILE
 from bot.prompts.tags.fuzzy import GramIndex, max_typos, prefix_distance
 from bot.prompts.tags.index import TagIndex
@@ -38,7 +38,7 @@ cirno,4,34942,
 """
 
 
-def names(matches: list) -> list[str]:  # type: ignore[type-arg]
+def names(matches: list[TagMatch]) -> list[str]:
     return [m.name for m in matches]
 
 
