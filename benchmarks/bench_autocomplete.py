@@ -174,20 +174,27 @@ def build_queries(csv_path: Path, rng: random.Random) -> dict[str, list[Query]]:
 
 def run(db: TagDatabase, groups: dict[str, list[Query]], label: str) -> None:
     print(f"\n== {label}: {len(db):,} tags; load average {os.getloadavg()[0]:.2f} ==")
-    print(f"{'queries':18s} {'n':>5s} {'found before':>13s} {'found after':>12s}   latency after (ms): p50 / p99 / max")
+    print(
+        f"{'queries':18s} {'n':>5s} {'found before':>13s} {'found after':>12s}   "
+        "after, ms: wall p50 / p99 / max; thread CPU p99 / max"
+    )
     everything: list[float] = []
+    everything_cpu: list[float] = []
     for name, queries in groups.items():
         usable = [q for q in queries if not q[1] or db.get(q[1]) is not None]
         found_before = found_after = 0
         times: list[float] = []
+        cpu: list[float] = []
         for typed, intended, category in usable:
             before = {m.name for m in db.search(typed, category, similar=False)}
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             after = db.search(typed, category)
             times.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.thread_time() - c0) * 1000)
             found_before += intended in before
             found_after += intended in {m.name for m in after}
         everything += times
+        everything_cpu += cpu
         share = (
             f"{found_before / len(usable):12.0%} {found_after / len(usable):12.0%}"
             if usable and usable[0][1]
@@ -195,12 +202,15 @@ def run(db: TagDatabase, groups: dict[str, list[Query]], label: str) -> None:
         )
         print(
             f"{name:18s} {len(usable):5d} {share}   "
-            f"{percentile(times, 50):.3f} / {percentile(times, 99):.3f} / {max(times):.3f}"
+            f"{percentile(times, 50):.3f} / {percentile(times, 99):.3f} / {max(times):.3f}; "
+            f"{percentile(cpu, 99):.3f} / {max(cpu):.3f}"
         )
     print(
         f"{'all':18s} {len(everything):5d} {'':25s}   {percentile(everything, 50):.3f} / "
-        f"{percentile(everything, 99):.3f} / {max(everything):.3f}"
+        f"{percentile(everything, 99):.3f} / {max(everything):.3f}; "
+        f"{percentile(everything_cpu, 99):.3f} / {max(everything_cpu):.3f}"
     )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 def open_timed(csv_path: Path, folder: Path) -> TagDatabase:

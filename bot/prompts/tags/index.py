@@ -1,15 +1,24 @@
-"""The in-memory tag index: a fast prefix search and exact lookup over the loaded tag list (pure, synchronous).
+"""The tag index: prefix, sounds-alike and typo-tolerant search, and exact lookup over the tag list (pure, synchronous).
 
-``TagDatabase`` is immutable once opened, so one instance can be shared by threads and coroutines.
-``search`` costs well under a millisecond and may run on the event loop; ``open`` takes 1-2 s and
-~29 MB for the full 140k-tag list, so call it once, from a worker thread (``asyncio.to_thread``).
+``TagDatabase`` (a tag database file) hands out a ``TagIndex`` (the list in memory), built at ``open``
+or, with ``open(lazy=True)``, on the first search; until then ``lookup`` reads the file's ``tag_keys``
+table, so building one prompt never loads the list. Both can be shared by threads and coroutines.
+``search`` costs about a millisecond and may run on the event loop; building the index takes 1-2 s
+and ~25 MB for the full 140k-tag list, and its sounds-alike indexes (``prepare``) 2-3 s and ~30 MB
+more, so a server does both once, from a worker thread (``asyncio.to_thread``).
 
-Index design (see ``_PrefixIndex``): every normalized name and alias is a key; keys are kept sorted
+Prefix index (see ``_PrefixIndex``): every normalized name and alias is a key; keys are kept sorted
 with a parallel array of tag *ranks* (0 = most posts). A prefix is a contiguous key range found by
 two bisects; the best tags of a range are its smallest distinct ranks. Prefixes with more than
 ``SCAN_THRESHOLD`` keys (short ones like "", "a", "sa") get their answer precomputed at open, so no
 query ever sorts more than ``SCAN_THRESHOLD`` ranks. There is one index over all tags and
 one per category, so "artists starting with s" is as cheap as any other query.
+
+When the prefix matches are fewer than asked, ``search`` fills up with similar tags from a
+``_SoundIndex`` per category: every key, and its tail from each later word on, in ``kana.phonetic``
+form (kana typed are read as romaji first). First the tags with such a key starting with what was
+typed (``miku`` -> ``hatsune_miku``, ``はつねみく`` -> ``hatsune_miku``), most posts first; then those
+within one or two edits of it (``fuzzy``: bigram candidates, OSA distance), fewest edits first.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ MAX_LIMIT = 25
 # Key ranges longer than this get a precomputed top list; shorter ones are scanned per query.
 SCAN_THRESHOLD = 128
 # How many typo candidates (by shared bigrams) the edit distance checks, per category and query.
-FUZZY_CANDIDATES = 200
+FUZZY_CANDIDATES = 100
 
 
 
@@ -329,11 +338,12 @@ class _SoundIndex:
         top = self.top.get(sound)
         return top[:limit] if top is not None else self.words.scan(sound, limit)
 
-    def fuzzy(self, sound: str, typos: int, candidates: int = FUZZY_CANDIDATES) -> list[tuple[int, int]]:
-        """(edits, rank) of the keys whose beginning is at most ``typos`` edits from ``sound``."""
+    def fuzzy(self, sound: str, typos: int) -> list[tuple[int, int]]:
+        """(edits, rank) of the keys whose beginning is at most ``typos`` edits from ``sound``, among the
+        ``FUZZY_CANDIDATES`` keys sharing most bigrams with it."""
         keys, ranks = self.words.keys, self.words.ranks
         out = []
-        for i in self.grams.candidates(sound, typos, self.order, candidates).tolist():
+        for i in self.grams.candidates(sound, typos, self.order, FUZZY_CANDIDATES).tolist():
             d = prefix_distance(sound, keys[i], typos)
             if d <= typos:
                 out.append((d, ranks[i]))
