@@ -41,6 +41,7 @@ from measure import percentile  # noqa: E402  (benchmarks/measure.py)
 
 from bot.prompts.tags import TagCategory, TagDatabase, import_csv  # noqa: E402
 from bot.prompts.tags.bundled import DEFAULT_TAGS_FILE  # noqa: E402
+from bot.prompts.tags.index import _deep_size  # noqa: E402
 
 A, C = TagCategory.ARTIST, TagCategory.CHARACTER
 
@@ -176,17 +177,21 @@ def run(db: TagDatabase, groups: dict[str, list[Query]], label: str) -> None:
     print(f"\n== {label}: {len(db):,} tags; load average {os.getloadavg()[0]:.2f} ==")
     print(
         f"{'queries':18s} {'n':>5s} {'found before':>13s} {'found after':>12s}   "
-        "after, ms: wall p50 / p99 / max; thread CPU p99 / max"
+        "after, ms: wall p50 / p99 / max; thread CPU p99 / max | before: wall p99 / max"
     )
     everything: list[float] = []
     everything_cpu: list[float] = []
+    everything_before: list[float] = []
     for name, queries in groups.items():
         usable = [q for q in queries if not q[1] or db.get(q[1]) is not None]
         found_before = found_after = 0
         times: list[float] = []
         cpu: list[float] = []
+        times_before: list[float] = []
         for typed, intended, category in usable:
+            t0 = time.perf_counter()
             before = {m.name for m in db.search(typed, category, similar=False)}
+            times_before.append((time.perf_counter() - t0) * 1000)
             c0, t0 = time.thread_time(), time.perf_counter()
             after = db.search(typed, category)
             times.append((time.perf_counter() - t0) * 1000)
@@ -195,6 +200,7 @@ def run(db: TagDatabase, groups: dict[str, list[Query]], label: str) -> None:
             found_after += intended in {m.name for m in after}
         everything += times
         everything_cpu += cpu
+        everything_before += times_before
         share = (
             f"{found_before / len(usable):12.0%} {found_after / len(usable):12.0%}"
             if usable and usable[0][1]
@@ -203,12 +209,14 @@ def run(db: TagDatabase, groups: dict[str, list[Query]], label: str) -> None:
         print(
             f"{name:18s} {len(usable):5d} {share}   "
             f"{percentile(times, 50):.3f} / {percentile(times, 99):.3f} / {max(times):.3f}; "
-            f"{percentile(cpu, 99):.3f} / {max(cpu):.3f}"
+            f"{percentile(cpu, 99):.3f} / {max(cpu):.3f} | "
+            f"{percentile(times_before, 99):.3f} / {max(times_before):.3f}"
         )
     print(
         f"{'all':18s} {len(everything):5d} {'':25s}   {percentile(everything, 50):.3f} / "
         f"{percentile(everything, 99):.3f} / {max(everything):.3f}; "
-        f"{percentile(everything_cpu, 99):.3f} / {max(everything_cpu):.3f}"
+        f"{percentile(everything_cpu, 99):.3f} / {max(everything_cpu):.3f} | "
+        f"{percentile(everything_before, 99):.3f} / {max(everything_before):.3f}"
     )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
@@ -233,6 +241,12 @@ def open_timed(csv_path: Path, folder: Path) -> TagDatabase:
         f"{csv_path.name}: lazy open {1000 * (t1 - t0):.1f} ms, "
         f"a 3-tag lookup before the index {1000 * (t2 - t1):.1f} ms, "
         f"prefix index {t3 - t1:.2f} s, sounds-alike + typo indexes {t4 - t3:.2f} s; RSS +{rss / 1e6:.0f} MB"
+    )
+    index = db.index()
+    prefix_only = _deep_size([index._tags, index._norm_names, index._all, *index._by_category.values()])
+    print(
+        f"  memory_bytes(): {db.memory_bytes() / 1e6:.1f} MB, of which the prefix index and Tags "
+        f"{prefix_only / 1e6:.1f} MB (deep getsizeof; numpy arrays by nbytes)"
     )
     return db
 
