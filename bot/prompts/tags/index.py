@@ -127,7 +127,7 @@ class TagIndex:
         self._by_category = by_category
         self.meta = meta
         self._memory: int | None = None
-        self._sounds: dict[TagCategory, _SoundIndex] = {}
+        self._sounds: dict[TagCategory | None, _SoundIndex] = {}
         self._sounds_lock = threading.Lock()
         # Precomputed answers for short prefixes, as shared immutable TagMatch objects.
         by_name: dict[int, TagMatch] = {}
@@ -215,7 +215,7 @@ class TagIndex:
         sound = phonetic(to_romaji(prefix)) if has_kana(prefix) else phonetic(prefix)
         if not sound:
             return []
-        sounds = [self.sounds(category)] if category is not None else [self.sounds(c) for c in TagCategory]
+        sounds = self.sounds(category)
         out: list[TagMatch] = []
         tags = self._tags
 
@@ -229,31 +229,30 @@ class TagIndex:
                         return True
             return False
 
-        alike = sorted({r for s in sounds for r in s.prefix(sound, wanted + len(seen))})
-        if add(alike):
+        if add(sounds.prefix(sound, wanted + len(seen))):
             return out
         typos = max_typos(len(sound))
         if typos:
-            near = sorted({pair for s in sounds for pair in s.fuzzy(sound, typos)})
-            add(rank for _, rank in near)
+            add(rank for _, rank in sorted(sounds.fuzzy(sound, typos)))
         return out
 
-    def sounds(self, category: TagCategory) -> _SoundIndex:
-        """The sounds-alike and typo index of ``category``, built on first use (~0.3-1 s each on the
-        full list; ``prepare`` builds them all)."""
+    def sounds(self, category: TagCategory | None) -> _SoundIndex:
+        """The sounds-alike and typo index of ``category`` (None: of all tags), built on first use
+        (~0.3-1 s per category on the full list, 2-3 s for all tags; ``prepare`` builds the categories')."""
         found = self._sounds.get(category)
         if found is None:
             with self._sounds_lock:
                 found = self._sounds.get(category)
                 if found is None:
-                    found = self._sounds[category] = _SoundIndex(self._by_category[category])
+                    index = self._all if category is None else self._by_category[category]
+                    found = self._sounds[category] = _SoundIndex(index)
         return found
 
     def prepare(self) -> None:
-        """Build every category's sounds-alike index now, so no search pays for it later (the first
-        typo search of a process also pays ~20 ms of first calls into numpy and rapidfuzz: done here)."""
+        """Build every category's sounds-alike index now, so no search of one category (autocomplete's)
+        pays for it later. A search of all categories builds its own on first use."""
         for category in TagCategory:
-            self.sounds(category).fuzzy("warmup", 1)
+            self.sounds(category)
 
     def _match(self, rank: int, prefix: str) -> TagMatch:
         tag = self._tags[rank]
@@ -332,6 +331,7 @@ class _SoundIndex:
         self.top = self.words.big_prefixes()
         self.grams = GramIndex(self.words.keys)
         self.order = np.frombuffer(self.words.ranks, dtype=np.int32)  # a key id's tag rank
+        self.fuzzy("anna", 1)  # first calls into numpy and rapidfuzz (~20 ms once): not in a user's search
 
     def prefix(self, sound: str, limit: int) -> list[int]:
         """Ranks of the best ``limit`` tags with a key starting with ``sound``."""
