@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
+from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 _MARK = "\x01"  # before each key: its first letter forms the bigram (MARK, letter)
@@ -44,6 +45,18 @@ def prefix_distance(query: str, key: str, limit: int) -> int:
         if length >= len(key):
             break
     return best
+
+
+def prefix_distances(query: str, keys: Sequence[str], limit: int) -> NDArray[np.int32]:
+    """``prefix_distance(query, key, limit)`` for each of ``keys``, in one rapidfuzz call."""
+    n = len(query)
+    lengths = range(max(1, n - limit), n + limit + 1)
+    if not keys:
+        return np.empty(0, dtype=np.int32)
+    pieces = [key[:length] for key in keys for length in lengths]
+    scores = process.cdist([query], pieces, scorer=OSA.distance, score_cutoff=limit, dtype=np.int32)
+    result: NDArray[np.int32] = scores.reshape(len(keys), len(lengths)).min(axis=1)
+    return result
 
 
 def _gram_codes(text: str) -> NDArray[np.uint32]:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.prompts.tags import db
-from bot.prompts.tags.fuzzy import GramIndex, max_typos, prefix_distance
+from bot.prompts.tags.fuzzy import GramIndex, max_typos, prefix_distances
 from bot.prompts.tags.kana import has_kana, phonetic, to_romaji
 from bot.prompts.tags.model import Tag, TagCategory, TagMatch, normalize
 
@@ -342,12 +342,9 @@ class _SoundIndex:
         """(edits, rank) of the keys whose beginning is at most ``typos`` edits from ``sound``, among the
         ``FUZZY_CANDIDATES`` keys sharing most bigrams with it."""
         keys, ranks = self.words.keys, self.words.ranks
-        out = []
-        for i in self.grams.candidates(sound, typos, self.order, FUZZY_CANDIDATES).tolist():
-            d = prefix_distance(sound, keys[i], typos)
-            if d <= typos:
-                out.append((d, ranks[i]))
-        return out
+        ids = self.grams.candidates(sound, typos, self.order, FUZZY_CANDIDATES).tolist()
+        distances = prefix_distances(sound, [keys[i] for i in ids], typos).tolist()
+        return [(d, ranks[i]) for i, d in zip(ids, distances, strict=True) if d <= typos]
 
     def nbytes(self) -> int:
         return self.grams.nbytes()

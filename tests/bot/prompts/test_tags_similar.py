@@ -12,7 +12,7 @@ import pytest
 from bot.cli import main
 from bot.prompts.tags import MAX_LIMIT, TagCategory, TagDatabase, TagMatch, import_csv
 from bot.prompts.tags.bundled import DEFAULT_TAGS_FILE
-from bot.prompts.tags.fuzzy import GramIndex, max_typos, prefix_distance
+from bot.prompts.tags.fuzzy import GramIndex, max_typos, prefix_distance, prefix_distances
 from bot.prompts.tags.index import TagIndex
 from bot.prompts.tags.kana import has_kana, phonetic, to_romaji
 
@@ -118,6 +118,11 @@ def test_prefix_distance_and_typo_budget() -> None:
     assert prefix_distance("hatsune", "hatsune_miku", 1) == 0
     assert prefix_distance("zzzzzz", "hatsune_miku", 2) == 3  # over the limit: limit + 1
     assert [max_typos(n) for n in (0, 3, 4, 7, 8, 30)] == [0, 0, 1, 1, 2, 2]
+    keys = ["hatsune_miku", "hatune", "h", "", "zzzzzzzz", "hatsnue_m"]
+    for limit in (0, 1, 2):  # the batched form agrees with the one-by-one form
+        expected = [min(prefix_distance("hatsune", k, limit), limit + 1) for k in keys]
+        assert prefix_distances("hatsune", keys, limit).tolist() == expected
+    assert prefix_distances("abc", [], 1).tolist() == []
 
 
 def test_gram_index_edge_cases() -> None:
