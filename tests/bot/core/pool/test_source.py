@@ -163,12 +163,12 @@ async def test_the_heartbeat_announces_the_worker_and_a_clean_stop_deletes_it(
     assert await client.exists(Keys().worker("host-a:cpu")) == 0
     assert await client.sismember(Keys().workers, "host-a:cpu")  # the bot still knows where its inbox is
     # The interrupted job was not reported: its entry stays pending for the bot to hand out again.
-    assert [p["message_id"] for p in await bot.pending("host-a:cpu")] == [await _entry_id(client, "host-a:cpu", job)]
+    assert [p["message_id"] for p in await bot.pending("host-a:cpu")] == [await _entry_id(bot, "host-a:cpu", job)]
     assert await bot.all_results() == []
 
 
-async def _entry_id(client: redis.Redis, worker: str, job: JobMessage) -> bytes:
-    for entry_id, fields in await client.xrange(Keys().inbox(worker)):
+async def _entry_id(bot: FakeBot, worker: str, job: JobMessage) -> bytes:
+    for entry_id, fields in await bot.client.xrange(Keys().inbox(worker)):
         if JobMessage.from_fields(fields).token == job.token:
             return bytes(entry_id)
     raise AssertionError("no such entry")
