@@ -367,3 +367,33 @@ async def test_a_job_interrupted_by_a_stop_runs_again_when_the_worker_comes_back
     assert len(await bot.all_results()) == 1
     read = await bot.consume_results()
     assert [message.job_id for _entry, message in read] == [1]
+
+
+async def test_an_inbox_deleted_by_the_reaper_is_read_again_from_its_first_entry(
+    start_worker: StartWorker, bot: FakeBot, client: redis.Redis
+) -> None:
+    """The bot took this worker for dead and deleted its inbox (and the group); the worker lives on, and the bot
+    hands it a job again: the XADD makes a stream without the group, whose first entry must not be skipped."""
+    await start_worker()
+    await bot.dispatch("w1", 1)
+    assert (await bot.result(1))[0].outcome == "done"
+    await client.delete(Keys().inbox("w1"))
+    await bot.dispatch("w1", 2)
+    assert (await bot.result(2))[0].outcome == "done"
+    await eventually(lambda: _no_pending(bot, "w1"), "the entry acknowledged")
+
+
+async def test_a_job_handed_out_again_while_it_runs_waits_for_that_run(
+    start_worker: StartWorker, bot: FakeBot
+) -> None:
+    await start_worker()
+    first = await bot.dispatch("w1", 1, params(steps=40))
+
+    async def running() -> bool:
+        return any(e.kind == "progress" for e in await bot.events(1))
+
+    await eventually(running, "the job's first step")
+    second = await bot.dispatch("w1", 1, attempt=2)
+    await eventually(lambda: _no_pending(bot, "w1"), "both entries acknowledged")
+    results = [r[0] for r in await bot.all_results()]
+    assert [(r.token, r.attempt, r.outcome) for r in results] == [(first.token, 1, "done"), (second.token, 2, "done")]

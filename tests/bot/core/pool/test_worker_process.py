@@ -204,3 +204,15 @@ async def test_a_killed_worker_leaves_its_job_pending_and_finishes_it_when_resta
     assert result.outcome == "done" and len(pngs) == 1
     await eventually(lambda: _nothing_pending(bot, "w2"), "the entry acknowledged")
     assert [r[0].job_id for r in await bot.all_results()] == [7]
+
+
+def test_a_device_that_is_not_there_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    # Nothing listens on the URL: the device is checked before Redis is needed.
+    assert main(["worker", "--device", "cuda:1", "--redis-url", "redis://127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert "animebot: error: device 'cuda:1' was asked for but CUDA is not available" in err
