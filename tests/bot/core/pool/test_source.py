@@ -307,9 +307,17 @@ async def test_redis_killed_while_a_job_runs_the_result_still_arrives_exactly_on
     await eventually(lambda: _no_pending(bot, "w1"), "the entry acknowledged")
     assert [r[0].job_id for r in await bot.all_results()] == [1]
     assert list(worker.spool.glob("*.png")) == []
-    # And the worker serves again.
-    await bot.dispatch("w1", 2)
-    assert (await bot.result(2))[0].outcome == "done"
+    # And the worker serves again, its control channel subscribed again: a published cancel reaches it (published
+    # again while the job's progress shows, as the bot does: one sent before the subscription is lost).
+    job = await bot.dispatch("w1", 2, params(steps=500, seeds=(1, 2, 3, 4)))
+
+    async def cancelled() -> bool:
+        if any(e.kind == "progress" for e in await bot.events(2)):
+            await bot.cancel("w1", job, key=False)
+        return any(r[0].job_id == 2 for r in await bot.all_results())
+
+    await eventually(cancelled, "job 2's result")
+    assert (await bot.result(2))[0].outcome == "cancelled"
 
 
 async def test_a_worker_stops_cleanly_while_redis_is_down(
