@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.core.pool.connection import RedisUnavailable, check_url, connect, describe_url, reachable
-from tests.fakes.redis_server import RedisServer, free_port
+from tests.fakes.redis_server import MISSING, RedisServer, free_port
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ async def test_the_password_comes_from_the_url_or_redis_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not RedisServer.available():
-        pytest.skip("redis-server is not installed")
+        pytest.skip(MISSING)
     with RedisServer(tmp_path / "redis", password="s3cret") as server:
         bare = f"redis://127.0.0.1:{server.port}/0"
         monkeypatch.delenv("REDIS_PASSWORD", raising=False)

@@ -28,7 +28,7 @@ from bot.core.pool.worker_process import (
     worker_id_for,
 )
 from tests.bot.core.pool.fake_bot import FakeBot, eventually, params
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import MISSING, RedisServer
 
 REPO = Path(__file__).resolve().parents[4]
 PASSWORD = "w0rker-s3cret"
@@ -89,7 +89,7 @@ def test_worker_settings_come_from_the_workers_section_when_there_is_one() -> No
 @pytest.fixture
 def redis_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if not RedisServer.available():
-        pytest.skip("redis-server is not installed")
+        pytest.skip(MISSING)
     with RedisServer(tmp_path_factory.mktemp("redis"), password=PASSWORD) as server:
         yield server
 
