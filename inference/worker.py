@@ -238,7 +238,9 @@ class GpuWorker:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        # Checked as well as cancelled: on Python 3.11, asyncio.wait_for can swallow the cancellation stop() sends
+        # while a retry pause ends at the same moment (_stopped is set first), and the loop must not go on.
+        while not self._stopping:
             try:
                 item = await self.source.next_job()
             except asyncio.CancelledError:

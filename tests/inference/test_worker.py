@@ -359,3 +359,32 @@ def test_png_write_cleans_up_on_failure(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(OSError, match="No space"):
         real_write_png(tmp_path / "a.png", b"x" * 100)
     assert list(tmp_path.iterdir()) == []
+
+
+class LockedSource(Source):
+    """A Source whose store stays locked: every claim fails at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+        self.claimed = asyncio.Event()
+
+    async def next_job(self) -> WorkItem:
+        self.claims += 1
+        self.claimed.set()
+        raise SourceBusy("database is locked")
+
+
+async def test_stop_during_a_retry_pause_ends_the_loop(tmp_path: Path) -> None:
+    """stop() sets the stop event and cancels the loop in the same breath: on Python 3.11, wait_for in the retry
+    pause returns normally then and swallows the cancellation; the loop must still end, not claim forever."""
+    source = LockedSource()
+    cache = ModelCache(RuntimeOptions(device="cpu", dtype=None, cache_dir=tmp_path))
+    worker = GpuWorker(source, cache, retry=(30.0, 30.0))
+    worker.start()
+    await asyncio.wait_for(source.claimed.wait(), 30)
+    await asyncio.sleep(0.05)  # in its 30 s pause now
+    await asyncio.wait_for(worker.stop(), 30)
+    claims = source.claims
+    await asyncio.sleep(0.1)
+    assert claims == source.claims == 1
