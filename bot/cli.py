@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the Discord bot (token: DISCORD_TOKEN or [discord] token)")
     work = sub.add_parser("work", parents=[common], help="run queued jobs (e.g. left by a crash) until none wait")
     work.add_argument("--resume", action="store_true", help="unpause the queue first (an admin paused it)")
+    pool = sub.add_parser(
+        "worker", parents=[common], help="serve a bot's jobs from Redis ([workers] mode = \"redis\"); no Discord token"
+    )
+    pool.add_argument("--device", help="the device to run on (cuda:1, cuda, cpu, ...); default: [inference] device")
+    pool.add_argument("--models", help="serve only these models (comma-separated names); default: every one")
+    pool.add_argument("--id", dest="worker_id", help="this worker's name (default: HOST:DEVICE with --device, "
+                      "else HOST:PID); a restarted worker with the same id finishes the jobs it had read")
+    pool.add_argument("--redis-url", help="redis:// or rediss:// (TLS); default: [workers] url, else "
+                      "redis://127.0.0.1:6379/0; the password may come from REDIS_PASSWORD")
 
     tags = sub.add_parser("tags", help="the Danbooru tag database used for autocomplete and tag order")
     tag_sub = tags.add_subparsers(dest="tags_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -325,6 +334,49 @@ def _work(config: Config, resume: bool = False) -> int:
             await service.close()
 
     return asyncio.run(run())
+
+
+def _pool_worker(args: argparse.Namespace, config: Config) -> int:
+    """Run one pool worker until SIGTERM or SIGINT (bot/core/pool/worker_process.py)."""
+    import logging
+    import signal
+
+    from bot.core.pool.source import WorkerSettings
+    from bot.core.pool.worker_process import (
+        WorkerSetupError,
+        check_device,
+        parse_models,
+        run_worker,
+        served_models,
+        worker_id_for,
+    )
+
+    models = parse_models(args.models)
+    try:  # everything the arguments can get wrong, before seconds of imports
+        served_models(config, models)
+        if args.device is not None:
+            check_device(args.device)
+        worker_id_for(args.worker_id, args.device)
+        settings = WorkerSettings.from_config(config, args.redis_url)
+    except ValueError as e:  # WorkerSetupError too
+        raise CliError(str(e)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers (Windows)
+                loop.add_signal_handler(signum, stop.set)
+        await run_worker(
+            config, device=args.device, models=models, worker_id=args.worker_id, stop=stop, settings=settings
+        )
+
+    try:
+        asyncio.run(run())
+    except WorkerSetupError as e:  # the device is not there (CUDA missing)
+        raise CliError(str(e), EXIT_FAILURE) from None
+    return 0
 
 
 def _models(config: Config) -> int:
@@ -588,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "work":
             config.ensure_data_dir()
             return _work(config, args.resume)
+        if args.command == "worker":
+            return _pool_worker(args, config)
         if args.command == "describe":
             return _describe(args, config)
         return _tags(args, config)

@@ -108,3 +108,13 @@ def make_runtime(
         local_files_only=local_files_only,
         vram_limit=vram_limit,
     )
+
+
+def device_free(runtime: RuntimeOptions) -> int | None:
+    """Bytes free on the CUDA device now (what other processes and this one leave), None on another device."""
+    if runtime.device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(runtime.device).index
+        index = torch.cuda.current_device() if index is None else index
+        free, _total = torch.cuda.mem_get_info(index)
+        return int(free)
+    return None
