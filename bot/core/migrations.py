@@ -125,4 +125,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN rating_score REAL;  -- the tagger's score of that rating (0..1)
     ALTER TABLE jobs ADD COLUMN withheld TEXT;        -- NULL: posted (or not yet); else the rating, or 'unchecked'
     """,
+    # 7 (issue 11; the lead places it after issue 10's 6th at merge): the worker pool's dispatch token, the secret
+    # a running job was handed to its worker with (bot/core/pool): only a result carrying it completes the job
+    """
+    ALTER TABLE jobs ADD COLUMN dispatch_token TEXT;  -- while running on a pool worker: its dispatch's token
+    """,
 )
