@@ -81,6 +81,23 @@ async def xadd(client: Redis, stream: str, fields: Mapping[str, bytes], **option
     await client.xadd(stream, dict(fields), **options)  # type: ignore[arg-type]  # redis-py's key type is too narrow
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel the tasks and wait until they have ended. Cancelled again until they do: on Python 3.11, redis-py's
+    read timeout (asyncio.timeout) can swallow a cancellation that lands as the timeout expires, and the command
+    is then retried as if nothing had happened."""
+    pending = {task for task in tasks if not task.done()}
+    cancelled = False  # the caller itself was cancelled meanwhile: raised once the tasks have ended
+    while pending:
+        for task in pending:
+            task.cancel()
+        try:
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 class PoolDispatcher:
     """The Executor of redis mode (bot/core/executor.py's protocol): start() after the queue started (in redis mode
     without the queue's own requeue of running jobs: their workers may be alive)."""
@@ -119,6 +136,7 @@ class PoolDispatcher:
         self._client: Redis | None = None
         self._unlisten: Callable[[], None] | None = None
         self.reconnections = 0  # successful connections after the first (tests, metrics)
+        self.rounds = 0  # scheduler rounds done (tests wait for a few instead of sleeping)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -134,9 +152,7 @@ class PoolDispatcher:
             self._unlisten()
             self._unlisten = None
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait(self._supervisor)
             self._supervisor = None
         self._online = False
 
@@ -201,9 +217,7 @@ class PoolDispatcher:
             for task in done:
                 task.result()  # raises the failure
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     async def _ensure_group(self, client: Redis, stream: str, group: str) -> None:
         try:
@@ -220,6 +234,7 @@ class PoolDispatcher:
         loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
+            self.rounds += 1
             try:
                 if loop.time() >= next_refresh:
                     next_refresh = loop.time() + self.poll
