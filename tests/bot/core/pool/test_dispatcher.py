@@ -347,50 +347,52 @@ async def test_a_cleanly_stopped_workers_job_goes_back_at_once(pool: Pool) -> No
 
 
 async def test_bot_restart_reconciles(pool: Pool) -> None:
-    """Killed and restarted, the bot records the results sent (and read) meanwhile first, keeps the jobs whose worker
-    is alive running where they are, requeues those whose worker died and those a local-mode worker had claimed,
-    and runs nothing that had finished again."""
+    """Killed and restarted, the bot first records the results sent meanwhile (also one it had read, not recorded,
+    from a worker that died since: that job is done, not run again), keeps the jobs whose worker is alive running
+    where they are, and requeues those whose worker died and those a local-mode worker had claimed."""
     w1 = await pool.worker("w1")
     w2 = await pool.worker("w2")
     w3 = await pool.worker("w3")
     await pool.dispatcher.start()
-    jobs = [await pool.submit(f"user{i}", seed=i) for i in range(3)]
+    for i in range(3):
+        await pool.submit(f"user{i}", seed=i)
     for worker in (w1, w2, w3):
         await worker.wait_for_jobs(1)
-    by_worker = {w.id: w.received[0] for w in (w1, w2, w3)}
+    done, requeued, kept = (w.received[0].job_id for w in (w1, w2, w3))
     await pool.dispatcher.stop()  # the bot dies: nothing is cleaned up
     local = await pool.submit("user9", seed=9)
     assert (claimed := await pool.queue.claim("oldhost:123")) is not None and claimed.id == local.id
 
-    await w1.finish(by_worker["w1"].job_id)  # while the bot is away; then the new bot reads it and dies before
-    await pool.redis.xreadgroup(BOT_GROUP, BOT_CONSUMER, {pool.keys.results: ">"})  # ... recording it: pending
-    await w2.kill()
-    tokens_before = {d.job_id: d.token for d in await pool.queue.jobs.dispatches()}
+    await w1.finish(done)  # while the bot is away; the bot had read it and died before recording it: pending
+    await pool.redis.xreadgroup(BOT_GROUP, BOT_CONSUMER, {pool.keys.results: ">"})
+    await w1.kill()  # and then w1 died too
+    await w2.kill()  # w2 died with its job
+    await until(lambda: _gone(pool, "w1", "w2"), "the dead workers' heartbeats expired")
+    token_kept = (await pool.queue.jobs.dispatch(kept) or pytest.fail("kept is not running")).token
 
     pool.dispatcher = pool.new_dispatcher()
     await pool.dispatcher.start()
-    done = by_worker["w1"].job_id
+    w4 = await pool.worker("w4")
     await until(lambda: pool.finished(done), "the pending result recorded")
-    assert await pool.state(done) == JobState.DONE
-    requeued = by_worker["w2"].job_id
-    # w1 is free again: it gets the dead worker's job or the local one; w3 keeps its own.
-    [_, again] = await w1.wait_for_jobs(2)
-    assert again.job_id in (requeued, local.id) and again.attempt == 2
-    kept = by_worker["w3"].job_id
+    assert pool.finished(done) == [JobFinished(done, "done")]
+    first = (await w4.wait_for_jobs(1))[0]
+    await w4.finish(first.job_id)
+    second = (await w4.wait_for_jobs(2))[1]
+    await w4.finish(second.job_id)
+    assert {first.job_id, second.job_id} == {requeued, local.id} and first.attempt == second.attempt == 2
     dispatch = await pool.queue.jobs.dispatch(kept)
-    assert dispatch is not None and dispatch.worker == "w3" and dispatch.token == tokens_before[kept]
+    assert dispatch is not None and dispatch.worker == "w3" and dispatch.token == token_kept
     await w3.finish(kept)
-    await until(lambda: pool.finished(kept), "the kept job recorded")
-    await w1.finish(again.job_id)
-    await until(lambda: len(w1.received) + len(w3.received) == 4, "the last job handed out")
-    last = next(w for w in (w1, w3) if w.open)
-    await last.finish(next(iter(last.open)))
-    for job_id in (requeued, local.id):
+    for job_id in (requeued, local.id, kept):
         await until(finished_check(pool, job_id), f"job {job_id} finished")
-    assert {j.id for j in jobs} | {local.id} == {done, requeued, kept, local.id}
-    ran = [m.job_id for w in (w1, w2, w3) for m in w.received]
+    ran = [m.job_id for w in (w1, w2, w3, w4) for m in w.received]
     assert ran.count(done) == 1 and ran.count(kept) == 1  # nothing that finished or kept running ran twice
-    assert all(len(pool.finished(job_id)) == 1 for job_id in (done, requeued, kept, local.id))
+    assert (await pool.job(done)).attempts == 1
+    assert all(pool.finished(job_id) == [JobFinished(job_id, "done")] for job_id in (done, requeued, kept, local.id))
+
+
+async def _gone(pool: Pool, *worker_ids: str) -> bool:
+    return int(await pool.redis.exists(*(pool.keys.worker(w) for w in worker_ids))) == 0
 
 
 async def test_redis_restarted_with_jobs_in_flight_loses_nothing(pool: Pool) -> None:
