@@ -67,6 +67,9 @@ FIRST_PAUSE = 0.1  # seconds before the first reconnection; doubled each time up
 MAX_PAUSE = 5.0
 RETRY_PAUSE = 1.0  # after a result that could not be recorded (busy database, full disk): read it again
 UNSENDABLE = "This job could not be handed to a worker."
+# An inbox keeps the entries its worker acknowledged; it is capped (approximately) at this many. A worker never has
+# more than its slots (at most 64) unacknowledged, so the cap only ever drops acknowledged entries.
+INBOX_MAXLEN = 1_000
 
 RedisFactory = Callable[[], Redis | Awaitable[Redis]]
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and fields (None fields read as {})
@@ -383,7 +386,7 @@ class PoolDispatcher:
             if inbox not in self._groups:
                 await self._ensure_group(client, inbox, WORKER_GROUP)
                 self._groups.add(inbox)
-            await xadd(client, inbox, message.fields())
+            await xadd(client, inbox, message.fields(), maxlen=INBOX_MAXLEN, approximate=True)
         except REDIS_ERRORS:
             self._inflight.pop(job.id, None)
             self._unsent[job.id] = dispatch  # requeued at the next connection (or now, if the database lets us)
@@ -454,7 +457,11 @@ class PoolDispatcher:
                     self._inflight.pop(message.job_id, None)
                     self._cancels.discard(message.job_id)
                     self._wakeup.set()  # a slot is free
-            await client.xack(self.keys.results, BOT_GROUP, entry_id)
+            # Acknowledged, then deleted: the bot is the stream's only reader, and a result carries PNG bytes.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xack(self.keys.results, BOT_GROUP, entry_id)
+                pipe.xdel(self.keys.results, entry_id)
+                await pipe.execute()
             return True
         finally:
             self._recording -= 1

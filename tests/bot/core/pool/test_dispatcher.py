@@ -147,9 +147,11 @@ async def test_a_job_is_handed_to_a_worker_and_its_result_stored(pool: Pool) -> 
     assert [(i.index, i.seed) for i in images] == [(0, job.params.seeds[0]), (1, job.params.seeds[1])]
     assert [pool.config.data_dir / i.path for i in images] == list(paths)
     assert all(path.read_bytes() == tiny_png() for path in paths)
+    await pool.dispatcher.idle()  # the result's entry acknowledged too
     assert pool.dispatcher.status().running == {} and not pool.dispatcher.busy()
     pending = await pool.redis.xpending(pool.keys.results, BOT_GROUP)
     assert pending["pending"] == 0  # acknowledged
+    assert await pool.redis.xlen(pool.keys.results) == 0  # and deleted: its PNGs no longer take Redis's memory
 
 
 async def test_a_second_result_and_results_of_other_dispatches_change_nothing(pool: Pool) -> None:
