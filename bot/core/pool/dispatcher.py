@@ -101,6 +101,10 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
         raise asyncio.CancelledError
 
 
+class _Unreachable(Exception):
+    """Redis could not be connected to (logged once per outage)."""
+
+
 class PoolDispatcher:
     """The Executor of redis mode (bot/core/executor.py's protocol): start() after the queue started (in redis mode
     without the queue's own requeue of running jobs: their workers may be alive)."""
@@ -128,6 +132,7 @@ class PoolDispatcher:
         self._inflight: dict[int, Dispatch] = {}  # job id -> its dispatch (a busy worker slot each)
         self._unsent: dict[int, Dispatch] = {}  # claimed, but the XADD failed: to be requeued
         self._cancels: set[int] = set()  # running jobs whose cancel was asked
+        self._ended: set[int] = set()  # jobs whose result was recorded while the registry was being read
         self._gone_since: dict[str, float] = {}  # worker ids seen gone -> when (monotonic), for the set's cleanup
         self._groups: set[str] = set()  # inboxes whose consumer group exists (this connection)
         self._recording = 0  # results being recorded now
@@ -167,26 +172,47 @@ class PoolDispatcher:
         """Look for a job to dispatch now (a submit, a resume)."""
         self._wakeup.set()
 
+    async def _connect(self) -> Redis:
+        made = self._factory()
+        client = await made if isinstance(made, Awaitable) else made
+        try:
+            await client.ping()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            raise
+        return client
+
     async def _supervise(self) -> None:
         pause = FIRST_PAUSE
         connected_before = False
+        complained = False  # the outage was logged (once each)
         while True:
             client: Redis | None = None
             try:
-                made = self._factory()
-                client = await made if isinstance(made, Awaitable) else made
-                await client.ping()
+                try:
+                    client = await self._connect()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # REDIS_ERRORS, or connection.py's RedisUnavailable wrapping them
+                    if not complained:
+                        log.warning("Redis unreachable (%s); jobs wait in the queue, retrying", e)
+                        complained = True
+                    raise _Unreachable from None
                 if connected_before:
                     self.reconnections += 1
                     log.info("Redis answers again; dispatching")
-                connected_before = True
+                connected_before, complained = True, False
                 pause = FIRST_PAUSE
                 await self._session(client)
             except asyncio.CancelledError:
                 raise
+            except _Unreachable:
+                pass
             except REDIS_ERRORS as e:
-                if self._online:
+                if not complained:
                     log.warning("Redis unreachable (%s); jobs wait in the queue, retrying", e)
+                    complained = True
             except Exception:
                 log.exception("the pool dispatcher failed; starting it again")
             finally:
@@ -253,6 +279,7 @@ class PoolDispatcher:
 
     async def _refresh(self, client: Redis) -> None:
         """Read the registry; requeue the running jobs whose worker is not alive; clean up gone workers."""
+        self._ended = set()
         snapshot = await self._registry.read(client)
         if self._unsent:
             outcome = await self.queue.jobs.requeue(list(self._unsent.values()), attempt_counts=False)
@@ -265,7 +292,9 @@ class PoolDispatcher:
             workers = sorted({str(d.worker) for d in orphans})
             self._after_requeue(outcome, f"their worker is gone ({', '.join(workers)[:200]})")
         orphaned = {d.job_id for d in orphans}
-        self._inflight = {d.job_id: d for d in dispatches if d.job_id not in orphaned}
+        # A result recorded while `dispatches` was read has freed its slot already: it must not come back.
+        self._inflight = {d.job_id: d for d in dispatches if d.job_id not in orphaned and d.job_id not in self._ended}
+        self._cancels &= set(self._inflight)  # the others have ended
         now = time.monotonic()
         for worker_id in snapshot.gone:
             first = self._gone_since.setdefault(worker_id, now)
@@ -455,6 +484,7 @@ class PoolDispatcher:
                 else:
                     log.info("job %s: %s by %s", message.job_id, message.outcome, message.worker)
                     self._inflight.pop(message.job_id, None)
+                    self._ended.add(message.job_id)
                     self._cancels.discard(message.job_id)
                     self._wakeup.set()  # a slot is free
             # Acknowledged, then deleted: the bot is the stream's only reader, and a result carries PNG bytes.
