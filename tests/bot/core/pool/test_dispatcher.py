@@ -485,3 +485,21 @@ async def test_plan_and_switch_model_follow_the_live_workers(pool: Pool) -> None
     await until(lambda: len(pool.dispatcher.status().workers) == 2, "both workers seen")
     assert pool.dispatcher.plan(spec, 4096, 4096, 4) is not None
     await small.stop()
+
+
+async def test_a_cancel_asked_while_redis_is_down_is_sent_when_it_returns(pool: Pool) -> None:
+    worker = await pool.worker("w1")
+    await pool.dispatcher.start()
+    job = await pool.submit()
+    [sent] = await worker.wait_for_jobs(1)
+    await asyncio.to_thread(pool.server.kill)
+    await until(lambda: not pool.dispatcher.status().online, "offline")
+    await pool.queue.cancel(job.id, "alice")
+    await pool.dispatcher.cancel(job.id)  # does not raise
+    await asyncio.to_thread(pool.server.start)
+    await pool.redis.aclose()
+    pool.redis = Redis.from_url(pool.server.url, socket_timeout=5)
+    await until(lambda: pool.redis.exists(pool.keys.cancel(job.id, sent.token)), "the cancel key set")
+    await worker.finish(job.id, "cancelled")
+    await until(lambda: pool.finished(job.id), "the job cancelled")
+    assert (await pool.job(job.id)).state == JobState.CANCELLED
