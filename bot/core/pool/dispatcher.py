@@ -324,6 +324,7 @@ class PoolDispatcher:
         """A gone worker's inbox: its pending entries claimed by the reaper and acknowledged, then the stream
         deleted (its jobs were requeued from SQLite, the system of record)."""
         inbox = self.keys.inbox(worker_id)
+        self._groups.discard(inbox)  # made again before the next dispatch to a worker of that id
         if not await client.exists(inbox):
             return
         start: Any = "0-0"
