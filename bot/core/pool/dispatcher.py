@@ -612,7 +612,7 @@ class PoolDispatcher:
                     device=beat.device,
                     models=beat.models,
                     loaded=beat.loaded,
-                    busy_job=mine[0] if mine else (beat.busy[0] if beat.busy else None),
+                    busy_job=mine[0] if mine else None,  # the bot's record, not the heartbeat's (it lags)
                     budget=beat.budget,
                 )
             )
