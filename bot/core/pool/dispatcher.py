@@ -231,6 +231,7 @@ class PoolDispatcher:
         await self._record_results(client, b"0")  # read before a crash or a disconnection, not yet recorded
         await self._record_results(client, b">")  # sent while the bot was away
         await self._refresh(client)  # requeues what runs on no live worker
+        await self._requeue_unsent(client)  # and what never reached its (live) worker's inbox
         self._client = client
         self._online = True
         for job_id in list(self._cancels):
@@ -305,6 +306,29 @@ class PoolDispatcher:
         for worker_id in list(self._gone_since):
             if worker_id not in snapshot.gone:
                 del self._gone_since[worker_id]
+
+    async def _requeue_unsent(self, client: Redis) -> None:
+        """At each (re)connection, after every result was recorded: a job running on a live worker whose dispatch is
+        not in that worker's inbox never reached it (the bot died between the claim and the XADD, or Redis lost the
+        entry), so it goes back to the queue without counting the attempt. An entry stays in the inbox after its
+        worker acknowledges it (only the oldest acknowledged ones are trimmed), and a job whose worker sent its
+        result was recorded (and is no longer running) before this runs."""
+        by_worker: dict[str, list[Dispatch]] = {}
+        for dispatch in self._inflight.values():
+            if dispatch.worker is not None and dispatch.token is not None:
+                by_worker.setdefault(dispatch.worker, []).append(dispatch)
+        unsent: list[Dispatch] = []
+        for worker_id, dispatches in by_worker.items():
+            entries: Any = await client.xrange(self.keys.inbox(worker_id))
+            sent = set()
+            for _, fields in entries:
+                with contextlib.suppress(ProtocolError):
+                    message = JobMessage.from_fields(fields or {})
+                    sent.add((message.job_id, message.token))
+            unsent.extend(d for d in dispatches if (d.job_id, d.token) not in sent)
+        if unsent:
+            outcome = await self.queue.jobs.requeue(unsent, attempt_counts=False)
+            self._after_requeue(outcome, "their dispatch never reached the worker")
 
     def _after_requeue(self, outcome: Requeued, why: str) -> None:
         if outcome.requeued:

@@ -503,3 +503,18 @@ async def test_a_cancel_asked_while_redis_is_down_is_sent_when_it_returns(pool: 
     await worker.finish(job.id, "cancelled")
     await until(lambda: pool.finished(job.id), "the job cancelled")
     assert (await pool.job(job.id)).state == JobState.CANCELLED
+
+
+async def test_a_job_claimed_but_never_sent_before_the_bot_died_is_sent_after_the_restart(pool: Pool) -> None:
+    """The bot died between the claim (SQLite) and the XADD: the worker is alive but never got the job. The restarted
+    bot finds no entry for that dispatch in the worker's inbox and hands the job out again, its attempt not counted."""
+    worker = await pool.worker("w1")
+    job = await pool.submit()
+    claimed = await pool.queue.claim("w1", models=("tiny-sdxl",), token="c" * 32)
+    assert claimed is not None and claimed.id == job.id and claimed.attempts == 1
+    await pool.dispatcher.start()
+    [sent] = await worker.wait_for_jobs(1)
+    assert sent.job_id == job.id and sent.attempt == 1 and sent.token != "c" * 32
+    await worker.finish(job.id)
+    await until(lambda: pool.finished(job.id), "the job finished")
+    assert (await pool.job(job.id)).state == JobState.DONE
