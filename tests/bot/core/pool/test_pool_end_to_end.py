@@ -58,7 +58,6 @@ class Bot:
 async def pool(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Bot]:
     from bot.core.pool.source import WorkerSettings
     from bot.core.pool.worker_process import run_worker
-
     from inference.cache import ModelCache
     from inference.specs import RuntimeOptions
 
