@@ -180,7 +180,7 @@ def main() -> None:
 
     # Worst case by construction: the prefixes with the longest key ranges that are *not*
     # precomputed, i.e. scanned on every query (at most SCAN_THRESHOLD keys each).
-    index = db._all
+    index = db.index()._all
     candidates: set[str] = set()
     for key in index.keys[::20]:
         candidates.update(key[:n] for n in range(1, min(len(key), 8) + 1))

@@ -163,7 +163,8 @@ def _open_tags(config: Config) -> TagDatabase | None:
     except OSError as e:  # a name the OS cannot even look up (too long)
         raise CliError(f"tag database {config.tags_db}: {e.strerror or e}") from None
     try:
-        return TagDatabase.open(config.tags_db)
+        # Lazy: building one prompt asks the file for a few tags (milliseconds), not the 1-2 s index.
+        return TagDatabase.open(config.tags_db, lazy=True)
     except TagDatabaseBusy as e:
         raise CliError(str(e), EXIT_FAILURE) from None
     except TagImportError as e:

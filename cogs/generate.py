@@ -4,6 +4,8 @@ delivery. Autocomplete from the active model's dialect and the tag database."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import discord
@@ -27,16 +29,29 @@ from bot.discord_app.interactions import guild_key
 from bot.discord_app.permissions import channel_allows_nsfw
 from bot.discord_app.submit import submit_and_announce
 from bot.prompts.builder import PromptChoices
+from bot.prompts.policy import normalize_text
 from bot.prompts.requests import GenerationRequest
-from bot.prompts.tags import TagCategory, TagDatabase
+from bot.prompts.tags import TagCategory, TagDatabase, TagImportError
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
+
+log = logging.getLogger(__name__)
 
 
 class Generate(commands.Cog):
     def __init__(self, bot: AnimeBot) -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        """Build the tag search index (seconds for the full list) on a thread, before the bot connects:
+        the service opens the tag database lazily, and no autocomplete may build it on the event loop."""
+        tags = self.bot.service.tags
+        if isinstance(tags, TagDatabase):
+            try:
+                await asyncio.to_thread(tags.prepare)
+            except TagImportError as e:  # the file went bad since the service checked it
+                log.warning("tag autocomplete unavailable: %s", e)
 
     @app_commands.command(name="generate", description="Make anime images from a prompt")
     @app_commands.describe(
@@ -108,7 +123,7 @@ class Generate(commands.Cog):
     @generate.autocomplete("artist")
     async def _artist(self, interaction: discord.Interaction, current: str) -> list[Choice]:
         dialect = await dialect_for(interaction)
-        head, _, last = current.rpartition(",")
+        head, _, last = normalize_text(current).rpartition(",")  # autocomplete text is not normalized by Discord
         prefix = f"{head}, " if head else ""
         tags = self.bot.service.tags
         typed = last.strip().removeprefix(dialect.artist_prefix) if dialect.artist_prefix else last.strip()

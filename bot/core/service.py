@@ -143,7 +143,8 @@ class GenerationService:
         if config.tags_db.is_file():
             from bot.prompts.tags import TagDatabase
 
-            self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db)
+            # Lazy: a checked file; the bot builds the search index when its autocomplete cog loads.
+            self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db, lazy=True)
         # Local mode: jobs a dead process left running are queued again now. Redis mode: they may be running
         # on a worker that is alive; the dispatcher reconciles them with what Redis holds.
         local = config.workers.mode == "local"

@@ -9,7 +9,7 @@ from discord import app_commands
 from bot.discord_app.interactions import bot_of, guild_key
 from bot.prompts.builder import NO_QUALITY, TagLookup
 from bot.prompts.dialects import Dialect, load_dialect
-from bot.prompts.policy import rating_options
+from bot.prompts.policy import normalize_text, rating_options
 from bot.prompts.tags import TagCategory, TagDatabase
 
 MAX_CHOICES = 25
@@ -63,7 +63,7 @@ def character_choices(dialect: Dialect, tags: TagLookup | None, current: str) ->
     """Characters (tag category 4) whose name or an alias starts with the last comma-separated name typed,
     most posts first. Each shows the name as the model writes it, with the alias typed when that is what
     matched, else its first aliases; its value is the Danbooru tag name."""
-    head, _, last = current.rpartition(",")
+    head, _, last = normalize_text(current).rpartition(",")  # autocomplete text is not normalized by Discord
     prefix = f"{head}, " if head else ""
     if not isinstance(tags, TagDatabase):
         typed = last.strip()

@@ -1,9 +1,12 @@
-"""Danbooru tag list: CSV import into SQLite and a fast in-memory prefix search (pure, synchronous).
+"""Danbooru tag list: CSV import into SQLite and a fast in-memory search (pure, synchronous).
 
 - ``model``: Tag, TagCategory, TagMatch, the errors and ``normalize`` (the search key);
 - ``importer``: parse the a1111 tag-autocomplete CSV (``import_csv``);
-- ``db``: the SQLite file: schema, write, load, and what a failure means;
-- ``index``: ``TagDatabase``, the in-memory prefix index, search and lookup.
+- ``db``: the SQLite file: schema, write, load, lookup by key, and what a failure means;
+- ``index``: ``TagDatabase`` (opened now or lazily) and ``TagIndex``: prefix search filled up with
+  similar tags, and lookup;
+- ``kana``: kana -> romaji and the spelling-insensitive key of the sounds-alike search;
+- ``fuzzy``: the bigram index and edit distance of the typo-tolerant search.
 """
 
 from __future__ import annotations

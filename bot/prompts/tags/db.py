@@ -13,11 +13,22 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bot.prompts.tags.model import Tag, TagCategory, TagDatabaseBusy, TagDatabaseError, TagImportError
+from bot.prompts.tags.model import (
+    Tag,
+    TagCategory,
+    TagDatabaseBusy,
+    TagDatabaseError,
+    TagImportError,
+    normalize,
+)
 
 # Bump whenever the tables change: an older database is then refused with a "re-import" message.
 # (Search keys are normalized at open, not stored, so changing ``normalize`` needs no re-import.)
 SCHEMA_VERSION = 1
+# The version of ``normalize`` the optional ``tag_keys`` table was written with (tag_meta "key_version").
+# Bump it when ``normalize`` changes: a table with another version is ignored (lookups then use the
+# in-memory index), never trusted. Databases imported before the table existed simply lack it.
+KEY_VERSION = "1"
 # Seconds to wait for another process's lock before giving up with a "locked" message.
 BUSY_TIMEOUT = 30.0
 
@@ -38,8 +49,14 @@ CREATE TABLE tag_aliases (
     alias    TEXT NOT NULL,
     PRIMARY KEY (tag_id, position)
 ) WITHOUT ROWID;
+CREATE TABLE tag_keys (
+    key    TEXT PRIMARY KEY,  -- normalize(name or alias): what ``lookup`` finds without loading the list
+    tag_id INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE
+) WITHOUT ROWID;
 """
-_TABLES = ("tag_aliases", "tags", "tag_meta")
+_TABLES = ("tag_keys", "tag_aliases", "tags", "tag_meta")
+# What a usable database must have (``tag_keys`` is optional: older imports lack it).
+_REQUIRED_TABLES = ("tag_aliases", "tags", "tag_meta")
 # The largest post count SQLite's INTEGER holds.
 MAX_POST_COUNT = 2**63 - 1
 
@@ -129,7 +146,13 @@ def write_tags(db_path: Path, rows: Sequence[TagRow], meta: Mapping[str, str]) -
             alias_rows = [(i, pos, a) for i, row in enumerate(rows, 1) for pos, a in enumerate(row[3])]
             n_aliases = len(alias_rows)
             conn.executemany("INSERT INTO tag_aliases (tag_id, position, alias) VALUES (?, ?, ?)", alias_rows)
-            full_meta = {"schema_version": str(SCHEMA_VERSION), **meta, "alias_count": str(n_aliases)}
+            conn.executemany("INSERT INTO tag_keys (key, tag_id) VALUES (?, ?)", _lookup_keys(rows).items())
+            full_meta = {
+                "schema_version": str(SCHEMA_VERSION),
+                **meta,
+                "alias_count": str(n_aliases),
+                "key_version": KEY_VERSION,
+            }
             conn.executemany("INSERT INTO tag_meta (key, value) VALUES (?, ?)", full_meta.items())
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -146,9 +169,26 @@ def write_tags(db_path: Path, rows: Sequence[TagRow], meta: Mapping[str, str]) -
     return n_aliases
 
 
-def load(db_path: Path) -> tuple[list[Tag], dict[str, str]]:
-    """The tags written by ``write_tags``, most posts first, and the meta table."""
-    hint = "run the tag import (import_csv) to create it"
+def _lookup_keys(rows: Sequence[TagRow]) -> dict[str, int]:
+    """{normalized name or alias: tag id}, with ``TagDatabase.lookup``'s precedence: a name beats an
+    alias, and between equal keys the tag with more posts (rows are in rank order) wins."""
+    keys: dict[str, int] = {}
+    for i, row in enumerate(rows, 1):
+        keys.setdefault(normalize(row[0]), i)
+    for i, row in enumerate(rows, 1):
+        for alias in row[3]:
+            key = normalize(alias)
+            if key:
+                keys.setdefault(key, i)
+    return keys
+
+
+_HINT = "run the tag import (import_csv) to create it"
+
+
+def _open_checked(db_path: Path) -> tuple[sqlite3.Connection, set[str]]:
+    """A read-only connection to a tag database of this schema version, and its table names."""
+    hint = _HINT
     if not db_path.is_file():
         raise TagDatabaseError(f"tag database not found: {db_path}; {hint}")
     try:
@@ -166,12 +206,80 @@ def load(db_path: Path) -> tuple[list[Tag], dict[str, str]]:
             if "not a SQLite database" in message:
                 message += f"; {hint}"
             raise TagDatabaseError(message) from None
-        if not set(_TABLES) <= have:
+        if not set(_REQUIRED_TABLES) <= have:
             raise TagDatabaseError(f"{db_path} holds no tag list; {hint}")
         if version != SCHEMA_VERSION:
             raise TagDatabaseError(
                 f"{db_path} has tag schema version {version}, this code needs {SCHEMA_VERSION}; re-import the tag CSV"
             )
+    except BaseException:
+        conn.close()
+        raise
+    return conn, have
+
+
+def _read_error(exc: sqlite3.Error, db_path: Path) -> TagDatabaseError:
+    message = describe_sqlite_error(exc, db_path)
+    if is_busy(exc):
+        return TagDatabaseBusy(message)
+    if "not a SQLite database" in message:  # damaged past the header
+        message = f"tag database {db_path} is corrupt ({exc}); re-import the CSV"
+    return TagDatabaseError(message)
+
+
+def check(db_path: Path) -> tuple[dict[str, str], bool]:
+    """The meta table of a usable tag database (the same checks as ``load``, in milliseconds), and
+    whether it has a ``tag_keys`` table that ``lookup_keys`` may use."""
+    conn, have = _open_checked(db_path)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM tag_meta"))
+    except sqlite3.Error as exc:
+        raise _read_error(exc, db_path) from None
+    finally:
+        conn.close()
+    return meta, "tag_keys" in have and meta.get("key_version") == KEY_VERSION
+
+
+def lookup_keys(db_path: Path, keys: Sequence[str]) -> dict[str, Tag]:
+    """{key: Tag} for the normalized ``keys`` found in the ``tag_keys`` table (``check`` said it is usable)."""
+    categories = {int(c): c for c in TagCategory}
+    found: dict[str, Tag] = {}
+    conn, _ = _open_checked(db_path)
+    try:
+        rows: list[tuple[str, int, str, int, int]] = []
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 500):  # under SQLite's limit on host parameters
+            chunk = unique[start : start + 500]
+            rows += conn.execute(
+                "SELECT k.key, t.id, t.name, t.category, t.post_count FROM tag_keys k JOIN tags t ON t.id = k.tag_id "
+                f"WHERE k.key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+        ids = sorted({row[1] for row in rows})
+        aliases: dict[int, list[str]] = {}
+        for start in range(0, len(ids), 500):
+            chunk_ids = ids[start : start + 500]
+            for tag_id, alias in conn.execute(
+                f"SELECT tag_id, alias FROM tag_aliases WHERE tag_id IN ({','.join('?' * len(chunk_ids))}) "
+                "ORDER BY tag_id, position",
+                chunk_ids,
+            ):
+                aliases.setdefault(tag_id, []).append(alias)
+        for key, tag_id, name, cat, count in rows:
+            found[key] = Tag(name, categories[cat], count, tuple(aliases.get(tag_id, ())))
+    except sqlite3.Error as exc:
+        raise _read_error(exc, db_path) from None
+    except (KeyError, TypeError) as exc:
+        raise TagDatabaseError(f"tag database {db_path} is corrupt ({exc!r}); re-import the CSV") from None
+    finally:
+        conn.close()
+    return found
+
+
+def load(db_path: Path) -> tuple[list[Tag], dict[str, str]]:
+    """The tags written by ``write_tags``, most posts first, and the meta table."""
+    conn, _ = _open_checked(db_path)
+    try:
         try:
             meta = dict(conn.execute("SELECT key, value FROM tag_meta"))
             aliases: dict[int, list[str]] = {}

@@ -303,7 +303,8 @@ def test_prefix_search_ranked_by_post_count(db: TagDatabase) -> None:
 
 @pytest.mark.parametrize("typed", ["looking at", "looking_at", "Looking At", "LOOKING_AT", " looking  at "])
 def test_spaces_underscores_and_case(db: TagDatabase, typed: str) -> None:
-    assert names(db.search(typed)) == ["looking_at_viewer", "looking_at_another"]
+    assert names(db.search(typed, similar=False)) == ["looking_at_viewer", "looking_at_another"]
+    assert names(db.search(typed))[:2] == ["looking_at_viewer", "looking_at_another"]  # prefix matches first
 
 
 def test_search_by_alias_reports_the_alias(db: TagDatabase) -> None:
@@ -330,16 +331,18 @@ def test_tag_matched_by_name_and_alias_appears_once(db: TagDatabase) -> None:
 
 def test_parentheses_escaped_or_not(db: TagDatabase) -> None:
     for typed in ("firefly (", r"firefly \(hon", "Firefly_(Honkai: Star", "firefly (honkai:_star_rail)"):
-        assert names(db.search(typed)) == ["firefly_(honkai:_star_rail)"], typed
-    assert names(db.search("firefly")) == ["firefly_(honkai:_star_rail)", "firefly"]
-    assert names(db.search("\\m")) == ["\\m/"]
+        assert names(db.search(typed, similar=False)) == ["firefly_(honkai:_star_rail)"], typed
+    assert names(db.search("firefly", similar=False)) == ["firefly_(honkai:_star_rail)", "firefly"]
+    assert names(db.search("\\m", similar=False)) == ["\\m/"]
 
 
 def test_unicode(db: TagDatabase) -> None:
-    assert [(m.name, m.matched_alias) for m in db.search("ポケ")] == [("pokémon", "ポケモン")]
-    assert names(db.search("POKÉ")) == ["pokémon"]
-    assert [(m.name, m.matched_alias) for m in db.search("ｐｏｋｅ")] == [("pokémon", "pokemon")]
-    assert names(db.search("ranma ½")) == ["ranma_1/2"]
+    assert [(m.name, m.matched_alias) for m in db.search("ポケ", similar=False)] == [("pokémon", "ポケモン")]
+    assert names(db.search("POKÉ", similar=False)) == ["pokémon"]
+    assert [(m.name, m.matched_alias) for m in db.search("ｐｏｋｅ", similar=False)] == [("pokémon", "pokemon")]
+    assert names(db.search("ranma ½", similar=False)) == ["ranma_1/2"]
+    first = db.search("ポケ")[0]
+    assert (first.name, first.matched_alias) == ("pokémon", "ポケモン")
 
 
 def test_category_filter(db: TagDatabase) -> None:
@@ -392,16 +395,20 @@ def test_search_agrees_with_brute_force(tmp_path: Path, monkeypatch: pytest.Monk
     )
     import_csv(write(tmp_path / "t.csv", TEST_CSV + MANY_ARTISTS + extra), tmp_path / "t.db")
     db = TagDatabase.open(tmp_path / "t.db")
-    by_rank = db._tags  # most posts first, ties by name
+    by_rank = db.index()._tags  # most posts first, ties by name
     keys = [(normalize(k), rank) for rank, t in enumerate(by_rank) for k in (t.name, *t.aliases)]
     prefixes = {""} | {k[:n] for k, _ in keys for n in range(1, min(len(k), 5) + 1)} | {"zz", "a_b", "b a"}
     for prefix in sorted(prefixes):
         ranks = sorted({r for k, r in keys if k.startswith(normalize(prefix))})
         for category in (None, *TagCategory):
             expected = [by_rank[r] for r in ranks if category is None or by_rank[r].category == category]
-            got = db.search(prefix, category)
+            got = db.search(prefix, category, similar=False)
             assert [m.tag for m in got] == expected[:MAX_LIMIT], (prefix, category)
-            assert [m.tag for m in db.search(prefix, category, limit=3)] == expected[:3]
+            assert [m.tag for m in db.search(prefix, category, limit=3, similar=False)] == expected[:3]
+            # With the similar-tag fill: the prefix matches still come first, all of them, once each.
+            filled = [m.tag for m in db.search(prefix, category)]
+            assert filled[: len(expected[:MAX_LIMIT])] == expected[:MAX_LIMIT], (prefix, category)
+            assert len(filled) == len(set(filled)) <= MAX_LIMIT
 
 
 # --- lookup ----------------------------------------------------------------------------------
@@ -512,7 +519,7 @@ def test_real_searches(real: tuple[ImportReport, TagDatabase]) -> None:
 
 def test_real_search_agrees_with_brute_force(real: tuple[ImportReport, TagDatabase]) -> None:
     _, db = real
-    tags = db._tags
+    tags = db.index()._tags
     entries = [(normalize(k), rank) for rank, t in enumerate(tags) for k in (t.name, *t.aliases)]
     rng = random.Random(7)
     for _ in range(40):
@@ -521,7 +528,8 @@ def test_real_search_agrees_with_brute_force(real: tuple[ImportReport, TagDataba
         category = rng.choice([None, TagCategory.ARTIST, TagCategory.CHARACTER])
         ranks = sorted({r for k, r in entries if k.startswith(prefix)})
         expected = [tags[r].name for r in ranks if category is None or tags[r].category == category][:25]
-        assert names(db.search(prefix, category)) == expected, (prefix, category)
+        assert names(db.search(prefix, category, similar=False)) == expected, (prefix, category)
+        assert names(db.search(prefix, category))[: len(expected)] == expected, (prefix, category)
 
 
 # --- what a failure is called (bugs 12, 13) -----------------------------------------------------
