@@ -12,6 +12,7 @@ so the tests share a few workers per test and keep images at 64x64."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -81,9 +82,15 @@ class Pool:
 
     def rows(self) -> dict[int, sqlite3.Row]:
         """Every job's row, read from the bot's database with a read-only connection."""
-        with sqlite3.connect(f"file:{self.data_dir / 'animebot.sqlite'}?mode=ro", uri=True) as db:
+        path = self.data_dir / "animebot.sqlite"
+        if not path.exists():
+            return {}
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             db.row_factory = sqlite3.Row
-            return {row["id"]: row for row in db.execute("SELECT id, state, attempts, claimed_by FROM jobs")}
+            try:
+                return {row["id"]: row for row in db.execute("SELECT id, state, attempts, claimed_by FROM jobs")}
+            except sqlite3.OperationalError:  # the bot is creating its tables
+                return {}
 
 
 @pytest.fixture
@@ -141,6 +148,7 @@ def online(service: GenerationService, *worker_ids: str) -> bool:
 
 
 def check_images(service: GenerationService, pool: Pool, job_id: int, count: int) -> None:
+    """The job's images are on disk, once each, and open as the size asked."""
     images = pool.data_dir / "images"
     files = sorted(images.rglob(f"{job_id}-*.png"))
     assert len(files) == count, files
@@ -187,7 +195,7 @@ async def test_a_worker_killed_mid_job_is_replaced_after_the_visibility_timeout(
     assert done.state == JobState.DONE
     row = pool.rows()[job.id]
     assert row["claimed_by"] == "w2" and row["attempts"] == 2
-    check_images(bot, pool, job.id, 1)
+    check_images(bot, pool, job.id, 4)
 
 
 async def test_redis_restarted_while_jobs_run_loses_nothing(pool: Pool, bot: GenerationService) -> None:
@@ -241,3 +249,54 @@ async def test_jobs_go_to_the_worker_that_holds_their_model(pool: Pool, bot: Gen
         job = await bot.submit(request(10 + i, model="tiny-anima"), "cli:a")
         await asyncio.wait_for(bot.wait(job.id), TIMEOUT)
         assert pool.rows()[job.id]["claimed_by"] == holder
+
+
+# -- the bot killed with SIGKILL and restarted -------------------------------------------------------------
+
+
+async def child_bot(config_path: Path, jobs: int) -> None:
+    """The bot process of the restart test: start, submit `jobs` jobs, serve until killed."""
+    service = GenerationService(load_config(config_path))
+    await service.start()
+    for i in range(jobs):
+        await service.submit(request(i, steps=60, count=2), f"cli:user{i % 2}")
+    print("submitted", flush=True)
+    await asyncio.Event().wait()
+
+
+async def test_the_bot_killed_and_restarted_loses_nothing_and_runs_nothing_twice(pool: Pool) -> None:
+    pool.start_worker("w1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.bot.core.pool.test_pool_e2e", str(pool.config_path), "4"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        await until(
+            lambda: any(row["state"] == "done" for row in pool.rows().values())
+            and any(row["state"] == "running" for row in pool.rows().values()),
+            "one job done and the next running",
+            pool,
+        )
+    finally:
+        child.kill()  # SIGKILL: the dispatcher never says goodbye; w1 keeps running its job
+        child.wait()
+    before = pool.rows()
+    service = GenerationService(load_config(pool.config_path))
+    await service.start()
+    try:
+        finished = [await asyncio.wait_for(service.wait(job_id), TIMEOUT) for job_id in sorted(before)]
+        assert [job.state for job in finished] == [JobState.DONE] * 4
+        after = pool.rows()
+        for job_id, row in before.items():
+            # What had finished is left alone, what ran on the live worker is not run again, and nothing
+            # was handed out twice.
+            assert after[job_id]["attempts"] == 1, (job_id, dict(row), dict(after[job_id]))
+            check_images(service, pool, job_id, 2)
+            assert len(await service.images(job_id)) == 2
+    finally:
+        await service.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(child_bot(Path(sys.argv[1]), int(sys.argv[2])))
