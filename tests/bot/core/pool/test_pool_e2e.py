@@ -41,7 +41,8 @@ VISIBILITY = 2.0  # the pool's visibility timeout in these tests
 
 
 def request(i: int, *, model: str = "tiny-sdxl", steps: int = 4, count: int = 1) -> GenerationRequest:
-    return GenerationRequest(model, PromptChoices(f"1girl, pool job {i}"), seed=100 + i, steps=steps, size="64x64", count=count)
+    choices = PromptChoices(f"1girl, pool job {i}")
+    return GenerationRequest(model, choices, seed=100 + i, steps=steps, size="64x64", count=count)
 
 
 @dataclass
