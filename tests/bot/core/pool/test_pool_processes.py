@@ -269,7 +269,7 @@ async def test_the_bot_killed_and_restarted_loses_nothing_and_runs_nothing_twice
     pool.start_worker("w1")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.bot.core.pool.test_pool_e2e", str(pool.config_path), "4"],
+        [sys.executable, "-m", "tests.bot.core.pool.test_pool_processes", str(pool.config_path), "4"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
