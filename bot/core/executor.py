@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.core.memory_info import MemoryStatus, memory_status
+from bot.core.pool.status import ExecutorStatus, WorkerStatus  # the status types, shared with the pool
 from inference.memory import Footprint, JobPlan
 from inference.specs import ModelSpec
 from inference.types import JobSource
@@ -23,27 +23,6 @@ if TYPE_CHECKING:
     from bot.config import Config
     from inference.cache import ModelCache
     from inference.worker import GpuWorker
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    """One worker, for /queue, /model, doctor and the metrics."""
-
-    id: str  # e.g. "gpu-box:cuda:1" or "host:pid"
-    device: str  # "cuda:1", "cpu"
-    models: tuple[str, ...]  # the model names it can serve
-    loaded: tuple[str, ...]  # the models it holds now
-    busy_job: int | None  # the job it runs now
-    budget: int | None  # bytes of device memory it can use (None: unknown/CPU)
-    local: bool = False  # the in-process worker of local mode
-
-
-@dataclass(frozen=True)
-class ExecutorStatus:
-    mode: Literal["local", "redis"]
-    online: bool  # local: always True; redis: Redis answers
-    workers: tuple[WorkerStatus, ...]
-    running: dict[int, str]  # job id -> worker id, for the jobs running now
 
 
 def waiting_for_worker(status: ExecutorStatus) -> bool:

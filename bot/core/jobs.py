@@ -13,6 +13,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from bot.prompts.requests import GenerationRequest, ResolvedRequest
 from inference.types import GenerationParams
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
+GAVE_UP_BOT = "This job stopped the bot every time it ran, so it was given up."
+GAVE_UP_WORKER = "This job stopped its worker every time it ran, so it was given up."
 log = logging.getLogger(__name__)
 
 UNREADABLE = "This job's stored request could not be read, so it was given up."
@@ -97,6 +100,27 @@ class JobRecord:
     locale: str | None = None  # the asker's message language, for a delivery after a restart
     verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
     withheld: str | None = None  # not posted by the rating check: the rating, or "unchecked" (the check failed)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A running job and whom it was handed to: the worker (claimed_by), the dispatch's token (None: claimed by
+    an in-process worker), the attempt (its count of starts) and who asked to cancel it, if anyone did."""
+
+    job_id: int
+    worker: str | None
+    token: str | None
+    attempt: int
+    cancelled_by: str | None
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What a requeue did to each running job it was given."""
+
+    requeued: list[int] = field(default_factory=list)  # waiting again, at their fair rank
+    cancelled: list[int] = field(default_factory=list)  # someone had asked to cancel them
+    failed: list[int] = field(default_factory=list)  # started MAX_ATTEMPTS times: given up
 
 
 @dataclass(frozen=True)
@@ -256,6 +280,10 @@ def _readable(rows: list[Any]) -> list[JobRecord]:
     return jobs
 
 
+def _dispatch(row: Any) -> Dispatch:
+    return Dispatch(int(row["id"]), row["claimed_by"], row["dispatch_token"], int(row["attempts"]), row["cancelled_by"])
+
+
 def _image(row: Any) -> ImageRecord:
     return ImageRecord(
         row["job_id"], row["idx"], row["seed"], row["path"], row["width"], row["height"], row["parameters"],
@@ -299,25 +327,33 @@ class JobRepository:
             ),
         )
 
-    async def claim_next(self, worker_id: str) -> JobRecord | None:
+    async def claim_next(
+        self, worker_id: str, models: Collection[str] | None = None, token: str | None = None
+    ) -> JobRecord | None:
         """The next job in fair order, queued → running for `worker_id`, in one UPDATE ... RETURNING; None
-        if nothing waits. Safe with any number of claimers on any number of connections or processes:
+        if nothing waits. With `models`, the next one among the jobs for those models (what the idle workers of
+        the pool serve); `token` is recorded as the dispatch's token (bot/core/pool).
+        Safe with any number of claimers on any number of connections or processes:
         SQLite runs one write transaction at a time and the UPDATE re-checks `state = 'queued'`, so a job
         is claimed once. Its owner's served count grows by one in the same transaction (their remaining
         jobs keep their rank: served + 1, place - 1), or is forgotten if they have nothing left waiting.
         An empty queue is seen with a read (WAL: never blocked by a writer), without taking the write lock."""
+        among = "" if models is None else " AND model IN (SELECT value FROM json_each(?3))"
+        chosen = json.dumps(sorted(models or ()))
         if not await self.store.fetchall(
-            "SELECT 1 FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' LIMIT 1"
+            f"SELECT 1 FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued'{among} LIMIT 1",
+            (None, None, chosen) if models is not None else (),
         ):
             return None
         async with self.store.transaction():
             row = await self.store.fetchone(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, claimed_by = ? "
-                "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' "
-                "ORDER BY queue_rank, id LIMIT 1) "
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, claimed_by = ?2, "
+                "dispatch_token = ?4 "
+                "WHERE id = (SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued'"
+                f"{among} ORDER BY queue_rank, id LIMIT 1) "
                 "AND state = 'queued' "
                 f"RETURNING {_RETURNED_COLUMNS}",
-                (time.time(), worker_id),
+                (time.time(), worker_id, chosen, token),
             )
             if row is None:
                 return None
@@ -333,12 +369,14 @@ class JobRepository:
                 await self.fail(int(row["id"]), UNREADABLE)
         raise UnreadableJob(int(row["id"]))
 
-    async def finish(self, job_id: int, images: list[ImageRecord]) -> bool:
-        """running → done with its images, once. False (and nothing written) if it was not running."""
+    async def finish(self, job_id: int, images: list[ImageRecord], token: str | None = None) -> bool:
+        """running → done with its images, once. False (and nothing written) if it was not running, or, with a
+        `token`, not running on the dispatch that token names."""
         async with self.store.transaction():
             changed = await self.store.execute(
-                "UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ? AND state = 'running'",
-                (time.time(), job_id),
+                "UPDATE jobs SET state = 'done', finished_at = ?1, error = NULL WHERE id = ?2 AND state = 'running'"
+                " AND (?3 IS NULL OR dispatch_token = ?3)",
+                (time.time(), job_id, token),
             )
             if changed != 1:
                 return False
@@ -350,13 +388,17 @@ class JobRepository:
                 )
             return True
 
-    async def fail(self, job_id: int, message: str) -> bool:
-        """queued/running → failed, once; its quota usage is given back."""
-        return await self._end_unfinished(job_id, JobState.FAILED, "error", message, ("queued", "running"))
+    async def fail(self, job_id: int, message: str, token: str | None = None) -> bool:
+        """queued/running → failed, once; its quota usage is given back. With a `token`: only while running on
+        the dispatch that token names."""
+        states = ("running",) if token is not None else ("queued", "running")
+        return await self._end_unfinished(job_id, JobState.FAILED, "error", message, states, token)
 
-    async def cancel(self, job_id: int, by: str) -> bool:
-        """queued/running → cancelled, once; its quota usage is given back."""
-        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by, ("queued", "running"))
+    async def cancel(self, job_id: int, by: str, token: str | None = None) -> bool:
+        """queued/running → cancelled, once; its quota usage is given back. With a `token`: only while running
+        on the dispatch that token names."""
+        states = ("running",) if token is not None else ("queued", "running")
+        return await self._end_unfinished(job_id, JobState.CANCELLED, "cancelled_by", by, states, token)
 
     async def cancel_waiting(self, job_id: int, by: str) -> bool:
         """queued → cancelled, once; False if it is no longer waiting (a worker claimed it meanwhile)."""
@@ -369,10 +411,15 @@ class JobRepository:
         column: Literal["error", "cancelled_by"],
         value: str,
         states: tuple[str, ...],
+        token: str | None = None,
     ) -> bool:
         async with self.store.transaction():
-            before = await self.store.fetchone("SELECT owner_id, state, queue_rank FROM jobs WHERE id = ?", (job_id,))
+            before = await self.store.fetchone(
+                "SELECT owner_id, state, queue_rank, dispatch_token FROM jobs WHERE id = ?", (job_id,)
+            )
             if before is None or before["state"] not in states:
+                return False
+            if token is not None and before["dispatch_token"] != token:
                 return False
             await self.store.execute(
                 f"UPDATE jobs SET state = ?, {column} = ?, finished_at = ? WHERE id = ?",
@@ -431,24 +478,83 @@ class JobRepository:
             rows = await self.store.fetchall(
                 "SELECT id, owner_id, attempts, cancelled_by FROM jobs WHERE state = 'running' ORDER BY id"
             )
-            requeued = []
-            for row in rows:
-                if row["cancelled_by"] is not None:
-                    await self.cancel(row["id"], row["cancelled_by"])
-                elif row["attempts"] >= MAX_ATTEMPTS:
-                    await self.fail(row["id"], "This job stopped the bot every time it ran, so it was given up.")
-                else:
+            return (await self._requeue_rows(rows, GAVE_UP_BOT)).requeued
+
+    async def requeue(self, dispatches: Collection[Dispatch], *, attempt_counts: bool = True) -> Requeued:
+        """Running jobs whose worker is gone go back to the queue at their fair rank (the pool's failover), each
+        only while it is still running on that dispatch (the same worker and token). As at a restart, a job
+        someone asked to cancel is cancelled and one started MAX_ATTEMPTS times is failed. `attempt_counts`
+        False: the job never reached a worker (its dispatch could not be sent), so the start is not counted."""
+        outcome = Requeued()
+        async with self.store.transaction():
+            rows = []
+            for dispatch in sorted(dispatches, key=lambda d: d.job_id):
+                if not attempt_counts:
                     await self.store.execute(
-                        "UPDATE jobs SET state = 'queued', started_at = NULL, claimed_by = NULL WHERE id = ?",
-                        (row["id"],),
+                        "UPDATE jobs SET attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND state = 'running'"
+                        " AND claimed_by IS ?2 AND dispatch_token IS ?3",
+                        (dispatch.job_id, dispatch.worker, dispatch.token),
                     )
-                    await self.store.execute(
-                        "UPDATE queue_served SET served = MAX(served - 1, 0) WHERE owner_id = ?", (row["owner_id"],)
-                    )
-                    requeued.append(row["id"])
-            if requeued:
-                await self.rerank()
-        return requeued
+                row = await self.store.fetchone(
+                    "SELECT id, owner_id, attempts, cancelled_by FROM jobs WHERE id = ?1 AND state = 'running'"
+                    " AND claimed_by IS ?2 AND dispatch_token IS ?3",
+                    (dispatch.job_id, dispatch.worker, dispatch.token),
+                )
+                if row is not None:
+                    rows.append(row)
+            outcome = await self._requeue_rows(rows, GAVE_UP_WORKER)
+        return outcome
+
+    async def _requeue_rows(self, rows: list[Any], gave_up: str) -> Requeued:
+        """Inside a transaction: the running jobs of `rows` (id, owner_id, attempts, cancelled_by) back to the
+        queue, cancelled, or failed with `gave_up`; the ranks recomputed."""
+        outcome = Requeued()
+        for row in rows:
+            if row["cancelled_by"] is not None:
+                await self.cancel(row["id"], row["cancelled_by"])
+                outcome.cancelled.append(row["id"])
+            elif row["attempts"] >= MAX_ATTEMPTS:
+                await self.fail(row["id"], gave_up)
+                outcome.failed.append(row["id"])
+            else:
+                await self.store.execute(
+                    "UPDATE jobs SET state = 'queued', started_at = NULL, claimed_by = NULL, dispatch_token = NULL"
+                    " WHERE id = ?",
+                    (row["id"],),
+                )
+                await self.store.execute(
+                    "UPDATE queue_served SET served = MAX(served - 1, 0) WHERE owner_id = ?", (row["owner_id"],)
+                )
+                outcome.requeued.append(row["id"])
+        if outcome.requeued:
+            await self.rerank()
+        return outcome
+
+    async def dispatches(self) -> list[Dispatch]:
+        """Every running job with whom it was handed to, first started first."""
+        rows = await self.store.fetchall(
+            "SELECT id, claimed_by, dispatch_token, attempts, cancelled_by FROM jobs WHERE state = 'running'"
+            " ORDER BY started_at, id"
+        )
+        return [_dispatch(row) for row in rows]
+
+    async def dispatch(self, job_id: int) -> Dispatch | None:
+        """Whom a running job was handed to; None if it is not running."""
+        row = await self.store.fetchone(
+            "SELECT id, claimed_by, dispatch_token, attempts, cancelled_by FROM jobs"
+            " WHERE id = ? AND state = 'running'",
+            (job_id,),
+        )
+        return None if row is None else _dispatch(row)
+
+    async def next_waiting_model(self, models: Collection[str]) -> str | None:
+        """The model of the job that runs next among the waiting jobs for `models` (fair order); None if none."""
+        value = await self.store.scalar(
+            "SELECT model FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued'"
+            " AND model IN (SELECT value FROM json_each(?)) ORDER BY queue_rank, id LIMIT 1",
+            (json.dumps(sorted(models)),),
+        )
+        return None if value is None else str(value)
 
     async def rerank(self) -> None:
         """Compute every waiting job's rank from the rule (after a requeue; the writes above keep it

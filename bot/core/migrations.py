@@ -137,4 +137,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_withheld_by_guild ON jobs (guild_id, id DESC) WHERE withheld IS NOT NULL;
     """,
+    # 7: the worker pool's dispatch token, the secret a running job was handed to its worker with (bot/core/pool):
+    # only a result carrying it completes the job
+    """
+    ALTER TABLE jobs ADD COLUMN dispatch_token TEXT;  -- while running on a pool worker: its dispatch's token
+    """,
 )

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -233,12 +233,20 @@ class JobQueue:
     async def claim_next(self, worker_id: str) -> WorkItem | None:
         """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
         waits or the queue is paused. Any number of workers, in this process or others, may call it."""
+        job = await self.claim(worker_id)
+        return None if job is None else WorkItem(job.id, self.models[job.model], job.params, self.image_paths(job))
+
+    async def claim(
+        self, worker_id: str, *, models: Collection[str] | None = None, token: str | None = None
+    ) -> JobRecord | None:
+        """claim_next's job record: the next job in fair order (among those for `models`, if given) running for
+        `worker_id` from now on, with the dispatch `token` (the worker pool's dispatcher hands it out)."""
         await self._fail_unrunnable()
         if await self.paused():
             return None
         while True:
             try:
-                job = await self.jobs.claim_next(worker_id)
+                job = await self.jobs.claim_next(worker_id, models, token)
             except UnreadableJob as e:
                 self._changed()
                 self._finished(e.job_id, JobState.FAILED, UNREADABLE)
@@ -252,7 +260,7 @@ class JobQueue:
                 await self._fail_unrunnable()
                 continue
             self.events.publish(JobStarted(job.id, job.model))
-            return WorkItem(job.id, spec, job.params, self._image_paths(job))
+            return job
 
     async def _fail_unrunnable(self) -> None:
         """Record the failures of claimed jobs this process cannot run. One that meets a busy database stays
@@ -261,7 +269,8 @@ class JobQueue:
             await self.on_failed(job_id, message)
             del self._unrunnable[job_id]
 
-    def _image_paths(self, job: JobRecord) -> tuple[Path, ...]:
+    def image_paths(self, job: JobRecord) -> tuple[Path, ...]:
+        """Where image i of `job` is written (absolute)."""
         day = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d")
         folder = self.data_dir / "images" / day
         return tuple(folder / f"{job.id}-{i}-{seed}.png" for i, seed in enumerate(job.params.seeds))
@@ -274,7 +283,7 @@ class JobQueue:
 
     async def on_done(self, job_id: int, images: list[SavedImage]) -> None:
         records = [
-            ImageRecord(job_id, s.index, s.seed, self._relative(s.path), s.width, s.height, s.parameters)
+            ImageRecord(job_id, s.index, s.seed, self.relative(s.path), s.width, s.height, s.parameters)
             for s in images
         ]
         if await self.jobs.finish(job_id, records):
@@ -292,7 +301,8 @@ class JobQueue:
     def _finished(self, job_id: int, state: JobState, error: str | None = None) -> None:
         self.events.publish(JobFinished(job_id, state.value, error))
 
-    def _relative(self, path: Path) -> str:
+    def relative(self, path: Path) -> str:
+        """`path` as stored in the images table: relative to the data directory when under it."""
         try:
             return str(path.relative_to(self.data_dir))
         except ValueError:

@@ -70,9 +70,18 @@ ExecutorFactory = Callable[["GenerationService"], Executor]
 def pool_dispatcher(service: GenerationService) -> Executor:
     """The executor of `[workers] mode = "redis"`: the dispatcher that hands the queue's jobs to `animebot
     worker` processes through Redis. Imported here, by name: the bot process of redis mode loads no torch."""
+    from bot.core.pool.connection import connect
     from bot.core.pool.dispatcher import PoolDispatcher
+    from bot.core.pool.protocol import Keys
 
-    return PoolDispatcher(service.config, service.queue, service.events)
+    workers = service.config.workers
+    return PoolDispatcher(
+        service.queue,
+        lambda: connect(workers.url),
+        keys=Keys(workers.prefix),
+        visibility_timeout=workers.visibility_timeout,
+        max_result_bytes=int(workers.max_result_mb * 1024 * 1024),
+    )
 
 
 class GenerationService:
