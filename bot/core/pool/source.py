@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
@@ -57,6 +57,9 @@ from bot.core.pool.protocol import (
 )
 from inference.specs import ModelSpec
 from inference.types import LoadProgress, SavedImage, SourceBusy, StepProgress, WorkItem
+
+if TYPE_CHECKING:
+    from bot.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +104,15 @@ class WorkerSettings:
         return self.heartbeat_interval or self.visibility_timeout / 4
 
     @classmethod
-    def from_config(cls, config: Any, url: str | None = None) -> WorkerSettings:
-        """From the config's [workers] section when it has one (`config.workers`, or `config.settings.workers`),
-        else the defaults; `url` (the CLI's --redis-url) wins over the configured one."""
-        workers = getattr(config, "workers", None) or getattr(getattr(config, "settings", None), "workers", None)
-        if workers is None:
-            return cls(url=url or DEFAULT_URL)
-        max_mb = getattr(workers, "max_result_mb", None)
+    def from_config(cls, config: Config, url: str | None = None) -> WorkerSettings:
+        """From the config's [workers] section; `url` (the CLI's --redis-url) wins over the configured one."""
+        workers = config.workers
         return cls(
-            url=url or getattr(workers, "url", None) or DEFAULT_URL,
-            visibility_timeout=float(getattr(workers, "visibility_timeout", 60.0)),
-            heartbeat_interval=getattr(workers, "heartbeat_interval", None),
-            max_result_bytes=DEFAULT_MAX_RESULT_BYTES if max_mb is None else int(max_mb * 2**20),
-            prefix=getattr(workers, "prefix", None) or "animebot",
+            url=url or workers.url,
+            visibility_timeout=workers.visibility_timeout,
+            heartbeat_interval=workers.heartbeat_interval,
+            max_result_bytes=int(workers.max_result_mb * 2**20),
+            prefix=workers.prefix,
         )
 
 

@@ -217,30 +217,23 @@ def test_redis_mode_loads_no_torch(tmp_path: Path) -> None:
     assert result == {"job": 1, "heavy": []}
 
 
-async def test_redis_mode_without_a_factory_builds_the_pool_dispatcher(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """mode = "redis" builds bot.core.pool.dispatcher.PoolDispatcher, imported by name at start (not in local
-    mode): here a module standing in for it records how it was built."""
-    import types
+async def test_redis_mode_without_a_factory_builds_the_pool_dispatcher(tmp_path: Path) -> None:
+    """mode = "redis" builds bot.core.pool.dispatcher.PoolDispatcher from [workers] (no Redis answers here: the
+    service starts all the same, and says jobs wait)."""
+    from bot.core.pool.dispatcher import PoolDispatcher
 
-    built: list[tuple[object, ...]] = []
-
-    class PoolDispatcher(FakePool):
-        def __init__(self, config: object, queue: object, events: object) -> None:
-            built.append((config, queue, events))
-            super().__init__(service)
-
-    module = types.ModuleType("bot.core.pool.dispatcher")
-    module.PoolDispatcher = PoolDispatcher  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "bot.core.pool.dispatcher", module)
     path = tmp_path / "config.toml"
-    path.write_text(REDIS_CONFIG, encoding="utf-8")
+    url = 'url = "redis://:s3cret@127.0.0.1:6399/0"\n'
+    settings = url + 'prefix = "bot2"\nvisibility_timeout = 7.5\nmax_result_mb = 3\n'
+    path.write_text(REDIS_CONFIG.replace(url, settings), encoding="utf-8")
     service = GenerationService(load_config(path))
     await service.start()
     try:
-        assert isinstance(service.executor, PoolDispatcher) and service.executor.started
-        assert built == [(service.config, service.queue, service.events)]
+        executor = service.executor
+        assert isinstance(executor, PoolDispatcher)
+        assert executor.keys.prefix == "bot2" and executor.visibility_timeout == 7.5
+        assert executor.max_result_bytes == 3 * 2**20 and executor.queue is service.queue
+        assert service.waiting_for_worker()
     finally:
         await service.close()
 

@@ -11,13 +11,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as redis
 
 from bot.cli import main
-from bot.config import load_config
+from bot.config import load_config, parse_config
 from bot.core.pool.protocol import DEFAULT_MAX_RESULT_BYTES, Keys
 from bot.core.pool.source import DEFAULT_URL, WorkerSettings
 from bot.core.pool.worker_process import (
@@ -68,16 +67,17 @@ def test_the_served_models_and_the_default_id() -> None:
     assert worker_id_for("gpu-box:1", None) == "gpu-box:1"
 
 
-def test_worker_settings_come_from_the_workers_section_when_there_is_one() -> None:
-    assert WorkerSettings.from_config(SimpleNamespace(settings=SimpleNamespace())) == WorkerSettings(url=DEFAULT_URL)
-    workers = SimpleNamespace(
-        url="rediss://r.example:6380/1", visibility_timeout=20.0, heartbeat_interval=None, max_result_mb=2,
-        prefix="bot2",
-    )
-    settings = WorkerSettings.from_config(SimpleNamespace(workers=workers))
+def test_worker_settings_come_from_the_workers_section(tmp_path: Path) -> None:
+    assert WorkerSettings.from_config(parse_config({}, tmp_path)) == WorkerSettings(url=DEFAULT_URL)
+    workers = {
+        "mode": "redis", "url": "rediss://r.example:6380/1", "visibility_timeout": 20.0, "max_result_mb": 2,
+        "prefix": "bot2",
+    }
+    config = parse_config({"workers": workers}, tmp_path)
+    settings = WorkerSettings.from_config(config)
     assert settings == WorkerSettings("rediss://r.example:6380/1", 20.0, None, 2 * 2**20, "bot2")
     assert settings.interval == 5.0
-    assert WorkerSettings.from_config(SimpleNamespace(workers=workers), "redis://other/0").url == "redis://other/0"
+    assert WorkerSettings.from_config(config, "redis://other/0").url == "redis://other/0"
     assert WorkerSettings().max_result_bytes == DEFAULT_MAX_RESULT_BYTES
     with pytest.raises(ValueError, match="heartbeat interval"):
         WorkerSettings(visibility_timeout=1.0, heartbeat_interval=2.0)
