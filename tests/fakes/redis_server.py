@@ -83,6 +83,17 @@ class RedisServer:
         except OSError:
             return False
 
+    def add_user(self, name: str, password: str, rules: list[str]) -> str:
+        """An ACL user with `rules` (e.g. ["~animebot:*", "-@all", "+xadd"]); the URL that logs in as it."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        try:
+            client.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *rules)
+        finally:
+            client.close()
+        return f"redis://{name}:{password}@127.0.0.1:{self.port}/0"
+
     def stop(self) -> None:
         """A clean shutdown (SIGTERM: Redis flushes the append-only file)."""
         if self.process is None:
@@ -114,3 +125,14 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+
+
+def documented_acl_rules(user: str = "animebot") -> list[str]:
+    """The ACL rule docs/scaling.md gives for the pool's Redis user (after `user NAME on >PASSWORD`): the tests
+    run the pool as that user, so the page stays true."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
+    for line in page.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words[:3] == ["user", user, "on"]:
+            return [word for word in words[3:] if not word.startswith(">")]
+    raise AssertionError(f"docs/scaling.md has no 'user {user} on ...' line")

@@ -22,7 +22,7 @@ from bot.core.quotas import QuotaLimits, Quotas
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest, resolve_request
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, documented_acl_rules
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("bot.core.pool.source") is None, reason="the worker side (bot/core/pool/source.py)"
@@ -54,19 +54,24 @@ class Bot:
         return [e for e in self.heard if isinstance(e, JobFinished) and e.job_id == job_id]
 
 
-@pytest.fixture
-async def pool(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Bot]:
+@pytest.fixture(params=["default user", "documented ACL user"])
+async def pool(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Bot]:
+    """The bot side and one real worker on one redis-server; logged in as Redis's default user, or as the
+    restricted user docs/scaling.md documents (a command missing from its rule fails these tests)."""
     from bot.core.pool.source import WorkerSettings
     from bot.core.pool.worker_process import run_worker
     from inference.cache import ModelCache
     from inference.specs import RuntimeOptions
 
+    url = redis_server.url
+    if request.param == "documented ACL user":
+        url = redis_server.add_user("animebot", "pool-secret", documented_acl_rules())
     config = parse_config({"data_dir": str(tmp_path / "data")}, tmp_path)
     store = await Store.open(tmp_path / "bot.sqlite")
-    bot = Bot(config, store, redis_server.url)
+    bot = Bot(config, store, url)
     await bot.dispatcher.start()
     cache = ModelCache(RuntimeOptions("cpu", None, tmp_path / "models"), capacity=1, location="cpu")
-    settings: Any = WorkerSettings(url=redis_server.url, visibility_timeout=3.0, heartbeat_interval=0.2)
+    settings: Any = WorkerSettings(url=url, visibility_timeout=3.0, heartbeat_interval=0.2)
     stop = asyncio.Event()
     worker = asyncio.create_task(
         run_worker(config, device=None, models=None, worker_id="gpu-1", stop=stop, settings=settings, cache=cache)

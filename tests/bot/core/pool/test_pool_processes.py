@@ -31,7 +31,7 @@ from bot.core.jobs import JobState
 from bot.core.service import GenerationService
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest
-from tests.fakes.redis_server import RedisServer
+from tests.fakes.redis_server import RedisServer, documented_acl_rules
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -95,7 +95,13 @@ class Pool:
 
 
 @pytest.fixture
-def pool(tmp_path: Path, redis_server: RedisServer, shared_models: Path) -> Iterator[Pool]:
+def pool(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer, shared_models: Path
+) -> Iterator[Pool]:
+    """The config on disk. A test marked `acl_user` runs as the restricted Redis user docs/scaling.md documents."""
+    url = redis_server.url
+    if request.node.get_closest_marker("acl_user") is not None:
+        url = redis_server.add_user("animebot", "pool-secret", documented_acl_rules())
     data = tmp_path / "data"
     data.mkdir()
     (data / "models").symlink_to(shared_models, target_is_directory=True)
@@ -106,7 +112,7 @@ def pool(tmp_path: Path, redis_server: RedisServer, shared_models: Path) -> Iter
         "[tags]\nimport_default = false\n"
         "[safety]\nrate_results = false\n"
         "[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n"
-        f'[workers]\nmode = "redis"\nurl = "{redis_server.url}"\nvisibility_timeout = {VISIBILITY}\n'
+        f'[workers]\nmode = "redis"\nurl = "{url}"\nvisibility_timeout = {VISIBILITY}\n'
         "heartbeat_interval = 0.25\n",
         encoding="utf-8",
     )
@@ -178,6 +184,7 @@ async def test_two_workers_serve_one_queue_fairly_and_every_job_once(pool: Pool,
         assert len(await bot.images(job.id)) == 1 + i % 2
 
 
+@pytest.mark.acl_user  # dispatch, results, events, heartbeats, the reaper: all with the documented ACL rule
 async def test_a_worker_killed_mid_job_is_replaced_after_the_visibility_timeout(
     pool: Pool, bot: GenerationService
 ) -> None:
