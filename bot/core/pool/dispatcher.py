@@ -494,6 +494,11 @@ class PoolDispatcher:
             except ProtocolError as e:
                 await self._dead_letter(client, fields, self.keys.results, str(e))
             else:
+                dispatch = self._inflight.get(message.job_id)
+                if dispatch is not None and (dispatch.worker, dispatch.token) == (message.worker, message.token):
+                    # The worker is idle from the moment it sent this: its next job is claimed while this result
+                    # is recorded (a result that then cannot be recorded stays pending, the job running).
+                    self._free_slot(message.job_id)
                 try:
                     ignored = await self._recorder.record(message, pngs)
                 except asyncio.CancelledError:
@@ -508,10 +513,8 @@ class PoolDispatcher:
                     )
                 else:
                     log.info("job %s: %s by %s", message.job_id, message.outcome, message.worker)
-                    self._inflight.pop(message.job_id, None)
-                    self._ended.add(message.job_id)
+                    self._free_slot(message.job_id)
                     self._cancels.discard(message.job_id)
-                    self._wakeup.set()  # a slot is free
             # Acknowledged, then deleted: the bot is the stream's only reader, and a result carries PNG bytes.
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xack(self.keys.results, BOT_GROUP, entry_id)
@@ -522,6 +525,12 @@ class PoolDispatcher:
             self._recording -= 1
             if not self._recording:
                 self._recorded.set()
+
+    def _free_slot(self, job_id: int) -> None:
+        """The job's worker slot is free: the scheduler may hand that worker its next job."""
+        self._inflight.pop(job_id, None)
+        self._ended.add(job_id)
+        self._wakeup.set()
 
     async def _dead_letter(self, client: Redis, fields: Mapping[bytes, bytes], source: str, reason: str) -> None:
         log.warning("dead-lettered an entry of %s: %s", source, reason)
