@@ -85,6 +85,17 @@ def fit_image(data: bytes, limit: int, name: str) -> tuple[bytes, str]:
         scale *= 0.7
 
 
+async def image_files(service: GenerationService, job: JobRecord, limit: int, spoiler: bool) -> list[discord.File]:
+    """The job's images as attachments that each fit in `limit` bytes (read and fitted on threads)."""
+    files = []
+    for image in await service.images(job.id):
+        path = service.image_path(image.path)
+        data = await asyncio.to_thread(path.read_bytes)
+        data, name = await asyncio.to_thread(fit_image, data, limit, path.name)
+        files.append(discord.File(io.BytesIO(data), filename=name, spoiler=spoiler))
+    return files
+
+
 class Delivery:
     def __init__(self, bot: discord.Client, service: GenerationService, view_factory: ViewFactory) -> None:
         self.bot = bot
@@ -337,14 +348,7 @@ class Delivery:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def _files(self, job: JobRecord, target: Target, spoiler: bool) -> list[discord.File]:
-        limit = self.upload_limit(target)
-        files = []
-        for image in await self.service.images(job.id):
-            path = self.service.image_path(image.path)
-            data = await asyncio.to_thread(path.read_bytes)
-            data, name = await asyncio.to_thread(fit_image, data, limit, path.name)
-            files.append(discord.File(io.BytesIO(data), filename=name, spoiler=spoiler))
-        return files
+        return await image_files(self.service, job, self.upload_limit(target), spoiler)
 
     def sensitive(self, job: JobRecord) -> bool:
         """Spoilers where configured, as the content policy decided when the job was submitted. A job stored

@@ -5,8 +5,6 @@ a guessed job id reveals nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -42,16 +40,10 @@ async def viewable_job(bot: AnimeBot, user: discord.abc.User, job_id: int) -> Jo
 
 
 async def withheld_files(bot: AnimeBot, job: JobRecord, limit: int) -> list[discord.File]:
-    """The job's images as spoilered attachments that fit in `limit` bytes (read and fitted on threads)."""
-    from bot.discord_app.delivery import fit_image
+    """The job's images as spoilered attachments that fit in `limit` bytes."""
+    from bot.discord_app.delivery import image_files
 
-    files = []
-    for image in await bot.service.images(job.id):
-        path = bot.service.image_path(image.path)
-        data = await asyncio.to_thread(path.read_bytes)
-        data, name = await asyncio.to_thread(fit_image, data, limit, path.name)
-        files.append(discord.File(io.BytesIO(data), filename=name, spoiler=True))
-    return files
+    return await image_files(bot.service, job, limit, spoiler=True)
 
 
 async def show_withheld(reply: InTime, job_id: int) -> None:
