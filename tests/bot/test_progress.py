@@ -107,8 +107,10 @@ def test_work_draws_bars_on_a_terminal(config: Path) -> None:
     assert code == 0, terminal
     assert f"job #{second}: done" in out
     assert "\r" in terminal  # redrawn in place
-    assert "\rwork: 100%|" in terminal and "| 2/2 [" in terminal and f" jobs, job #{second} done]" in terminal
-    assert f" jobs/s, job #{first} on tiny-sdxl]" in terminal and f"job #{first}: step 2/2]" in terminal
+    # tqdm shows the rate as "N jobs/s", or as "Ns/ jobs" when slower than one a second: either, by the machine.
+    assert "\rwork: 100%|" in terminal and "| 2/2 [" in terminal
+    assert re.search(rf" jobs(/s)?, job #{second} done]", terminal)
+    assert re.search(rf" jobs(/s)?, job #{first} on tiny-sdxl]", terminal) and f"job #{first}: step 2/2]" in terminal
     assert "\rloading tiny-sdxl: 100%|" in terminal and re.search(r" stages(/s)?, ready]", terminal)
     assert "work: 2/2 jobs (" not in terminal  # no plain lines on a terminal
     assert first < second
