@@ -24,14 +24,13 @@ import argparse
 import csv
 import functools
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measure import median_seconds  # benchmarks/measure.py
 from PIL import Image
 
 from inference.tagger import MODEL_FILE, TAGS_FILE, Tagger, prepare_image
@@ -148,16 +147,6 @@ def resident_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def timed(work: Callable[[], Any], samples: int) -> float:
-    """The median seconds of `work()`."""
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=5)
@@ -188,10 +177,10 @@ def main() -> None:
         print(f"{'image':>10} {'preprocess':>11} {'model run':>10} {'rating (tag)':>13}   median of {args.samples}")
         for name, image in images.items():
             batch = prepare_image(image, tagger.side)
-            prep = timed(functools.partial(prepare_image, image, tagger.side), args.samples)
-            run = timed(functools.partial(tagger.session.run, [tagger.output.name], {tagger.input.name: batch}),
-                        args.samples)
-            whole = timed(functools.partial(tagger.tag, image), args.samples)
+            prep = median_seconds(functools.partial(prepare_image, image, tagger.side), args.samples)
+            session_run = functools.partial(tagger.session.run, [tagger.output.name], {tagger.input.name: batch})
+            run = median_seconds(session_run, args.samples)
+            whole = median_seconds(functools.partial(tagger.tag, image), args.samples)
             print(f"{name:>10} {prep * 1000:>9.0f} ms {run * 1000:>7.0f} ms {whole * 1000:>10.0f} ms")
 
 if __name__ == "__main__":

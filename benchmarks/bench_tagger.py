@@ -16,28 +16,15 @@ import argparse
 import functools
 import io
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from measure import median_seconds  # benchmarks/measure.py
 from PIL import Image
 
 from inference.tagger import TaggerOptions, load_tagger, open_image, prepare_image
 from inference.tiny.tagger import write_tiny_tagger
-
-
-def timed(work: Callable[[], Any], samples: int) -> float:
-    """The median seconds of `work()`."""
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,12 +45,12 @@ def main() -> None:
             data = buffer.getvalue()
             image = open_image(data, max_bytes=len(data))
             rows = [
-                ("open_image", timed(functools.partial(open_image, data, max_bytes=len(data)), args.samples)),
-                ("prepare_image", timed(functools.partial(prepare_image, image, 448), args.samples)),
-                ("tag (tiny model)", timed(functools.partial(tiny.tag, image), args.samples)),
+                ("open_image", median_seconds(functools.partial(open_image, data, max_bytes=len(data)), args.samples)),
+                ("prepare_image", median_seconds(functools.partial(prepare_image, image, 448), args.samples)),
+                ("tag (tiny model)", median_seconds(functools.partial(tiny.tag, image), args.samples)),
             ]
             if real is not None:
-                rows.append(("tag (real model)", timed(functools.partial(real.tag, image), args.samples)))
+                rows.append(("tag (real model)", median_seconds(functools.partial(real.tag, image), args.samples)))
             decoded = image.width * image.height * len(image.getbands()) / 2**20
             print(f"{image.width}x{image.height} PNG, {len(data) / 2**20:.1f} MiB, decoded {decoded:.0f} MiB:")
             for name, seconds in rows:

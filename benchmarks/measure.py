@@ -1,9 +1,13 @@
-"""Shared by the benchmark scripts: percentiles, millisecond formatting, an event-loop lag probe."""
+"""Shared by the benchmark scripts: percentiles, medians of timed runs, millisecond formatting, an event-loop lag
+probe."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -11,6 +15,16 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+def median_seconds(work: Callable[[], Any], samples: int) -> float:
+    """The median seconds of `work()` over `samples` runs."""
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def ms(seconds: float) -> str:
