@@ -31,9 +31,8 @@ sys.path.insert(0, str(REPO))
 import redis.asyncio as redis  # noqa: E402
 from measure import ms, percentile  # noqa: E402  (benchmarks/measure.py)
 
-from bot.config import parse_config  # noqa: E402
+from bot.config import WorkersSettings, parse_config  # noqa: E402
 from bot.core.pool.protocol import EventMessage, JobMessage, Keys, ResultMessage, WireParams, new_token  # noqa: E402
-from bot.core.pool.source import WorkerSettings  # noqa: E402
 from bot.core.pool.worker_process import run_worker  # noqa: E402
 from inference.types import GenerationParams  # noqa: E402
 from tests.fakes.redis_server import RedisServer  # noqa: E402
@@ -122,7 +121,7 @@ async def main(jobs: int, sleep: float) -> None:
             RuntimeOptions("cpu", None, Path(tmp) / "models"), capacity=1,
             loader=lambda spec, runtime, report: SleepBackend(load_backend(spec, runtime, report), sleep),
         )
-        settings = WorkerSettings(url=server.url, visibility_timeout=30.0)
+        settings = WorkersSettings(mode="redis", url=server.url, visibility_timeout=30.0)
         stop = asyncio.Event()
         worker = asyncio.create_task(
             run_worker(config, device=None, models=None, worker_id="bench", stop=stop, settings=settings, cache=cache)

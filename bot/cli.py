@@ -342,7 +342,6 @@ def _pool_worker(args: argparse.Namespace, config: Config) -> int:
     import logging
     import signal
 
-    from bot.core.pool.source import WorkerSettings
     from bot.core.pool.worker_process import (
         WorkerSetupError,
         check_device,
@@ -358,7 +357,7 @@ def _pool_worker(args: argparse.Namespace, config: Config) -> int:
         if args.device is not None:
             check_device(args.device)
         worker_id_for(args.worker_id, args.device)
-        settings = WorkerSettings.from_config(config, args.redis_url)
+        settings = config.workers.with_url(args.redis_url)
     except ValueError as e:  # WorkerSetupError too
         raise CliError(str(e)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -251,6 +251,15 @@ class WorkersSettings(_Section):
     def max_result_bytes(self) -> int:
         return int(self.max_result_mb * 1024 * 1024)
 
+    def with_url(self, url: str | None) -> WorkersSettings:
+        """These settings with another Redis URL (`animebot worker --redis-url`; None: unchanged). ValueError
+        (one line, the password masked) for a URL that is not redis:// or rediss:// with a host."""
+        if url is None:
+            return self
+        from bot.core.pool.connection import check_url
+
+        return self.model_copy(update={"url": check_url(url)})
+
     def password(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The password: the URL's, else REDIS_PASSWORD's (None: no password)."""
         env = os.environ if environ is None else environ

@@ -36,10 +36,9 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from bot.core.pool.connection import UNREACHABLE, RedisUnavailable, check_url, reachable
+from bot.core.pool.connection import UNREACHABLE, RedisUnavailable, reachable
 from bot.core.pool.protocol import (
     DEAD_MAXLEN,
-    DEFAULT_MAX_RESULT_BYTES,
     EVENTS_MAXLEN,
     MAX_ERROR_CHARS,
     WORKER_GROUP,
@@ -59,11 +58,10 @@ from inference.specs import ModelSpec
 from inference.types import LoadProgress, SavedImage, SourceBusy, StepProgress, WorkItem
 
 if TYPE_CHECKING:
-    from bot.config import Config
+    from bot.config import WorkersSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 BLOCK_MS = 2_000  # one inbox read waits this long for a job (below connection.SOCKET_TIMEOUT)
 PROGRESS_INTERVAL = 0.25  # seconds between two progress events of one job (the last step is always sent)
 REMEMBERED_CANCELS = 1_000  # cancels received for jobs not (yet) read here, kept for when they are read
@@ -77,43 +75,6 @@ _SEND_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE, ResponseError, Ti
 def _entry(fields: Mapping[str, bytes]) -> dict[FieldT, EncodableT]:
     """A message's stream fields in redis-py's types."""
     return {key: value for key, value in fields.items()}
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What a worker process needs to know of the pool ([workers] in the config)."""
-
-    url: str = DEFAULT_URL
-    visibility_timeout: float = 60.0  # seconds: a worker whose heartbeat is older is taken for dead
-    heartbeat_interval: float | None = None  # seconds between two heartbeats; None: a quarter of the timeout
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # PNG bytes of one result
-    prefix: str = "animebot"  # the key prefix, so two bots can share one Redis
-
-    def __post_init__(self) -> None:
-        check_url(self.url)
-        check_id(self.prefix, "key prefix")
-        if not self.visibility_timeout > 0:
-            raise ValueError("the visibility timeout must be more than 0 seconds")
-        if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.visibility_timeout:
-            raise ValueError("the heartbeat interval must be more than 0 and less than the visibility timeout")
-        if self.max_result_bytes < 1:
-            raise ValueError("the result size limit must be at least 1 byte")
-
-    @property
-    def interval(self) -> float:
-        return self.heartbeat_interval or self.visibility_timeout / 4
-
-    @classmethod
-    def from_config(cls, config: Config, url: str | None = None) -> WorkerSettings:
-        """From the config's [workers] section; `url` (the CLI's --redis-url) wins over the configured one."""
-        workers = config.workers
-        return cls(
-            url=url or workers.url,
-            visibility_timeout=workers.visibility_timeout,
-            heartbeat_interval=workers.heartbeat_interval,
-            max_result_bytes=int(workers.max_result_mb * 2**20),
-            prefix=workers.prefix,
-        )
 
 
 @dataclass(frozen=True)
@@ -151,7 +112,7 @@ class RedisJobSource:
     def __init__(
         self,
         client: redis.Redis,
-        settings: WorkerSettings,
+        settings: WorkersSettings,
         worker_id: str,
         models: Mapping[str, ModelSpec],
         spool: Path,
@@ -227,10 +188,9 @@ class RedisJobSource:
     # -- JobSource: reading jobs -----------------------------------------------------------------
 
     def stop_reading(self) -> None:
-        """Hand out no more jobs: next_job() raises CancelledError from now on. Called before GpuWorker.stop(): on
-        Python 3.11, a cancellation that reaches the GpuWorker while it pauses between two retries of a failed
-        claim can be swallowed (asyncio.wait_for returns when its event and the cancellation come together), and
-        its loop would then read the inbox again instead of stopping."""
+        """Hand out no more jobs: next_job() raises CancelledError from now on. Called before GpuWorker.stop():
+        next_job() loops over blocking reads of the inbox, and on Python 3.11 redis-py can swallow a cancellation
+        that arrives during one, so the cancellation alone may not end that loop."""
         self._closing = True
 
     async def next_job(self) -> WorkItem:
@@ -562,7 +522,7 @@ class RedisJobSource:
             except Exception:
                 log.exception("worker %s: the heartbeat failed", self.worker_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.settings.interval)
+                await asyncio.wait_for(self._beat_now.wait(), self.settings.heartbeat)
 
     # -- control channel -------------------------------------------------------------------------
 

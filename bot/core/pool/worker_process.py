@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.config import Config
+from bot.config import Config, WorkersSettings
 from bot.core.pool.connection import connect, describe_url
 from bot.core.pool.protocol import ProtocolError, check_id
-from bot.core.pool.source import DeviceState, RedisJobSource, WorkerSettings
+from bot.core.pool.source import DeviceState, RedisJobSource
 from inference.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -129,14 +129,14 @@ async def run_worker(
     models: list[str] | None,
     worker_id: str | None,
     stop: asyncio.Event,
-    settings: WorkerSettings | None = None,
+    settings: WorkersSettings | None = None,
     cache: ModelCache | None = None,
 ) -> None:
     """Serve jobs from Redis until `stop` is set, then stop cleanly: the running job is interrupted between two
     steps (its inbox entry stays pending), finished ones are sent, the heartbeat key is deleted. Raises
     WorkerSetupError before anything starts when the models, device or id cannot be used. `cache` (tests,
     benchmarks) replaces the model cache built from the config."""
-    settings = settings or WorkerSettings.from_config(config)
+    settings = settings or config.workers
     served = served_models(config, models)
     if device is not None:
         check_device(device)

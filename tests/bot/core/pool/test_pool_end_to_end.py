@@ -8,12 +8,11 @@ import asyncio
 import importlib.util
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from bot.config import Config, parse_config
+from bot.config import Config, WorkersSettings, parse_config
 from bot.core.events import Event, EventBus, JobFinished, JobProgress
 from bot.core.jobs import JobOrigin, JobRecord, JobState
 from bot.core.pool.dispatcher import PoolDispatcher
@@ -58,7 +57,6 @@ class Bot:
 async def pool(request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[Bot]:
     """The bot side and one real worker on one redis-server; logged in as Redis's default user, or as the
     restricted user docs/scaling.md documents (a command missing from its rule fails these tests)."""
-    from bot.core.pool.source import WorkerSettings
     from bot.core.pool.worker_process import run_worker
     from inference.cache import ModelCache
     from inference.specs import RuntimeOptions
@@ -71,7 +69,7 @@ async def pool(request: pytest.FixtureRequest, tmp_path: Path, redis_server: Red
     bot = Bot(config, store, url)
     await bot.dispatcher.start()
     cache = ModelCache(RuntimeOptions("cpu", None, tmp_path / "models"), capacity=1, location="cpu")
-    settings: Any = WorkerSettings(url=url, visibility_timeout=3.0, heartbeat_interval=0.2)
+    settings = WorkersSettings(mode="redis", url=url, visibility_timeout=3.0, heartbeat_interval=0.2)
     stop = asyncio.Event()
     worker = asyncio.create_task(
         run_worker(config, device=None, models=None, worker_id="gpu-1", stop=stop, settings=settings, cache=cache)

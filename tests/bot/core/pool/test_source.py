@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as redis
 from PIL import Image
 
-from bot.config import Config, parse_config
+from bot.config import Config, WorkersSettings, parse_config
 from bot.core.pool.protocol import WORKER_GROUP, JobMessage, Keys
-from bot.core.pool.source import RedisJobSource, WorkerSettings
+from bot.core.pool.source import RedisJobSource
 from bot.core.pool.worker_process import run_worker
 from inference.cache import ModelCache
 from inference.specs import RuntimeOptions
@@ -74,8 +74,8 @@ async def start_worker(
     started: list[Worker] = []
 
     async def start(worker_id: str = "w1", models: list[str] | None = None, **changes: Any) -> Worker:
-        settings = WorkerSettings(
-            url=redis_server.url, visibility_timeout=VISIBILITY, heartbeat_interval=0.2, **changes
+        settings = WorkersSettings(
+            mode="redis", url=redis_server.url, visibility_timeout=VISIBILITY, heartbeat_interval=0.2, **changes
         )
         stop = asyncio.Event()
         task = asyncio.create_task(
@@ -177,7 +177,7 @@ async def _entry_id(bot: FakeBot, worker: str, job: JobMessage) -> bytes:
 async def test_a_heartbeat_not_renewed_expires_after_the_visibility_timeout(
     redis_server: RedisServer, client: redis.Redis, bot: FakeBot, tmp_path: Path
 ) -> None:
-    settings = WorkerSettings(url=redis_server.url, visibility_timeout=0.5, heartbeat_interval=0.1)
+    settings = WorkersSettings(mode="redis", url=redis_server.url, visibility_timeout=0.5, heartbeat_interval=0.1)
     source = RedisJobSource(client, settings, "frozen", {}, tmp_path / "spool")
     await source.beat()  # once, as a worker that froze (or was killed) right after
     assert await bot.heartbeat("frozen") is not None
@@ -274,7 +274,7 @@ async def test_a_job_of_a_model_the_worker_does_not_serve_is_reported_failed(
 
 
 async def test_a_result_over_the_size_limit_is_sent_as_a_failure(start_worker: StartWorker, bot: FakeBot) -> None:
-    worker = await start_worker(max_result_bytes=100)
+    worker = await start_worker(max_result_mb=100 / 2**20)  # 100 bytes
     await bot.dispatch("w1", 1)
     result, pngs = await bot.result(1)
     assert result.outcome == "failed" and pngs == []

@@ -17,8 +17,7 @@ import redis.asyncio as redis
 
 from bot.cli import main
 from bot.config import load_config, parse_config
-from bot.core.pool.protocol import DEFAULT_MAX_RESULT_BYTES, Keys
-from bot.core.pool.source import DEFAULT_URL, WorkerSettings
+from bot.core.pool.protocol import Keys
 from bot.core.pool.worker_process import (
     WorkerSetupError,
     default_worker_id,
@@ -67,20 +66,16 @@ def test_the_served_models_and_the_default_id() -> None:
     assert worker_id_for("gpu-box:1", None) == "gpu-box:1"
 
 
-def test_worker_settings_come_from_the_workers_section(tmp_path: Path) -> None:
-    assert WorkerSettings.from_config(parse_config({}, tmp_path)) == WorkerSettings(url=DEFAULT_URL)
-    workers = {
-        "mode": "redis", "url": "rediss://r.example:6380/1", "visibility_timeout": 20.0, "max_result_mb": 2,
-        "prefix": "bot2",
-    }
-    config = parse_config({"workers": workers}, tmp_path)
-    settings = WorkerSettings.from_config(config)
-    assert settings == WorkerSettings("rediss://r.example:6380/1", 20.0, None, 2 * 2**20, "bot2")
-    assert settings.interval == 5.0
-    assert WorkerSettings.from_config(config, "redis://other/0").url == "redis://other/0"
-    assert WorkerSettings().max_result_bytes == DEFAULT_MAX_RESULT_BYTES
-    with pytest.raises(ValueError, match="heartbeat interval"):
-        WorkerSettings(visibility_timeout=1.0, heartbeat_interval=2.0)
+def test_a_worker_takes_the_workers_section_and_the_cli_url_over_it(tmp_path: Path) -> None:
+    workers = {"mode": "redis", "url": "rediss://r.example:6380/1", "visibility_timeout": 20.0, "prefix": "bot2"}
+    settings = parse_config({"workers": workers}, tmp_path).workers
+    assert settings.heartbeat == 5.0
+    assert settings.with_url(None) is settings
+    other = settings.with_url("redis://other/0")
+    assert other.url == "redis://other/0" and other.prefix == "bot2" and other.visibility_timeout == 20.0
+    with pytest.raises(ValueError, match="redis:// or rediss://") as refused:
+        settings.with_url("http://:s3cret@host/0")
+    assert "s3cret" not in str(refused.value)
 
 
 # -- real worker processes -----------------------------------------------------------------------------------
