@@ -374,7 +374,7 @@ def _pool_worker(args: argparse.Namespace, config: Config) -> int:
 
     try:
         asyncio.run(run())
-    except WorkerSetupError as e:  # the device is not there (CUDA missing)
+    except WorkerSetupError as e:  # the device is not there (CUDA missing), the id is in use
         raise CliError(str(e), EXIT_FAILURE) from None
     return 0
 

@@ -14,7 +14,10 @@ Redis (docs/scaling.md), with the worker's heartbeat and its control channel (ca
   the events stream from one sender task; one that cannot be sent is dropped, it never fails a job.
 - Heartbeat: `P:worker:{id}` (what the worker serves and holds, its device and memory, the jobs it has read and not
   finished), expiring after the visibility timeout, rewritten every heartbeat interval; deleted at a clean stop so
-  the bot hands this worker's unfinished jobs to another at once.
+  the bot hands this worker's unfinished jobs to another at once. One id, one live worker: a worker whose id
+  another live worker announces (another host, or a process alive on this one) does not start, and a worker that
+  finds its key rewritten by another one stops (WorkerIdInUse); the key of a process of this host that is gone
+  (killed, restarted with the same id) is taken over.
 - Control: `P:control:{id}` (pub/sub): a cancel of the job running here stops it between two steps.
 """
 
@@ -101,6 +104,23 @@ class _Job:
     sent: bool = False  # the result is in the results stream (only the acknowledgement is left)
 
 
+class WorkerIdInUse(Exception):
+    """Another live worker announces itself under this worker's id (the message says which, in one line)."""
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (one of another user counts)."""
+    if pid <= 0:
+        return True  # unknown: assume the other worker lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
     """The entries of a one-stream XREADGROUP reply ([[stream, [(id, fields), ...]]], connect()'s RESP2)."""
     return list(reply[0][1]) if reply else []
@@ -138,6 +158,9 @@ class RedisJobSource:
         self._events_ready = asyncio.Event()
         self._last_progress: dict[int, float] = {}
         self._beat_now = asyncio.Event()
+        self._beaten = False  # this worker's heartbeat was written at least once
+        self.id_taken = asyncio.Event()  # another live worker announces itself under our id: stop
+        self.id_taken_by = ""  # why (one line)
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.time()
         self._host = socket.gethostname()[:255]
@@ -165,6 +188,8 @@ class RedisJobSource:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.id_taken.is_set():
+            return  # the key is the other worker's now
         try:
             await asyncio.wait_for(self.client.delete(self.keys.worker(self.worker_id)), timeout)
             log.info("worker %s: heartbeat removed", self.worker_id)
@@ -474,7 +499,9 @@ class RedisJobSource:
     # -- heartbeat -------------------------------------------------------------------------------
 
     async def beat(self) -> Heartbeat:
-        """Write the heartbeat once (raises redis-py's errors) and return it."""
+        """Write the heartbeat once (raises redis-py's errors) and return it. Raises WorkerIdInUse, writing nothing,
+        when the key holds another live worker's heartbeat."""
+        await self._check_id()
         try:
             state = await asyncio.to_thread(self._state)
         except Exception as e:  # a device that cannot be asked now: the heartbeat goes out without it
@@ -501,7 +528,34 @@ class RedisJobSource:
             )
             pipe.sadd(self.keys.workers, self.worker_id)
             await pipe.execute()
+        self._beaten = True
         return heartbeat
+
+    async def _check_id(self) -> None:
+        """Raise WorkerIdInUse when the heartbeat key holds another worker's heartbeat (not this source's: another
+        host, process or start) that is alive. Before our first beat, the key of a process of this host that is gone
+        is ours to take over; after it, any other heartbeat there means another worker took the id meanwhile. Read
+        and write are two round trips: two workers started at the same instant may both pass, and the next beat of
+        one of them sees the other's heartbeat."""
+        raw: Any = (await self.client.mget([self.keys.worker(self.worker_id)]))[0]
+        if raw is None:
+            return
+        try:
+            other = Heartbeat.from_bytes(raw)
+        except ProtocolError:
+            return  # not a heartbeat we can read: nobody the bot would hand jobs to; overwritten
+        if (other.host, other.pid, other.started_at) == (self._host, os.getpid(), self._started_at):
+            return
+        predecessor = other.host == self._host and other.pid != os.getpid() and not _process_alive(other.pid)
+        if predecessor and not self._beaten:
+            log.info("worker %s: taking the id over from process %d of this host, gone", self.worker_id, other.pid)
+            return
+        age = max(0.0, time.time() - other.sent_at)
+        raise WorkerIdInUse(
+            f"the worker id {self.worker_id!r} is in use by a live worker (host {other.host or '?'}, pid {other.pid}, "
+            f"last heartbeat {age:.0f} s ago): stop it or give this worker another --id (a worker that is gone "
+            f"frees its id within {self.settings.visibility_timeout:g} s)"
+        )
 
     async def _heartbeat(self) -> None:
         failing = False
@@ -512,6 +566,11 @@ class RedisJobSource:
                 if failing:
                     log.info("worker %s: Redis answers again", self.worker_id)
                 failing = False
+            except WorkerIdInUse as e:
+                log.error("worker %s: %s; stopping", self.worker_id, e)
+                self.id_taken_by = str(e)
+                self.id_taken.set()
+                return
             except UNREACHABLE as e:
                 if not failing:
                     log.warning(

@@ -12,14 +12,14 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, WorkersSettings
-from bot.core.pool.connection import connect, describe_url
+from bot.core.pool.connection import UNREACHABLE, connect, describe_url
 from bot.core.pool.protocol import ProtocolError, check_id
-from bot.core.pool.source import DeviceState, RedisJobSource
+from bot.core.pool.source import DeviceState, RedisJobSource, WorkerIdInUse
 from inference.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -122,6 +122,17 @@ def _spool_dir(config: Config, worker_id: str) -> Path:
         return fallback
 
 
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until one of `waits` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_worker(
     config: Config,
     *,
@@ -134,7 +145,8 @@ async def run_worker(
 ) -> None:
     """Serve jobs from Redis until `stop` is set, then stop cleanly: the running job is interrupted between two
     steps (its inbox entry stays pending), finished ones are sent, the heartbeat key is deleted. Raises
-    WorkerSetupError before anything starts when the models, device or id cannot be used. `cache` (tests,
+    WorkerSetupError before anything starts when the models, device or id cannot be used (also when another live
+    worker has the id), and after stopping cleanly when another worker took the id meanwhile. `cache` (tests,
     benchmarks) replaces the model cache built from the config."""
     settings = settings or config.workers
     served = served_models(config, models)
@@ -167,15 +179,23 @@ async def run_worker(
             name, cache.runtime.device, ", ".join(served), describe_url(settings.url), settings.prefix,
             settings.visibility_timeout,
         )
+        try:
+            await source.beat()  # the id is free (or ours to take over) before any job is read
+        except WorkerIdInUse as e:
+            raise WorkerSetupError(str(e)) from None
+        except UNREACHABLE as e:  # Redis not up yet: the heartbeat task retries, and checks the id then
+            log.warning("worker %s: Redis cannot be reached (%s); trying again", name, type(e).__name__)
         await source.start()
         try:
             worker.start()
-            await stop.wait()
+            await _first(stop.wait(), source.id_taken.wait())
             log.info("worker %s: stopping", name)
         finally:
             source.stop_reading()
             await worker.stop()
             await source.stop()
+        if source.id_taken.is_set():
+            raise WorkerSetupError(source.id_taken_by)
         log.info("worker %s: stopped", name)
     finally:
         await client.aclose()

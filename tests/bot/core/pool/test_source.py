@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +21,9 @@ import redis.asyncio as redis
 from PIL import Image
 
 from bot.config import Config, WorkersSettings, parse_config
-from bot.core.pool.protocol import WORKER_GROUP, JobMessage, Keys
+from bot.core.pool.protocol import WORKER_GROUP, Heartbeat, JobMessage, Keys
 from bot.core.pool.source import RedisJobSource
-from bot.core.pool.worker_process import run_worker
+from bot.core.pool.worker_process import WorkerSetupError, run_worker
 from inference.cache import ModelCache
 from inference.specs import RuntimeOptions
 from tests.bot.core.pool.fake_bot import FakeBot, eventually, params
@@ -405,3 +410,63 @@ async def test_a_job_handed_out_again_while_it_runs_waits_for_that_run(
     await eventually(lambda: _no_pending(bot, "w1"), "both entries acknowledged")
     results = [r[0] for r in await bot.all_results()]
     assert [(r.token, r.attempt, r.outcome) for r in results] == [(first.token, 1, "done"), (second.token, 2, "done")]
+
+
+# -- one id, one live worker ---------------------------------------------------------------------------------
+
+
+def _heartbeat_of(worker_id: str, host: str, pid: int) -> bytes:
+    return Heartbeat(id=worker_id, host=host, pid=pid, started_at=time.time() - 60, sent_at=time.time()).to_bytes()
+
+
+async def test_a_worker_does_not_start_under_the_id_of_a_live_worker(
+    start_worker: StartWorker, bot: FakeBot, config: Config, cache: ModelCache, redis_server: RedisServer
+) -> None:
+    await start_worker("gpu-box:cuda")
+    first = await bot.heartbeat("gpu-box:cuda")
+    assert first is not None
+    settings = WorkersSettings(
+        mode="redis", url=redis_server.url, visibility_timeout=VISIBILITY, heartbeat_interval=0.2
+    )
+    with pytest.raises(WorkerSetupError, match="'gpu-box:cuda' is in use by a live worker") as refused:
+        await run_worker(
+            config, device=None, models=None, worker_id="gpu-box:cuda", stop=asyncio.Event(), settings=settings,
+            cache=cache,
+        )
+    assert f"pid {os.getpid()}" in str(refused.value) and "another --id" in str(refused.value)
+    # The first worker is untouched: its heartbeat stays its own and it serves jobs.
+    now = await bot.heartbeat("gpu-box:cuda")
+    assert now is not None and now.started_at == first.started_at
+    job = await bot.dispatch("gpu-box:cuda", 1, params(steps=2))
+    result, _ = await bot.result(1)
+    assert (result.outcome, result.token) == ("done", job.token)
+
+
+async def test_a_worker_takes_the_id_over_from_a_process_of_this_host_that_is_gone(
+    start_worker: StartWorker, bot: FakeBot, client: redis.Redis
+) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead_pid = int(gone.stdout)
+    stale = _heartbeat_of("box:cuda:0", socket.gethostname(), dead_pid)
+    await client.set(Keys().worker("box:cuda:0"), stale, px=60_000)
+    worker = await start_worker("box:cuda:0")  # the old heartbeat counts as announced: wait for the new one
+
+    async def ours() -> bool:
+        assert not worker.task.done(), worker.task
+        heartbeat = await bot.heartbeat("box:cuda:0")
+        return heartbeat is not None and heartbeat.pid == os.getpid()
+
+    await eventually(ours, "the heartbeat of the worker that took the id over")
+
+
+async def test_a_worker_whose_id_another_worker_takes_stops_and_leaves_its_key(
+    start_worker: StartWorker, bot: FakeBot, client: redis.Redis
+) -> None:
+    worker = await start_worker("shared-id")
+    await client.set(Keys().worker("shared-id"), _heartbeat_of("shared-id", "elsewhere", 4321), px=60_000)
+    done, _ = await asyncio.wait({worker.task}, timeout=60)  # a hang detector, not a speed limit
+    assert done, "the worker did not stop"
+    with pytest.raises(WorkerSetupError, match="in use by a live worker \\(host elsewhere, pid 4321"):
+        worker.task.result()
+    heartbeat = await bot.heartbeat("shared-id")
+    assert heartbeat is not None and heartbeat.host == "elsewhere"  # not deleted: it is the other worker's
