@@ -377,12 +377,21 @@ class GcPauses:
 # -- the benchmark -------------------------------------------------------------------------------------------
 
 
+PHASES = {  # what the bot's time is made of: from the event (or the dispatch) before to this one
+    "JobSubmitted": "dispatch→queued",
+    "JobStarted": "queued→started",
+    "JobFinished": "started→done",
+    "upload": "done→upload",
+}
+
+
 @dataclass
 class Run:
     count: int
     bot: float
     bare: float
     pixels: str
+    phases: dict[str, float] = field(default_factory=dict)  # PHASES' labels → seconds
 
     @property
     def ratio(self) -> float:
@@ -406,7 +415,23 @@ class Bench:
         self.service = service
         self.members: dict[str, Json] = {}
         self.results: list[tuple[int, int]] = []  # (message id, job id) of delivered results
+        self.marks: dict[int, dict[str, float]] = {}  # job id → the first time of each kind of its events
+        service.events.listen(self._mark)
         self.seed = 1000
+
+    def _mark(self, event: object) -> None:
+        job_id = getattr(event, "job_id", None)
+        if isinstance(job_id, int):
+            self.marks.setdefault(job_id, {}).setdefault(type(event).__name__, time.perf_counter())
+
+    def phases(self, job_id: int, sent: float, arrived: float) -> dict[str, float]:
+        marks = {**self.marks.pop(job_id, {}), "upload": arrived}
+        phases, before = {}, sent
+        for kind, label in PHASES.items():
+            if kind in marks:
+                phases[label] = marks[kind] - before
+                before = marks[kind]
+        return phases
 
     async def forget(self) -> None:
         """Drop the fake's record of past requests and interactions (all answered by now): it looks them up by
@@ -451,7 +476,8 @@ class Bench:
         backend = worker.cache.loaded(self.service.config.models["bench"])
         assert backend is not None, "the model is loaded by the job"
         images, bare = await worker._on_gpu(lambda: bare_call(backend, job.params))
-        return Run(count, arrived - sent, bare, compare([f.data for f in upload.files], images))
+        pixels = compare([f.data for f in upload.files], images)
+        return Run(count, arrived - sent, bare, pixels, self.phases(job_id, sent, arrived))
 
     async def typing(self, name: str, stop: asyncio.Event, acks: list[float], index: int) -> None:
         """A member typing artist names into /generate, an autocomplete per character, until `stop`."""
@@ -526,6 +552,9 @@ def print_runs(model: str, runs: list[Run]) -> None:
             f"bot - bare median {statistics.median([r.bot - r.bare for r in of]) * 1000:.0f} ms; "
             f"pixels: {', '.join(pixels)}; {load()}"
         )
+        labels = [label for label in PHASES.values() if all(label in r.phases for r in of)]
+        print("  bot's time, median ms: " + ", ".join(
+            f"{label} {statistics.median([r.phases[label] for r in of]) * 1000:.0f}" for label in labels))
 
 
 def print_bursts(bursts: list[Burst]) -> None:
