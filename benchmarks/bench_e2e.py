@@ -2,12 +2,12 @@
 with Discord traffic (run by hand; prints figures, asserts nothing).
 
     python benchmarks/bench_e2e.py [--model tiny-sdxl] [--size 128] [--steps 8] [--counts 1,4] [--runs 5]
-                                   [--threads 1] [--bursts 0] [--switch-interval 0.005] [--repo PATH]
+                                   [--threads 1] [--bursts 0] [--waiting 0] [--switch-interval 0.005] [--repo PATH]
 
 The real bot (`create_bot(config, service, freeze_gc=True)`, as `animebot run` makes it: every cog, the command
 tree, delivery, the garbage-collection policy) connects over HTTP and the gateway websocket to the loopback
-Discord of tests/fakes/discord_server.py, which runs on its own thread and event loop (its serving is not the
-bot's work; they share the GIL, as a real Discord client shares the process with nothing). The
+Discord of tests/fakes/discord_server.py, which runs on its own thread and event loop (so serving the fake is not
+counted as the bot's loop time; the two threads still share the GIL, which a real Discord does not). The
 GenerationService runs on a temporary data_dir with a built-in tiny model (inference/tiny/) at --size x --size
 (the model's size_scale; /generate's aspect 1:1), the bundled tag list (as on a first start) and the rating of
 results off.
@@ -21,13 +21,19 @@ results off.
            prompt, negative prompt, size, steps, guidance and seeds (SDXL: one call with a generator per
            seed; Anima: one modular-pipeline call per seed), without the bot's progress/cancel hooks.
    ratio = bot ÷ bare of the same run. min / median / max of each. The uploaded PNGs are decoded and compared
-           with the bare call's images pixel for pixel.
+           with the bare call's images pixel for pixel. The bot's time is also split at the job's events
+           (EventBus): dispatch→queued (the interaction, the submit), queued→started (the claim), started→done
+           (the worker: the pipeline with the progress hooks, PNG encoding and writing, the record),
+           done→upload (the delivery).
 2) --bursts N: N bursts, each a few /generate jobs (--burst-jobs, count 1) generating while other members type
    the artist option (an autocomplete per character), run /queue and /history and click the ℹ️ button of an
    earlier result, all over the loopback Discord. A LagProbe (benchmarks/measure.py: a 10 ms sleep that
    records how late it wakes) runs on the bot's loop through each burst; gc.callbacks record every
    collection's pause (by generation, and the thread it ran on: every pause holds the GIL, so it stalls the
-   loop wherever it runs). Printed per burst and overall: lag p99 / max, the collections.
+   loop wherever it runs). Printed per burst and overall: lag p99 / max, the collections; and each kind of
+   interaction's acknowledgement (from the dispatch to the fake's receipt of the interaction callback).
+3) --waiting N: at the end, the queue paused, N jobs queued through service.submit, one full gc.collect() timed
+   (what a generation-2 collection stalls the loop for at that heap); then they are cancelled.
 
 --switch-interval sets sys.setswitchinterval (Python's default: 5 ms, the slice a thread running Python code
 holds the GIL before another may take it). --repo runs another checkout's bot (e.g. the code before a change:
@@ -542,6 +548,29 @@ class Bench:
         return Burst(probe.lags, pauses.between(start, end), acks, end - start)
 
 
+async def full_collection_with_waiting(service: GenerationService, waiting: int) -> str:
+    """Pause the queue, queue `waiting` jobs (ten owners, through service.submit), time one full collection
+    (what a generation-2 collection would stall the loop for at this heap), then cancel them."""
+    from bot.prompts.builder import PromptChoices
+    from bot.prompts.requests import GenerationRequest
+
+    await service.set_paused(True)
+    started = time.perf_counter()
+    for i in range(waiting):
+        await service.submit(GenerationRequest("bench", PromptChoices(f"1girl, {i}"), steps=1), f"filler:{i % 10}")
+    filled = time.perf_counter() - started
+    tracked = len(gc.get_objects())
+    started = time.perf_counter()
+    gc.collect()
+    pause = time.perf_counter() - started
+    await service.clear_queue("bench")
+    await service.set_paused(False)
+    return (
+        f"{waiting:,} waiting (queued in {filled:.0f} s): a full collection {pause * 1000:.1f} ms over {tracked:,} "
+        f"tracked objects ({gc.get_freeze_count():,} frozen); {load()}"
+    )
+
+
 def print_runs(model: str, runs: list[Run]) -> None:
     for count in sorted({r.count for r in runs}):
         of = [r for r in runs if r.count == count]
@@ -612,6 +641,8 @@ async def run(args: argparse.Namespace, root: Path) -> tuple[list[Run], list[Bur
               f"frozen objects {gc.get_freeze_count()}; {load()}")
         runs = [await bench.e2e(count) for _ in range(args.runs) for count in args.counts]
         bursts = [await bench.burst(i, pauses) for i in range(args.bursts)]
+        if args.waiting:
+            print(await full_collection_with_waiting(service, args.waiting))
         return runs, bursts
     finally:
         if connection is not None:
@@ -633,6 +664,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--bursts", type=int, default=0, help="loop-lag bursts after the end-to-end runs")
     parser.add_argument("--burst-jobs", type=int, default=3)
+    parser.add_argument("--waiting", type=int, default=0, help="at the end: a full collection with N jobs waiting")
     parser.add_argument("--switch-interval", type=float, default=0.005, help="sys.setswitchinterval, seconds")
     parser.add_argument("--no-tags", dest="tags", action="store_false", help="no tag database (faster start)")
     parser.add_argument("--repo", type=Path, default=None, help="the checkout whose bot runs (default: this one)")

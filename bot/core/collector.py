@@ -39,6 +39,7 @@ class CollectorPolicy:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # model_loaded runs on the GPU thread, startup on the event loop
+        self._started = False
         self.freezes = 0  # freezes after a load
 
     def startup(self) -> None:
@@ -47,12 +48,16 @@ class CollectorPolicy:
         with self._lock:
             gc.collect()
             gc.freeze()
+            self._started = True
         log.debug("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
 
     def model_loaded(self, name: str) -> None:
         """A model (or another long-lived resource, such as the tagger) finished loading: freeze what is
-        alive now, without collecting first. Cheap, callable from any thread."""
+        alive now, without collecting first. Cheap, callable from any thread. Before `startup` it does nothing:
+        the start-up collection is still to come, and what it finds dead must not have been frozen."""
         with self._lock:
+            if not self._started:
+                return
             gc.freeze()
             self.freezes += 1
         log.debug("garbage collector: frozen after loading %s (%d objects frozen)", name, gc.get_freeze_count())

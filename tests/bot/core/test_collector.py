@@ -36,6 +36,7 @@ async def run_job(service: GenerationService, model: str = "tiny-sdxl") -> None:
 async def test_a_model_load_through_the_worker_freezes_what_it_left(make_service: ServiceFactory) -> None:
     service = await make_service()
     collector = watch_model_loads(service)
+    collector.startup()
     assert service.worker.on_model_loaded == collector.model_loaded
     before = gc.get_freeze_count()
 
@@ -59,6 +60,7 @@ async def test_every_model_load_freezes_and_a_cache_hit_does_not(make_service: S
     service = await make_service()  # a cache of two models
     loads: list[str] = []
     collector = CollectorPolicy()
+    collector.startup()
 
     def model_loaded(name: str) -> None:
         loads.append(name)
@@ -80,7 +82,7 @@ async def test_every_model_load_freezes_and_a_cache_hit_does_not(make_service: S
 
 async def test_a_frozen_model_is_still_freed_when_the_cache_drops_it(make_service: ServiceFactory) -> None:
     service = await make_service()
-    watch_model_loads(service)
+    watch_model_loads(service).startup()
     await run_job(service)
     spec = service.config.models["tiny-sdxl"]
     cache = service.worker.cache
@@ -123,3 +125,15 @@ def test_startup_collects_and_freezes_the_heap() -> None:
     assert ref() is None
     assert gc.get_freeze_count() >= tracked // 2
     assert len(gc.get_objects()) < tracked // 10  # what a full collection walks now
+
+
+def test_a_load_before_startup_freezes_nothing_that_startup_should_collect() -> None:
+    collector = CollectorPolicy()
+    ref = weakref.ref(cycle := type("Cycle", (), {})())
+    cycle.self = cycle
+    del cycle
+
+    collector.model_loaded("tiny-sdxl")  # e.g. a job requeued at start ran before the bot's setup ended
+    assert gc.get_freeze_count() == 0 and collector.freezes == 0
+    collector.startup()
+    assert ref() is None  # collected, not frozen

@@ -102,7 +102,9 @@ async def test_run_freezes_after_setup_and_after_each_model_load(
     make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     frozen: list[bool] = []
+    loaded: list[str] = []
     monkeypatch.setattr(CollectorPolicy, "startup", lambda self: frozen.append(True))
+    monkeypatch.setattr(CollectorPolicy, "model_loaded", lambda self, name: loaded.append(name))
     plain = await make_bot()
     async with simcord.run(plain, settle_timeout=60):
         assert plain.collector is None and plain.service.worker.on_model_loaded is None
@@ -115,3 +117,6 @@ async def test_run_freezes_after_setup_and_after_each_model_load(
         assert bot.collector is not None
         # The GPU worker tells the policy when a model load finished (tests/bot/core/test_collector.py).
         assert bot.service.worker.on_model_loaded == bot.collector.model_loaded
+        assert bot.tagger_preload is not None
+        await bot.tagger_preload  # and once the tagger's preload is over (it lives as long as a model)
+        assert loaded == ["the tagger"]
