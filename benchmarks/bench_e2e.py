@@ -30,8 +30,10 @@ results off.
    earlier result, all over the loopback Discord. A LagProbe (benchmarks/measure.py: a 10 ms sleep that
    records how late it wakes) runs on the bot's loop through each burst; gc.callbacks record every
    collection's pause (by generation, and the thread it ran on: every pause holds the GIL, so it stalls the
-   loop wherever it runs). Printed per burst and overall: lag p99 / max, the collections; and each kind of
-   interaction's acknowledgement (from the dispatch to the fake's receipt of the interaction callback).
+   loop wherever it runs). Printed per burst and overall: lag p99 / max, the collections, how many wake-ups
+   over 20 ms had a collection of 10 ms or more during their sleep (the others waited for a core: other
+   processes; or for the GIL); and each kind of interaction's acknowledgement (from the dispatch to the fake's
+   receipt of the interaction callback).
 3) --waiting N: at the end, the queue paused, N jobs queued through service.submit, one full gc.collect() timed
    (what a generation-2 collection stalls the loop for at that heap); then they are cancelled.
 
@@ -335,6 +337,26 @@ def compare(uploaded: list[bytes], bare: list[Image.Image]) -> str:
 # -- GC pauses -----------------------------------------------------------------------------------------------
 
 
+class TimedLagProbe(LagProbe):
+    """LagProbe that also notes when each late wake-up's sleep began, to match stalls with collections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[tuple[float, float]] = []  # (sleep started, woke up)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            woke = time.perf_counter()
+            self.lags.append(max(0.0, woke - before - self.interval))
+            self.windows.append((before, woke))
+
+    def stalls(self, threshold: float) -> list[tuple[float, float, float]]:
+        """(start, end, lag) of the wake-ups later than `threshold`."""
+        return [(b, w, lag) for (b, w), lag in zip(self.windows, self.lags, strict=True) if lag > threshold]
+
+
 @dataclass
 class Collection:
     started: float
@@ -410,6 +432,8 @@ class Burst:
     collections: list[Collection]
     acks: dict[str, list[float]]
     seconds: float
+    stalls: int = 0  # wake-ups over 20 ms
+    gc_stalls: int = 0  # of which a collection of 10 ms or more ran during the sleep
 
 
 class Bench:
@@ -523,7 +547,8 @@ class Bench:
         await self.forget()
         acks: dict[str, list[float]] = {"autocomplete": [], "generate": [], "queue": [], "history": [], "info": []}
         stop = asyncio.Event()
-        probe = LagProbe().start()
+        probe = TimedLagProbe()
+        probe.start()
         start = time.perf_counter()
         typers = [
             asyncio.create_task(self.typing(f"typer{i}", stop, acks["autocomplete"], number + i)) for i in range(2)
@@ -545,7 +570,11 @@ class Bench:
         await asyncio.gather(*typers)
         await probe.stop()
         end = time.perf_counter()
-        return Burst(probe.lags, pauses.between(start, end), acks, end - start)
+        collections = pauses.between(start, end)
+        stalls = probe.stalls(0.020)
+        long = [c for c in collections if c.seconds >= 0.010]
+        by_gc = sum(any(b <= c.started + c.seconds and c.started <= w for c in long) for b, w, _ in stalls)
+        return Burst(probe.lags, collections, acks, end - start, len(stalls), by_gc)
 
 
 async def full_collection_with_waiting(service: GenerationService, waiting: int) -> str:
@@ -597,11 +626,14 @@ def print_bursts(bursts: list[Burst]) -> None:
     lags = [x for b in bursts for x in b.lags]
     collections = [c for b in bursts for c in b.collections]
     over = sum(max(b.lags) > 0.020 for b in bursts)
+    stalls, by_gc = sum(b.stalls for b in bursts), sum(b.gc_stalls for b in bursts)
     print(
         f"bursts: {len(bursts)}, lag p99 {percentile(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms "
         f"({len(lags)} wake-ups, {sum(x > 0.020 for x in lags)} over 20 ms; {over} of {len(bursts)} bursts with "
         f"a wake-up over 20 ms); collections: {GcPauses.summary(collections)}; {load()}"
     )
+    print(f"  wake-ups over 20 ms during a collection of 10 ms or more: {by_gc} of {stalls} (the others: the "
+          "process waited for a core or the GIL)")
     for kind in bursts[0].acks:
         values = [x for b in bursts for x in b.acks[kind]]
         if values:
