@@ -3,8 +3,9 @@
 CPython's cycle collector walks every tracked object that is not frozen, holding the GIL: while a full
 collection runs, the event loop stalls for as long, whichever thread runs it. Most of this process's heap
 never dies: the modules of discord.py, torch, diffusers and transformers, the tag index, and each loaded
-model's objects (a tiny model's first load leaves ~246k tracked objects, most of them the diffusers and
-transformers modules it imports; a full collection over them: ~145 ms on this machine). So:
+model's objects (in the bot, a tiny model's first load leaves ~100k tracked objects, most of them the diffusers
+and transformers pipeline modules it imports: each full collection walked them for 57-73 ms while generating,
+benchmarks/bench_e2e.py). So:
 
 - at start, before the bot serves anyone (`startup`): one full collection, then `gc.freeze()`: what
   survived moves to the permanent generation, which no collection walks;
@@ -12,12 +13,13 @@ transformers modules it imports; a full collection over them: ~145 ms on this ma
   `gc.freeze()` alone, without a collection first. Freezing is O(1) (it splices the generations' lists),
   whereas the collection would stall the loop as long as the walk it saves.
 
-What that costs, measured on the tiny models (tests/bot/core/test_collector.py checks the first two):
+What that costs, measured on the tiny models (tests/bot/core/test_collector.py checks the first):
 - a frozen object is still freed by reference counting; only a cycle among frozen objects is never
   collected. An unloaded model has none that keep its weights alive: its pipeline and modules are freed
   when the cache drops it.
 - the cyclic garbage alive at the moment of a freeze stays for the process's life: 14 objects after
-  tiny-sdxl's load, 78 after tiny-anima's (what a gc.collect() found then), once per load.
+  tiny-sdxl's load, 78 after tiny-anima's (what a gc.collect() found then); so do the objects alive then that
+  later end in a cycle (a request in flight), once per load.
 - the collector's thresholds stay CPython's defaults: with the long-lived heap frozen, a full collection walks
   only what the bot made since the last freeze (its queue, its interactions): 6-19 ms in 20 bursts of
   Discord traffic while generating, 20 ms with 10,000 jobs waiting (before: 55-73 ms, and 109 ms), young
