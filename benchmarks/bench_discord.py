@@ -35,7 +35,7 @@ tiny-sdxl and tiny-anima models at 64x64 (built once in the temporary dir, delet
      position changed, the --followed jobs waiting) and through an EventBus and a Delivery following k
      jobs (k = 100, 300, 1,000), without simcord.
   5) garbage collection: a full gc.collect() after start, and after gc.freeze() (which each bot does at
-     setup, like `animebot run`: bot.discord_app.client.freeze_startup_objects), and the
+     setup, like `animebot run`: bot/core/collector.py, CollectorPolicy.startup), and the
      pauses of every collection during the run, by generation. Warnings and errors the bot logs are
      counted and printed at the end (not as tracebacks).
 

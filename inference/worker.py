@@ -153,6 +153,9 @@ class GpuWorker:
         self._stopping = False
         self._stopped = asyncio.Event()  # wakes retry pauses at stop()
         self.busy_seconds = 0.0  # seconds the pipeline has been running (benchmarks read it)
+        # Called on the GPU thread with the model's name after a load (not a cache hit) finished: the bot's
+        # garbage-collector policy (bot/core/collector.py) freezes the objects the load left.
+        self.on_model_loaded: Callable[[str], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -207,7 +210,17 @@ class GpuWorker:
         def report(progress: LoadProgress) -> None:
             loop.call_soon_threadsafe(self.source.on_model_loading, spec.name, progress)
 
-        return await self._on_gpu(lambda: self.cache.get(spec, report))
+        def load() -> Backend:
+            fresh = self.cache.loaded(spec) is None
+            backend = self.cache.get(spec, report)
+            if fresh and self.on_model_loaded is not None:
+                try:
+                    self.on_model_loaded(spec.name)
+                except Exception:  # the model is loaded and usable all the same
+                    log.exception("model %s: the after-load callback failed", spec.name)
+            return backend
+
+        return await self._on_gpu(load)
 
     def plan(self, spec: ModelSpec, width: int, height: int, count: int) -> JobPlan | None:
         """How a job of `count` width x height images of `spec` would run on this device (memory mode,

@@ -5,7 +5,6 @@ tree only when it changed."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import json
 import logging
@@ -15,6 +14,8 @@ import discord
 from discord.ext import commands
 
 from bot.config import Config
+from bot.core.collector import CollectorPolicy
+from bot.core.executor import LocalExecutor
 from bot.core.service import GenerationService
 from bot.discord_app.delivery import Delivery
 from bot.discord_app.screening import preload_tagger
@@ -82,6 +83,7 @@ class AnimeBot(commands.Bot):
         self.tagger_preload: asyncio.Task[None] | None = None  # set in setup_hook
         self.synced = False  # whether the last setup_hook registered commands with Discord
         self.freeze_gc = freeze_gc
+        self.collector: CollectorPolicy | None = None  # set in setup_hook when freeze_gc
 
     @property
     def deliveries(self) -> Delivery:
@@ -91,15 +93,22 @@ class AnimeBot(commands.Bot):
     async def setup_hook(self) -> None:
         if self._owns_service:
             await self.service.start()
+        if self.freeze_gc:
+            self.collector = watch_model_loads(self.service)
         self.delivery = Delivery(self, self.service, result_view)
         # The tagger, loaded in the background (on a thread) when results are rated; close() cancels it.
-        self.tagger_preload = self.delivery.spawn(preload_tagger(self.service), "tagger-preload")
+        self.tagger_preload = self.delivery.spawn(self._preload_tagger(), "tagger-preload")
         for name in COGS:
             await self.load_extension(name)
         await self.tree.set_translator(CommandTranslator())  # before the sync: Japanese descriptions
         await self.sync_commands()
-        if self.freeze_gc:
-            freeze_startup_objects()
+        if self.collector is not None:
+            self.collector.startup()
+
+    async def _preload_tagger(self) -> None:
+        await preload_tagger(self.service)
+        if self.collector is not None:  # its objects live as long as the process, like a model's
+            self.collector.model_loaded("the tagger")
 
     async def on_ready(self) -> None:
         log.info("logged in as %s", self.user)
@@ -153,20 +162,21 @@ class ShardedAnimeBot(AnimeBot, commands.AutoShardedBot):
     AutoShardedClient's connection handling under AnimeBot's code: the same bot, sharded."""
 
 
-def freeze_startup_objects() -> None:
-    """Collect once, then move everything alive after start (torch, diffusers and transformers
-    modules, the tag index: about 600k objects) out of the garbage collector's sight. Each full
-    collection otherwise walks them all and stalls the event loop for 350-500 ms (measured,
-    docs/benchmarks.md); after this it takes under 1 ms. Models are loaded later and stay collectable."""
-    gc.collect()
-    gc.freeze()
+def watch_model_loads(service: GenerationService) -> CollectorPolicy:
+    """The garbage-collector policy of the long-running bot (bot/core/collector.py), told by the in-process GPU
+    worker when a model load finished (redis mode: the models load in the worker processes)."""
+    collector = CollectorPolicy()
+    executor = service.executor
+    if isinstance(executor, LocalExecutor):
+        executor.worker.on_model_loaded = collector.model_loaded
+    return collector
 
 
 def create_bot(config: Config, service: GenerationService | None = None, *, freeze_gc: bool = False) -> AnimeBot:
     """The bot, ready for `bot.start(token)`; nothing touches the network before that. A service
     passed in belongs to the caller (started and closed by it); otherwise the bot owns one.
-    `freeze_gc`: see `freeze_startup_objects` (for the long-running `animebot run`). [discord] shards
-    "auto" or N > 0 gives a ShardedAnimeBot (an AutoShardedBot)."""
+    `freeze_gc`: the garbage-collector policy (bot/core/collector.py) for the long-running `animebot run`.
+    [discord] shards "auto" or N > 0 gives a ShardedAnimeBot (an AutoShardedBot)."""
     sharding = shard_options(config)
     if sharding is None:
         return AnimeBot(config, service, freeze_gc=freeze_gc)

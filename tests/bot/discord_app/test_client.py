@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import simcord
 
 from bot.cli import main
 from bot.config import DiscordSettings, load_config
+from bot.core.collector import CollectorPolicy
 from bot.discord_app.client import AnimeBot, create_bot
 from tests.cogs.conftest import BotFactory, make_bot, retire  # noqa: F401  (fixture)
 
@@ -98,23 +98,25 @@ async def test_commands_sync_to_configured_guilds(make_bot: BotFactory) -> None:
         await env.shutdown()
 
 
-def test_startup_objects_are_frozen_out_of_the_collectors_walk() -> None:
-    from bot.discord_app.client import freeze_startup_objects
-
-    tracked = len(gc.get_objects())
-    try:
-        freeze_startup_objects()
-        assert gc.get_freeze_count() >= tracked // 2
-        assert len(gc.get_objects()) < tracked // 10  # what a full collection walks now
-    finally:
-        gc.unfreeze()
-    assert gc.get_freeze_count() == 0
-
-
-async def test_run_freezes_after_setup(make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+async def test_run_freezes_after_setup_and_after_each_model_load(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
     frozen: list[bool] = []
-    monkeypatch.setattr("bot.discord_app.client.freeze_startup_objects", lambda: frozen.append(True))
+    loaded: list[str] = []
+    monkeypatch.setattr(CollectorPolicy, "startup", lambda self: frozen.append(True))
+    monkeypatch.setattr(CollectorPolicy, "model_loaded", lambda self, name: loaded.append(name))
+    plain = await make_bot()
+    async with simcord.run(plain, settle_timeout=60):
+        assert plain.collector is None and plain.service.worker.on_model_loaded is None
+    await retire(plain)
+
     bot = await make_bot()
-    bot.freeze_gc = True
+    bot.freeze_gc = True  # as create_bot(config, freeze_gc=True) in `animebot run`
     async with simcord.run(bot, settle_timeout=60):
         assert frozen == [True]
+        assert bot.collector is not None
+        # The GPU worker tells the policy when a model load finished (tests/bot/core/test_collector.py).
+        assert bot.service.worker.on_model_loaded == bot.collector.model_loaded
+        assert bot.tagger_preload is not None
+        await bot.tagger_preload  # and once the tagger's preload is over (it lives as long as a model)
+        assert loaded == ["the tagger"]
