@@ -65,3 +65,10 @@ class CollectorPolicy:
             gc.freeze()
             self.freezes += 1
         log.debug("garbage collector: frozen after loading %s (%d objects frozen)", name, gc.get_freeze_count())
+
+    def release(self) -> None:
+        """Unfreeze everything, e.g. when a worker that shares its process with other work stops (tests, benchmarks):
+        its frozen objects become collectable again."""
+        with self._lock:
+            gc.unfreeze()
+            self._started = False

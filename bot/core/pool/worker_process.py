@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, WorkersSettings
+from bot.core.collector import CollectorPolicy
 from bot.core.pool.connection import UNREACHABLE, connect, describe_url
 from bot.core.pool.protocol import ProtocolError, check_id
 from bot.core.pool.source import DeviceState, RedisJobSource, WorkerIdInUse
@@ -174,6 +175,11 @@ async def run_worker(
         source = RedisJobSource(client, settings, name, served, spool, state=lambda: _device_state(held))
         worker = GpuWorker(source, cache, retry=RETRY)
         source.cancel_job = worker.cancel
+        # The same garbage-collector policy as the bot's (bot/core/collector.py): a full collection walking a
+        # model's objects stalls this loop's heartbeat and inbox reads as it would the bot's Discord traffic.
+        collector = CollectorPolicy()
+        worker.on_model_loaded = collector.model_loaded
+        collector.startup()
         log.info(
             "worker %s: device %s, models %s, Redis %s (prefix %s, visibility timeout %gs)",
             name, cache.runtime.device, ", ".join(served), describe_url(settings.url), settings.prefix,
@@ -194,6 +200,7 @@ async def run_worker(
             source.stop_reading()
             await worker.stop()
             await source.stop()
+            collector.release()
         if source.id_taken.is_set():
             raise WorkerSetupError(source.id_taken_by)
         log.info("worker %s: stopped", name)

@@ -5,6 +5,7 @@ validate, and loses nothing when Redis restarts or the worker itself does."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import socket
@@ -470,3 +471,35 @@ async def test_a_worker_whose_id_another_worker_takes_stops_and_leaves_its_key(
         worker.task.result()
     heartbeat = await bot.heartbeat("shared-id")
     assert heartbeat is not None and heartbeat.host == "elsewhere"  # not deleted: it is the other worker's
+
+
+async def test_a_worker_freezes_its_start_up_heap_and_each_model_it_loads(
+    redis_server: RedisServer, config: Config, bot: FakeBot, tmp_path: Path
+) -> None:
+    """The bot's garbage-collector policy (bot/core/collector.py) in the worker process: full collections do not
+    walk the models' objects; the objects are collectable again once the worker stopped."""
+    gc.unfreeze()
+    cache = ModelCache(RuntimeOptions("cpu", None, tmp_path / "models"), capacity=1, location="cpu")  # a fresh load
+    settings = WorkersSettings(
+        mode="redis", url=redis_server.url, visibility_timeout=VISIBILITY, heartbeat_interval=0.2
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(config, device=None, models=None, worker_id="gc", stop=stop, settings=settings, cache=cache)
+    )
+    try:
+        await eventually(lambda: _announced(bot, "gc"), "the worker's heartbeat")
+        at_start = gc.get_freeze_count()
+        assert at_start > 0
+        await bot.dispatch("gc", 1, params(steps=2))
+        result, _ = await bot.result(1)
+        assert result.outcome == "done"
+        assert gc.get_freeze_count() > at_start + 10_000  # the model's objects
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)  # a hang detector, not a speed limit
+    assert gc.get_freeze_count() == 0
+
+
+async def _announced(bot: FakeBot, worker: str) -> bool:
+    return await bot.heartbeat(worker) is not None
