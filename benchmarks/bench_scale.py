@@ -21,8 +21,9 @@ Per size N of --sizes (the queue paused throughout):
      max stall over all of it (LagProbe of benchmarks/measure.py, 10 ms sleeps). RSS after, and the growth
      per 10,000 waiting jobs ((after - idle) * 10,000 / N).
   4) --acks /generate, by new members (a newcomer's job goes near the front of the fair order, moving
-     nearly every waiting job) and by owners of waiting jobs (theirs goes at the back) in turn. Acknowledgement = from the fake's dispatch of INTERACTION_CREATE
-     (just before it goes on the websocket) to the arrival of the interaction callback POST at the fake.
+     nearly every waiting job) and by owners of waiting jobs (theirs goes at the back) in turn.
+     Acknowledgement = from the fake's dispatch of INTERACTION_CREATE (just before it goes on the websocket)
+     to the arrival of the interaction callback POST at the fake.
      Each job is cancelled right after (untimed; the queue keeps its length), 50 ms apart. Loop lag over
      the acks. Then `service.submit` --acks times directly (new owners, each cancelled after), and /queue
      and /history acknowledgements (--acks // 2 each) by the owner of the last-written jobs.
@@ -134,7 +135,7 @@ class Bench:
 
         bench = self
 
-        class TimedFake(FakeDiscord):  # type: ignore[misc,valid-type]
+        class TimedFake(FakeDiscord):
             """Stamps the arrival of interaction callbacks and counts message edits."""
 
             async def _answer(self, request: Any) -> tuple[int, Any]:
@@ -337,11 +338,11 @@ class Bench:
         pad = args.job_seconds * args.scale
         busy: list[tuple[float, float]] = []
 
-        from inference.worker import GpuWorker
-
         from PIL import Image
 
-        class PaddedWorker(GpuWorker):  # type: ignore[misc,valid-type]
+        from inference.worker import GpuWorker
+
+        class PaddedWorker(GpuWorker):
             """A stand-in GPU: each job sleeps its scaled GPU time on the GPU thread and gives blank images."""
 
             def _generate(self, backend: Any, params: Any, report: Any, token: Any) -> list[Image.Image]:
