@@ -607,10 +607,15 @@ class JobRepository:
         return [int(row["id"]) for row in rows]
 
     async def position(self, job_id: int) -> int | None:
-        """1 = runs next; None if not waiting. A count along the order index up to the job."""
+        """1 = runs next; None if not waiting. A count along the order index up to the job: the jobs of a lower
+        rank (a plain range of the index), then those of its rank before it (a row-value comparison on every
+        entry counted takes about twice as long: ~10 ms with 100,000 waiting)."""
         value = await self.store.scalar(
-            "SELECT 1 + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order WHERE w.state = 'queued'"
-            " AND (w.queue_rank, w.id) < (j.queue_rank, j.id))"
+            "SELECT 1"
+            " + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order"
+            "    WHERE w.state = 'queued' AND w.queue_rank < j.queue_rank)"
+            " + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order"
+            "    WHERE w.state = 'queued' AND w.queue_rank = j.queue_rank AND w.id < j.id)"
             " FROM jobs j WHERE j.id = ? AND j.state = 'queued'",
             (job_id,),
         )
