@@ -607,10 +607,15 @@ class JobRepository:
         return [int(row["id"]) for row in rows]
 
     async def position(self, job_id: int) -> int | None:
-        """1 = runs next; None if not waiting. A count along the order index up to the job."""
+        """1 = runs next; None if not waiting. A count along the order index up to the job: the jobs of a lower
+        rank (a plain range of the index), then those of its rank before it (a row-value comparison on every
+        entry counted takes about twice as long: ~10 ms with 100,000 waiting)."""
         value = await self.store.scalar(
-            "SELECT 1 + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order WHERE w.state = 'queued'"
-            " AND (w.queue_rank, w.id) < (j.queue_rank, j.id))"
+            "SELECT 1"
+            " + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order"
+            "    WHERE w.state = 'queued' AND w.queue_rank < j.queue_rank)"
+            " + (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order"
+            "    WHERE w.state = 'queued' AND w.queue_rank = j.queue_rank AND w.id < j.id)"
             " FROM jobs j WHERE j.id = ? AND j.state = 'queued'",
             (job_id,),
         )
@@ -618,22 +623,33 @@ class JobRepository:
 
     async def positions_of(self, owner_id: str, limit: int) -> tuple[list[tuple[int, int]], int]:
         """(position, job id) of one user's first `limit` waiting jobs, first to run first; and how many
-        they have waiting in all."""
+        they have waiting in all. One pass along the order up to the last of them (the jobs before the first,
+        then those between each and the next), not a count from the front for each."""
         total = int(
             await self.store.scalar(
                 "SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner WHERE owner_id = ? AND state = 'queued'",
                 (owner_id,),
             )
         )
+        # The owner's jobs run in id order (their ranks grow with it): their first `limit` by id are the first
+        # to run. Each one's `ahead` counts the waiting jobs from the previous one (included) up to it.
         rows = await self.store.fetchall(
-            "SELECT id FROM jobs WHERE owner_id = ? AND state = 'queued' ORDER BY id LIMIT ?", (owner_id, limit)
+            "WITH mine AS (SELECT id, queue_rank FROM jobs INDEXED BY jobs_waiting_by_owner"
+            "  WHERE owner_id = ?1 AND state = 'queued' ORDER BY id LIMIT ?2),"
+            " spans AS (SELECT id, queue_rank, LAG(queue_rank, 1, -1) OVER runs AS from_rank,"
+            "  LAG(id, 1, 0) OVER runs AS from_id FROM mine WINDOW runs AS (ORDER BY queue_rank, id))"
+            " SELECT s.id, (SELECT COUNT(*) FROM jobs w INDEXED BY jobs_waiting_in_order WHERE w.state = 'queued'"
+            "  AND w.queue_rank BETWEEN s.from_rank AND s.queue_rank"
+            "  AND (w.queue_rank, w.id) >= (s.from_rank, s.from_id) AND (w.queue_rank, w.id) < (s.queue_rank, s.id))"
+            "  AS ahead"
+            " FROM spans s ORDER BY s.queue_rank, s.id",
+            (owner_id, limit),
         )
-        found = []
-        for row in rows:  # the owner's jobs run in id order (their ranks grow with it)
-            position = await self.position(int(row["id"]))
-            if position is not None:
-                found.append((position, int(row["id"])))
-        return sorted(found), total
+        found, position = [], 1
+        for row in rows:
+            position += int(row["ahead"])
+            found.append((position, int(row["id"])))
+        return found, total
 
     async def positions(self, job_ids: list[int]) -> dict[int, int]:
         """The positions of those of `job_ids` that are waiting, in one pass along the order."""
