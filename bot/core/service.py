@@ -281,13 +281,14 @@ class GenerationService:
         )
 
     async def watch(self, job_id: int) -> AsyncGenerator[WatchEvent, None]:
-        """Follow one job: its queue position (when it changes), JobStarted, JobProgress, and last JobEnded
-        with the finished job (images recorded), after which the iteration ends. The first event tells
-        where the job is now: its position (as the queue's announcer last computed it, or with its next
-        pass), its latest progress, or JobEnded if it had already finished.
-        No event is lost between reading the job and listening: the job is followed before it is read.
-        Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
+        """Follow one job: its shown queue position (bot/core/positions.py: exact in the front, else "about
+        N") when it changes, JobStarted, JobProgress, and last JobEnded with the finished job (images recorded),
+        after which the iteration ends. The first event tells where the job is now: its shown position (as the
+        queue's announcer knows it, or with its next pass), its latest progress, or JobEnded if it had already
+        finished. No event is lost between reading the job and listening: the job is followed before it is
+        read. Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
         inbox = self.events.follow(job_id)
+        following = False
         try:
             job = await self.job(job_id)
             if job is None:
@@ -295,11 +296,10 @@ class GenerationService:
             started = job.state != JobState.QUEUED
             position: int | None = None
             if job.state == JobState.QUEUED:
-                position = self.queue.announced_position(job_id)
+                following = True
+                position = self.queue.follow_positions(job_id)
                 if position is not None:
                     yield JobQueued(job_id, position)
-                else:
-                    self.queue.announce()  # its position comes with the announcer's next pass
             elif job.state == JobState.RUNNING:
                 yield self.events.progress.get(job_id) or JobStarted(job_id, job.model)
             while not job.state.finished:
@@ -317,9 +317,14 @@ class GenerationService:
                     continue  # published while the job was read, which found it running: already told
                 else:
                     started = True
+                if started and following:
+                    following = False
+                    self.queue.unfollow_positions(job_id)
                 yield event
             yield JobEnded(job)
         finally:
+            if following:
+                self.queue.unfollow_positions(job_id)
             self.events.unfollow(job_id, inbox)
 
     async def wait(self, job_id: int) -> JobRecord:

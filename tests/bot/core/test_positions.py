@@ -44,5 +44,6 @@ def test_coming_and_going_at_a_boundary_does_not_flip_flop() -> None:
 
 
 def test_both_languages_say_about() -> None:
-    assert render("queued_about", "en", job_id=3, position=150, prompt="1girl") == "#3 queued (position about 150): 1girl"
+    english = render("queued_about", "en", job_id=3, position=150, prompt="1girl")
+    assert english == "#3 queued (position about 150): 1girl"
     assert "約150番目" in render("queued_about", "ja", job_id=3, position=150, prompt="1girl")
