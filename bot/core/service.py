@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -18,7 +18,7 @@ from bot.core.audit import AuditLog
 from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, ImagesWithheld, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
 from bot.core.executor import Executor, ExecutorStatus, LocalExecutor, waiting_for_worker
-from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats
+from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats, UnfinishedJob
 from bot.core.lock import LockError, ProcessLock
 from bot.core.memory_info import MemoryStatus, too_large
 from bot.core.queue import JobQueue
@@ -376,6 +376,15 @@ class GenerationService:
     async def unfinished(self) -> list[JobRecord]:
         """Jobs waiting or running, oldest first."""
         return await self._jobs.unfinished()
+
+    async def unfinished_page(self, after: int, limit: int) -> list[UnfinishedJob]:
+        """One page of the jobs waiting or running (ids after `after`, oldest first): who asked and where the
+        result goes, without reading the requests (what a restart needs for thousands of waiting jobs)."""
+        return await self._jobs.unfinished_page(after, limit)
+
+    async def still_waiting(self, job_ids: Collection[int]) -> set[int]:
+        """Those of `job_ids` that are waiting now."""
+        return await self._jobs.still_waiting(job_ids)
 
     async def job_for_delivery(self, target: str) -> int | None:
         """The job whose result was delivered to `target`."""
