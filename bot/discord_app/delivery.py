@@ -265,7 +265,7 @@ class Delivery:
         self._check([job.id])  # it may have started before it was registered: its JobStarted unheard
 
     def _register(self, job_id: int, target: Target, prompt: str, shown: int | None) -> None:
-        positions = target.response is not None and not target.failed
+        positions = (target.response is not None or target.message is not None) and not target.failed
         self._waiting[job_id] = Waiting(target, prompt, shown, positions)
         if positions:
             self.service.queue.follow_positions(job_id, shown)
@@ -391,14 +391,15 @@ class Delivery:
             shown, waiting.wanted = waiting.wanted, None
             if shown is None or shown == waiting.shown or waiting.target.failed:
                 return
-            response = waiting.target.response
-            if response is None or not response.alive():  # the token expired: no more edits of this message
+            target = waiting.target
+            response = target.response
+            if target.message is None and (response is None or not response.alive()):  # the token expired
                 waiting.positions = False
                 self.service.queue.unfollow_positions(job_id)
                 return
-            text = queued_text(waiting.target.locale, job_id, shown, waiting.prompt)
+            text = queued_text(target.locale, job_id, shown, waiting.prompt)
             waiting.edited_at = asyncio.get_running_loop().time()
-            await self._edit_progress(waiting.target, text)
+            await self._edit_progress(target, text)
             self.position_edits += 1
             waiting.shown = shown
         finally:
