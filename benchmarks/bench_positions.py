@@ -269,31 +269,46 @@ async def restart_part(root: Path, count: int) -> None:
     import simcord
     from benchmarks_measure import LagProbe, ms
 
+    from tests.cogs.conftest import parked_follow
+
     print(f"\n3) restart with {count:,} jobs waiting ({load()})")
     service = await new_service(root / "restart")
+    service.events.follow = parked_follow(service.events)  # before: each job's task waits there (as in the tests)
     try:
         await put_waiting(service, count, lambda i: f"discord:{1456074443980800900 + i % 50}", "1456074443980800999")
         gc.collect()
         rss = rss_mib()
         bot = await bot_in_simcord(service)
-        probe = LagProbe().start()
-        started = time.perf_counter()
+
+        async def later() -> None:  # on_ready's deliver_pending runs below, timed (not inside simcord's attach)
+            return None
+
+        bot.on_ready = later
         async with simcord.run(bot, settle_timeout=600) as env:
+            probe = LagProbe().start()
+            started = time.perf_counter()
+            bot.deliveries.spawn(bot.deliveries.deliver_pending(), "deliver-pending")  # what on_ready does
             deliveries = bot.deliveries
-            kept: Callable[[], int] = (
-                deliveries.waiting if hasattr(deliveries, "waiting") else lambda: len(deliveries._followed)
-            )
-            while kept() < count:
+            followers = service.events._followers
+
+            def ready() -> bool:
+                if hasattr(deliveries, "waiting"):  # this code: a record each, and nothing left to check
+                    return bool(deliveries.waiting() == count and deliveries._checker is None)
+                # before: a task each, all of them waiting for their job's next event
+                return sum(len(q._getters) for queues in followers.values() for q in queues) >= count
+
+            while not ready():
                 await asyncio.sleep(0.005)
             registered = time.perf_counter() - started
             await settle(env)
-            ready = time.perf_counter() - started
+            settled = time.perf_counter() - started
             await probe.stop()
             gc.collect()
             grown = rss_mib() - rss
             tasks = len([t for t in deliveries.tasks if not t.done()])
             print(
-                f"  every waiting job kept after {registered:.2f} s, simcord settled after {ready:.2f} s;"
+                f"  every waiting job kept after {registered:.2f} s (its task waiting for its events, before; its"
+                f" record made and checked, now), simcord settled after {settled:.2f} s;"
                 f" loop lag over that time: {probe.summary()}; max stall {ms(max(probe.lags, default=0.0))}"
             )
             print(
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.modules["benchmarks_measure"] = measure  # this checkout's measure.py, whatever --repo is
     import bot
 
-    logging.getLogger("bot").setLevel(logging.ERROR)  # e.g. the fake channel of part 3 when the bot stops
+    logging.getLogger("bot").setLevel(logging.CRITICAL)  # e.g. tasks cut off when part 3's bot stops
     print(f"bot code from {Path(bot.__file__).resolve().parent.parent}; {os.cpu_count()} CPUs; {load()}")
     with tempfile.TemporaryDirectory(prefix="bench-positions-") as tmp:
         asyncio.run(run(args, Path(tmp)))

@@ -55,6 +55,7 @@ RECORD_PATIENCE = 600.0  # seconds to keep trying to record a sent result while 
 EDITS_IN_FLIGHT = 4  # position edits sent at once (the pump's bound; a burst waits its turn, newest text wins)
 PENDING_PAGE = 1000  # jobs listed per read by deliver_pending
 QUEUED_PROMPT_CHARS = 200  # the prompt shown in the "queued" message
+EDIT_PATIENCE = 15.0  # seconds a started job's follower waits for its position edit in flight to land first
 
 ViewFactory = Callable[[JobRecord], discord.ui.View]
 
@@ -218,6 +219,7 @@ class Delivery:
         self.progress_interval = PROGRESS_INTERVAL
         self.queue_interval = QUEUE_INTERVAL
         self.edits_in_flight = EDITS_IN_FLIGHT
+        self.edit_patience = EDIT_PATIENCE
         self.retry_delays = RETRY_DELAYS
         self.position_edits = 0  # position edits sent (benchmarks)
         # Delivery's tasks run in a copy of the context Delivery was made in (the bot's setup), not in that of
@@ -423,7 +425,7 @@ class Delivery:
         """Show the job's progress and deliver its result (with retries); `after`: its position edit in
         flight, which lands before the first progress edit."""
         if after is not None:
-            await asyncio.wait([after])
+            await asyncio.wait([after], timeout=self.edit_patience)
         try:
             job = await self._wait(job_id, target, prompt)
         except Exception:

@@ -406,3 +406,40 @@ async def test_a_restart_with_many_waiting_jobs_delivers_each_result_once(make_b
             assert len(result_posts(env, channel, job.id)) == 1
             assert await delivered_rows(again, job.id) == 1
         assert again.deliveries.waiting() == 0
+
+
+async def test_stuck_position_edits_never_hold_up_the_worker(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every position edit hangs (Discord slow to answer): the pump keeps at most edits_in_flight of them
+    waiting, the worker claims and runs every job meanwhile, and each result is delivered."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, members = server(env, *(f"user{i}" for i in range(6)))
+        bot.deliveries.queue_interval = 0.0
+        bot.deliveries.edit_patience = 0.05
+        stuck: list[str] = []
+        never = asyncio.Event()
+        edit_progress = Delivery._edit_progress
+
+        async def hanging(self: Delivery, target: Target, text: str) -> None:
+            if "queued" in text:
+                stuck.append(text)
+                await env.external_wait(never.wait(), reason="a position edit Discord never answers")
+                return
+            await edit_progress(self, target, text)
+
+        monkeypatch.setattr(Delivery, "_edit_progress", hanging)
+        await bot.service.set_paused(True)
+        for member in members:
+            await member.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        jobs = [(await jobs_of(bot, member.id))[0] for member in members]
+        await bot.service.set_paused(False)
+        for job in jobs:  # every job ran while the position edits hung
+            assert (await asyncio.wait_for(bot.service.wait(job.id), 120)).state == "done"  # a hang guard
+        assert stuck and len(stuck) <= bot.deliveries.edits_in_flight  # the rest waited for a slot
+        never.set()  # Discord answers at last (simcord cannot settle while the pump waits for a slot)
+        await env.settle()
+        for job in jobs:
+            assert await delivered_rows(bot, job.id) == 1
