@@ -230,7 +230,11 @@ class JobQueue:
                 self._unknown.discard(job_id)
             else:
                 found[job_id] = counted
-        if unknown or (self._coarse_due and loop.time() - self._last_coarse >= self.coarse_interval):
+        coarse = len(self._shown) > len(self._exact)  # a followed job beyond the front (or not known yet)
+        due = self._coarse_due and loop.time() - self._last_coarse >= self.coarse_interval
+        if not coarse:
+            self._coarse_due = False  # nobody beyond the front to tell: no pass over the whole order
+        if unknown or (coarse and due):
             self._coarse_due = False
             self._last_coarse = loop.time()
             unwritten, self._unwritten = self._unwritten, {}
