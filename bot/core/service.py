@@ -327,6 +327,14 @@ class GenerationService:
                 self.queue.unfollow_positions(job_id)
             self.events.unfollow(job_id, inbox)
 
+    def follow_positions(self, job_id: int, shown: int | None = None) -> None:
+        """Have the queue announce the job's shown position (JobQueued) whenever it changes, until
+        `unfollow_positions`; `shown`: what its user sees now (None: not known, announced with the next pass)."""
+        self.queue.follow_positions(job_id, shown)
+
+    def unfollow_positions(self, job_id: int) -> None:
+        self.queue.unfollow_positions(job_id)
+
     async def wait(self, job_id: int) -> JobRecord:
         """Wait until the job is done, failed or cancelled (and its images are recorded)."""
         async with contextlib.aclosing(self.watch(job_id)) as events:

@@ -241,7 +241,7 @@ class Delivery:
         self._unlisten()
         for job_id, waiting in self._waiting.items():
             if waiting.positions:
-                self.service.queue.unfollow_positions(job_id)
+                self.service.unfollow_positions(job_id)
         self._waiting.clear()
         self._due.clear()
         tasks = list(self.tasks)
@@ -270,7 +270,7 @@ class Delivery:
         positions = (target.response is not None or target.message is not None) and not target.failed
         self._waiting[job_id] = Waiting(target, prompt, shown, positions)
         if positions:
-            self.service.queue.follow_positions(job_id, shown)
+            self.service.follow_positions(job_id, shown)
 
     def _check(self, job_ids: Collection[int]) -> None:
         """Begin the followers of those of `job_ids` that no longer wait (one read for a burst of them)."""
@@ -306,7 +306,7 @@ class Delivery:
         if waiting is None:
             return
         if waiting.positions:
-            self.service.queue.unfollow_positions(job_id)
+            self.service.unfollow_positions(job_id)
         waiting.due = None
         self._begin(job_id, waiting.target, waiting.prompt, waiting.editing)
 
@@ -397,7 +397,7 @@ class Delivery:
             response = target.response
             if target.message is None and (response is None or not response.alive()):  # the token expired
                 waiting.positions = False
-                self.service.queue.unfollow_positions(job_id)
+                self.service.unfollow_positions(job_id)
                 return
             text = queued_text(target.locale, job_id, shown, waiting.prompt)
             waiting.edited_at = asyncio.get_running_loop().time()
