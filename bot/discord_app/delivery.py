@@ -85,8 +85,11 @@ class OriginalResponse:
         return discord.utils.utcnow() - issued < TOKEN_LIFETIME - TOKEN_MARGIN
 
     def webhook(self, bot: discord.Client) -> discord.Webhook:
-        """The interaction's webhook (follow-ups), on the bot's connection state (so views dispatch)."""
-        return discord.Webhook.partial(self.application_id, self.token, client=bot)
+        """The interaction's webhook (follow-ups), made as discord.Interaction.followup makes it: an application
+        webhook (type 3: ephemeral messages allowed) on the bot's connection state (so views dispatch)."""
+        return discord.Webhook.from_state(
+            data={"id": self.application_id, "type": 3, "token": self.token}, state=bot._connection
+        )
 
     async def edit(self, bot: discord.Client, **fields: Any) -> discord.WebhookMessage:
         """Edit the original response: the request discord.Interaction.edit_original_response makes (PATCH
