@@ -267,7 +267,7 @@ async def acks_part(root: Path, count: int) -> None:
 
 async def restart_part(root: Path, count: int) -> None:
     import simcord
-    from benchmarks_measure import LagProbe, ms
+    from measure import LagProbe, ms  # this checkout's benchmarks/measure.py, whatever --repo is
 
     from tests.cogs.conftest import parked_follow
 
@@ -334,15 +334,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     repo = args.repo.resolve()
     sys.path.insert(0, str(repo))
-    import measure
-
-    sys.modules["benchmarks_measure"] = measure  # this checkout's measure.py, whatever --repo is
     import bot
 
-    logging.getLogger("bot").setLevel(logging.CRITICAL)  # e.g. tasks cut off when part 3's bot stops
-    print(f"bot code from {Path(bot.__file__).resolve().parent.parent}; {os.cpu_count()} CPUs; {load()}")
-    with tempfile.TemporaryDirectory(prefix="bench-positions-") as tmp:
-        asyncio.run(run(args, Path(tmp)))
+    logger = logging.getLogger("bot")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # e.g. tasks cut off when part 3's bot stops
+    try:
+        print(f"bot code from {Path(bot.__file__).resolve().parent.parent}; {os.cpu_count()} CPUs; {load()}")
+        with tempfile.TemporaryDirectory(prefix="bench-positions-") as tmp:
+            asyncio.run(run(args, Path(tmp)))
+    finally:
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":
