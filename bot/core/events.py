@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobQueued:
+    """A followed job's shown queue position changed (JobQueue.follow_positions)."""
+
     job_id: int
-    position: int  # 1 = next to run
+    position: int  # what its user is shown (bot/core/positions.py): exact up to EXACT_POSITIONS, else "about N"
 
 
 @dataclass(frozen=True)

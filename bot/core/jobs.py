@@ -102,6 +102,17 @@ class JobRecord:
     withheld: str | None = None  # not posted by the rating check: the rating, or "unchecked" (the check failed)
 
 
+@dataclass(frozen=True, slots=True)
+class UnfinishedJob:
+    """A job waiting or running, as a restart lists it: who asked, where its result goes, in what language."""
+
+    id: int
+    owner_id: str
+    channel_id: str | None
+    locale: str | None
+    state: JobState
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """A running job and whom it was handed to: the worker (claimed_by), the dispatch's token (None: claimed by
@@ -664,6 +675,26 @@ class JobRepository:
         )
         return {int(row["id"]): int(row["position"]) for row in rows}
 
+    async def front(self, limit: int) -> list[int]:
+        """The first `limit` waiting job ids, first to run first (their positions are 1, 2, ...): one walk of
+        `limit` entries along the order index."""
+        rows = await self.store.fetchall(
+            "SELECT id FROM jobs INDEXED BY jobs_waiting_in_order WHERE state = 'queued' ORDER BY queue_rank, id"
+            " LIMIT ?",
+            (limit,),
+        )
+        return [int(row["id"]) for row in rows]
+
+    async def still_waiting(self, job_ids: Collection[int]) -> set[int]:
+        """Those of `job_ids` that are waiting now."""
+        if not job_ids:
+            return set()
+        rows = await self.store.fetchall(
+            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state = 'queued'",
+            (json.dumps(sorted(job_ids)),),
+        )
+        return {int(row["id"]) for row in rows}
+
     async def unfinished_count(self, owner_id: str) -> int:
         """How many jobs the user has waiting or running."""
         return int(
@@ -691,6 +722,18 @@ class JobRepository:
             f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state IN ('queued', 'running') ORDER BY j.id"
         )
         return _readable(rows)
+
+    async def unfinished_page(self, after: int, limit: int) -> list[UnfinishedJob]:
+        """One page of the jobs waiting or running, by id after `after`: who and where only (no JSON is read),
+        what a restart needs to bring each one's result when it finishes."""
+        rows = await self.store.fetchall(
+            "SELECT id, owner_id, channel_id, locale, state FROM jobs WHERE state IN ('queued', 'running')"
+            " AND id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        return [
+            UnfinishedJob(int(r["id"]), r["owner_id"], r["channel_id"], r["locale"], JobState(r["state"])) for r in rows
+        ]
 
     async def images(self, job_id: int) -> list[ImageRecord]:
         rows = await self.store.fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))

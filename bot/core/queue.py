@@ -9,7 +9,8 @@ behind all ten: each of them waits at most one job per other waiting user.
 The database is the queue's only state: the jobs' states and ranks, the owners' served counts
 (queue_served) and the pause (bot_state) are rows, kept by bot/core/jobs.py, so any number of workers,
 in this process or another, claim jobs safely (`claim_next`). In memory there is only a wake-up event
-for this process's worker, and the positions last announced to the jobs someone follows.
+for this process's worker, and the positions last shown to the jobs someone follows (exact in the front,
+"about N" further back: bot/core/positions.py), announced only when what a job shows changes.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from bot.core.announced import PAGE_ROWS, AnnouncedPositions
 from bot.core.errors import UserError
 from bot.core.events import EventBus, JobFinished, JobProgress, JobQueued, JobStarted, JobSubmitted, ModelLoading
 from bot.core.jobs import UNREADABLE, ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, UnreadableJob
+from bot.core.positions import EXACT_POSITIONS, is_exact, shown_position
 from bot.core.quotas import Quotas
 from bot.core.settings import SettingsRepository
 from bot.core.store import Store
@@ -39,10 +43,12 @@ PAUSED_KEY = "queue_paused"
 # A worker waits for this process's wake-up event, or this long: jobs another process queued (or a
 # resume it wrote) are noticed within it.
 POLL_SECONDS = 2.0
-# Between two passes of the position announcer (each reads the whole order: ~35 ms with 10k waiting), so
-# that a burst of submissions costs a few passes, not one each; Discord shows a position change at most
-# every 10 s anyway (bot/discord_app/delivery.py).
+# Between two passes of the position announcer over the front of the queue (the exact positions: a few rows),
+# so that a burst of submissions costs a few passes, not one each.
 ANNOUNCE_INTERVAL = 0.25
+# Between two passes over the whole order (the coarse positions, "about N": a paged SQL pass, ~1 ms per 1,000
+# waiting). Discord shows a position change at most every 10 s anyway (bot/discord_app/delivery.py).
+COARSE_INTERVAL = 5.0
 
 
 def default_worker_id() -> str:
@@ -69,10 +75,24 @@ class JobQueue:
         self.worker_id = worker_id or default_worker_id()  # claimed_by of the jobs next_job() claims
         self._wakeup = asyncio.Event()  # a job may be claimable: the worker looks
         self._moved = asyncio.Event()  # positions may have changed: the announcer looks
-        self._announced: dict[int, int] = {}  # the last position announced to each followed job
+        # The jobs whose shown position (bot/core/positions.py) is announced, and what each shows (None: not
+        # known yet); how many follow each; those showing an exact position; those not known; the shown values
+        # not yet written where SQL compares them (AnnouncedPositions) and the jobs to forget there.
+        self._shown: dict[int, int | None] = {}
+        self._follows: dict[int, int] = {}
+        self._exact: set[int] = set()
+        self._unknown: set[int] = set()
+        self._unwritten: dict[int, int | None] = {}
+        self._forgotten: set[int] = set()
+        self._coarse_due = True
+        self._last_coarse = -math.inf
+        self.announced = AnnouncedPositions(store)
+        self.announced_page_rows = PAGE_ROWS  # rows per statement of the pass over the whole order
+        self.passes = 0  # announcer passes so far (tests, benchmarks)
         self._unrunnable: dict[int, str] = {}  # claimed jobs whose failure is still to be recorded
         self._announcer: asyncio.Task[None] | None = None
         self.announce_interval = ANNOUNCE_INTERVAL
+        self.coarse_interval = COARSE_INTERVAL
 
     async def start(self, requeue: bool = True) -> list[int]:
         """Jobs a dead process left running are queued again (their ids are returned); positions are
@@ -112,42 +132,136 @@ class JobQueue:
     async def running(self) -> list[int]:
         return await self.jobs.running()
 
-    def announced_position(self, job_id: int) -> int | None:
-        """The position last announced for a followed job; None if none was yet."""
-        return self._announced.get(job_id)
+    def shown_position(self, job_id: int) -> int | None:
+        """The position a followed job shows (bot/core/positions.py), as last announced or given when it was
+        followed; None if it is not followed or that is not known yet."""
+        return self._shown.get(job_id)
+
+    def follow_positions(self, job_id: int, shown: int | None = None) -> int | None:
+        """Announce the job's shown position (JobQueued) whenever it changes, from now until
+        `unfollow_positions` (once per follow). `shown`: what its user sees now (the acknowledgement's
+        position); None: not known, the announcer reads it and announces it with its next pass. Returns what
+        it shows as far as the queue knows (another follower may have followed it first)."""
+        count = self._follows.get(job_id, 0)
+        self._follows[job_id] = count + 1
+        if count:
+            return self._shown.get(job_id)
+        self._shown[job_id] = shown
+        self._forgotten.discard(job_id)
+        self._unwritten[job_id] = shown
+        if shown is None:
+            self._unknown.add(job_id)
+        elif is_exact(shown):
+            self._exact.add(job_id)
+        self._changed()  # a change between what the follower read and now is announced
+        return shown
+
+    def unfollow_positions(self, job_id: int) -> None:
+        count = self._follows.get(job_id, 0)
+        if count > 1:
+            self._follows[job_id] = count - 1
+            return
+        if count == 1:
+            del self._follows[job_id]
+            del self._shown[job_id]
+            self._exact.discard(job_id)
+            self._unknown.discard(job_id)
+            self._unwritten.pop(job_id, None)
+            self._forgotten.add(job_id)
+
+    def followed_positions(self) -> int:
+        """How many jobs have their positions announced."""
+        return len(self._shown)
 
     def announce(self) -> None:
-        """Announce the followed jobs' positions soon, also to jobs just followed (one pass for all of them:
-        a restart that follows every waiting job costs one read of the order, not one count per job)."""
-        self._moved.set()
+        """The order changed elsewhere (jobs queued again by the worker pool): announce what changed soon."""
+        self._changed()
 
     def _changed(self) -> None:
-        """The order changed: the announcer recomputes the followed jobs' positions (off the caller's path,
-        so an acknowledgement never waits for a pass over the queue)."""
+        """The order changed: the announcer looks again (off the caller's path, so an acknowledgement never
+        waits for a pass over the queue): the front at its next pass, the rest with the next coarse pass."""
+        self._coarse_due = True
         self._moved.set()
 
     async def _announce_positions(self) -> None:
-        """Announce the positions that changed, of the jobs someone follows (a new job at the end: one
-        event, not one per job). Changes that come while a pass runs are folded into the next pass."""
+        """Announce the shown positions that changed, of the jobs someone follows. Changes that come while a
+        pass runs are folded into the next pass."""
+        loop = asyncio.get_running_loop()
+        await self.announced.create()
         while True:
-            await self._moved.wait()
+            if self._coarse_due:  # the whole order is read again at most every coarse_interval
+                timeout = self._last_coarse + self.coarse_interval - loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), max(0.0, timeout))
+            else:
+                await self._moved.wait()
             self._moved.clear()
-            started = asyncio.get_running_loop().time()
+            started = loop.time()
             try:
-                positions = await self.jobs.positions(self.events.followed())
+                await self._announce_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("reading the queue's positions failed; trying again")
                 await asyncio.sleep(1.0)
-                self._moved.set()
+                self._changed()
                 continue
-            for job_id, position in positions.items():
-                if self._announced.get(job_id) != position:
-                    self.events.publish(JobQueued(job_id, position))
-            self._announced = positions
+            self.passes += 1
             # At least as long as the pass took: the announcer never has more than half the database's time.
-            await asyncio.sleep(max(self.announce_interval, asyncio.get_running_loop().time() - started))
+            await asyncio.sleep(max(self.announce_interval, loop.time() - started))
+
+    async def _announce_pass(self) -> None:
+        """One pass: the front (EXACT_POSITIONS jobs, read exactly every pass), the followed jobs that left it
+        or whose position is not known yet (a count each, when few), and, when due, the jobs anywhere in the
+        order whose position left the window of what they show (one paged SQL pass: AnnouncedPositions)."""
+        loop = asyncio.get_running_loop()
+        found: dict[int, int] = {}  # job → exact position
+        front = await self.jobs.front(EXACT_POSITIONS)
+        for position, job_id in enumerate(front, start=1):
+            if job_id in self._shown:
+                found[job_id] = position
+        unknown = len(self._unknown) > EXACT_POSITIONS
+        for job_id in list(self._exact) + ([] if unknown else list(self._unknown)):
+            if job_id in found or job_id not in self._shown:
+                continue
+            counted = await self.jobs.position(job_id)
+            if counted is None:  # started or finished: nothing to show
+                self._exact.discard(job_id)
+                self._unknown.discard(job_id)
+            else:
+                found[job_id] = counted
+        coarse = len(self._shown) > len(self._exact)  # a followed job beyond the front (or not known yet)
+        due = self._coarse_due and loop.time() - self._last_coarse >= self.coarse_interval
+        if not coarse:
+            self._coarse_due = False  # nobody beyond the front to tell: no pass over the whole order
+        if unknown or (coarse and due):
+            self._coarse_due = False
+            self._last_coarse = loop.time()
+            unwritten, self._unwritten = self._unwritten, {}
+            forgotten, self._forgotten = self._forgotten, set()
+            try:
+                await self.announced.write(unwritten, forgotten)
+            except BaseException:
+                self._unwritten = unwritten | self._unwritten
+                self._forgotten |= forgotten
+                raise
+            for job_id, position in (await self.announced.changed(self.announced_page_rows)).items():
+                found.setdefault(job_id, position)  # the front's are fresher
+        for job_id, position in found.items():
+            if job_id not in self._shown:
+                continue  # unfollowed while the pass read
+            previous = self._shown[job_id]
+            shown = shown_position(position, previous)
+            self._unknown.discard(job_id)
+            if shown == previous:
+                continue
+            self._shown[job_id] = shown
+            self._unwritten[job_id] = shown
+            if is_exact(shown):
+                self._exact.add(job_id)
+            else:
+                self._exact.discard(job_id)
+            self.events.publish(JobQueued(job_id, shown))
 
     # -- submitting ------------------------------------------------------------------------------
 

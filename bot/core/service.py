@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -18,7 +18,7 @@ from bot.core.audit import AuditLog
 from bot.core.errors import StartError, StoreBusy, UserError
 from bot.core.events import EventBus, ImagesWithheld, JobEnded, JobFinished, JobQueued, JobStarted, WatchEvent
 from bot.core.executor import Executor, ExecutorStatus, LocalExecutor, waiting_for_worker
-from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats
+from bot.core.jobs import ImageRecord, JobOrigin, JobRecord, JobRepository, JobState, PeriodStats, UnfinishedJob
 from bot.core.lock import LockError, ProcessLock
 from bot.core.memory_info import MemoryStatus, too_large
 from bot.core.queue import JobQueue
@@ -281,13 +281,14 @@ class GenerationService:
         )
 
     async def watch(self, job_id: int) -> AsyncGenerator[WatchEvent, None]:
-        """Follow one job: its queue position (when it changes), JobStarted, JobProgress, and last JobEnded
-        with the finished job (images recorded), after which the iteration ends. The first event tells
-        where the job is now: its position (as the queue's announcer last computed it, or with its next
-        pass), its latest progress, or JobEnded if it had already finished.
-        No event is lost between reading the job and listening: the job is followed before it is read.
-        Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
+        """Follow one job: its shown queue position (bot/core/positions.py: exact in the front, else "about
+        N") when it changes, JobStarted, JobProgress, and last JobEnded with the finished job (images recorded),
+        after which the iteration ends. The first event tells where the job is now: its shown position (as the
+        queue's announcer knows it, or with its next pass), its latest progress, or JobEnded if it had already
+        finished. No event is lost between reading the job and listening: the job is followed before it is
+        read. Raises UserError if there is no such job. Close it (`contextlib.aclosing`) when leaving early."""
         inbox = self.events.follow(job_id)
+        following = False
         try:
             job = await self.job(job_id)
             if job is None:
@@ -295,11 +296,10 @@ class GenerationService:
             started = job.state != JobState.QUEUED
             position: int | None = None
             if job.state == JobState.QUEUED:
-                position = self.queue.announced_position(job_id)
+                following = True
+                position = self.queue.follow_positions(job_id)
                 if position is not None:
                     yield JobQueued(job_id, position)
-                else:
-                    self.queue.announce()  # its position comes with the announcer's next pass
             elif job.state == JobState.RUNNING:
                 yield self.events.progress.get(job_id) or JobStarted(job_id, job.model)
             while not job.state.finished:
@@ -317,10 +317,23 @@ class GenerationService:
                     continue  # published while the job was read, which found it running: already told
                 else:
                     started = True
+                if started and following:
+                    following = False
+                    self.queue.unfollow_positions(job_id)
                 yield event
             yield JobEnded(job)
         finally:
+            if following:
+                self.queue.unfollow_positions(job_id)
             self.events.unfollow(job_id, inbox)
+
+    def follow_positions(self, job_id: int, shown: int | None = None) -> None:
+        """Have the queue announce the job's shown position (JobQueued) whenever it changes, until
+        `unfollow_positions`; `shown`: what its user sees now (None: not known, announced with the next pass)."""
+        self.queue.follow_positions(job_id, shown)
+
+    def unfollow_positions(self, job_id: int) -> None:
+        self.queue.unfollow_positions(job_id)
 
     async def wait(self, job_id: int) -> JobRecord:
         """Wait until the job is done, failed or cancelled (and its images are recorded)."""
@@ -371,6 +384,15 @@ class GenerationService:
     async def unfinished(self) -> list[JobRecord]:
         """Jobs waiting or running, oldest first."""
         return await self._jobs.unfinished()
+
+    async def unfinished_page(self, after: int, limit: int) -> list[UnfinishedJob]:
+        """One page of the jobs waiting or running (ids after `after`, oldest first): who asked and where the
+        result goes, without reading the requests (what a restart needs for thousands of waiting jobs)."""
+        return await self._jobs.unfinished_page(after, limit)
+
+    async def still_waiting(self, job_ids: Collection[int]) -> set[int]:
+        """Those of `job_ids` that are waiting now."""
+        return await self._jobs.still_waiting(job_ids)
 
     async def job_for_delivery(self, target: str) -> int | None:
         """The job whose result was delivered to `target`."""

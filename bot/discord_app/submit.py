@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
+from bot.core.positions import coarse
 from bot.discord_app.acknowledge import InTime, retry_busy
-from bot.discord_app.delivery import Target
+from bot.discord_app.delivery import Target, queued_text
 from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import is_bot_admin, owner_key, role_ids
 from bot.prompts.builder import default_quality
@@ -44,7 +45,8 @@ async def submit_and_announce(bot: AnimeBot, reply: InTime, request: GenerationR
     try:
         position = await bot.service.position(job.id) or 1
         prompt = job.request.choices.prompt[:QUEUED_PROMPT_CHARS]
-        text = render("queued", locale, job_id=job.id, position=position, prompt=prompt)
+        target.shown = coarse(position)  # what the position edits compare with (bot/core/positions.py)
+        text = queued_text(locale, job.id, target.shown, prompt)
         added = default_quality(load_dialect(bot.config.models[job.model].dialect), job.request.choices)
         if added:  # no quality picked: say which of the model's recommended tags were added
             text += "\n" + render("quality_added", locale, terms=", ".join(added))

@@ -239,10 +239,10 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
         await bot.service.set_paused(True)
         request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
         ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
-        async with announced(bot, ahead[-1].id + 1, 4):  # the delivery task hears where its job waits
-            await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
         (job,) = await jobs_of(bot, alice.id)
         assert job.id == ahead[-1].id + 1 and await bot.service.position(job.id) == 4
+        assert "(position 4)" in str(requests(env, "POST", "/callback")[0].json)  # the acknowledgement
         bot.deliveries.queue_interval = 3600.0
 
         def edits() -> list[str]:
@@ -253,12 +253,13 @@ async def test_queue_position_edits_are_throttled_but_the_start_is_shown_at_once
                 await bot.service.cancel(other.id, other.owner_id)
             await env.settle()
         assert [e for e in edits() if "position" in e] == [e for e in edits() if "(position 3)" in e]
-        assert len(edits()) == 1  # position 3 shown; position 2 came within the interval
+        assert len(edits()) == 1  # position 3 shown; position 2 came within the interval: it waits for it
         await bot.service.cancel(ahead[2].id, ahead[2].owner_id)
         await bot.service.set_paused(False)
         await finish(env, bot, job.id)
         assert any("generating with tiny" in e for e in edits()[1:])  # the start is shown despite the interval
-        assert not any("(position 1)" in e for e in edits())
+        assert not any("(position 2)" in e or "(position 1)" in e for e in edits())  # never after the start
+        assert result.response is not None and result.response.attachments
 
 
 # Spellings of an nsfw rating, per option, that must never queue a job in a normal channel (issue 8, bug 6:

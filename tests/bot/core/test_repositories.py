@@ -17,6 +17,7 @@ REPOSITORIES = {
     "bot/core/audit.py",
     "bot/core/quotas.py",
     "bot/core/safety_settings.py",  # each server's rating-check settings (guild_safety)
+    "bot/core/announced.py",  # the positions last shown to followed jobs (a TEMP table) and the pass that reads them
     "bot/core/store.py",
     "bot/core/migrations.py",
     "bot/prompts/tags/db.py",  # the tag database: its own file, schema and reader

@@ -17,7 +17,7 @@ from bot.discord_app.delivery import Delivery, Target
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest
 from tests.cogs.conftest import BotFactory, make_bot, retire, server  # noqa: F401  (fixture)
-from tests.cogs.test_generate import finish, jobs_of
+from tests.cogs.test_generate import announced, finish, jobs_of
 
 
 async def finished_while_away(bot: AnimeBot, user_id: int, channel_id: int, prompts: list[str]) -> list[JobRecord]:
@@ -102,7 +102,7 @@ async def test_follower_and_deliver_pending_racing_post_once(
         deliver = bot.deliveries.deliver
 
         async def racing(job: JobRecord, target: Target) -> None:
-            if target.interaction is not None:  # the follower of the /generate
+            if target.response is not None:  # the follower of the /generate
                 await pending_listed.wait()
                 try:
                     await deliver(job, target)
@@ -127,9 +127,9 @@ async def test_follower_and_deliver_pending_racing_post_once(
 
 
 async def test_reconnects_while_jobs_wait_follow_each_job_once(make_bot: BotFactory) -> None:  # noqa: F811
-    """Jobs waiting while the bot reconnects twice: deliver_pending must not start a second follower of a
-    job already followed. Covers the followed-job guard: one follower per job, and each result replaces
-    its own /generate reply, with no extra channel post."""
+    """Jobs waiting while the bot reconnects twice: deliver_pending must not take again a job already kept.
+    Covers the followed-job guard: a waiting job is a record, no task; one follower per job once it starts, and
+    each result replaces its own /generate reply, with no extra channel post."""
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
         channel, (alice, bob) = server(env, "alice", "bob")
@@ -142,8 +142,8 @@ async def test_reconnects_while_jobs_wait_follow_each_job_once(make_bot: BotFact
         for _ in range(2):
             await bot.on_ready()
             await asyncio.gather(*pending_tasks(bot))
-        names = [task.get_name() for task in bot.deliveries.tasks]
-        assert sorted(names) == sorted(f"deliver-{job.id}" for job in jobs)
+        assert not [task for task in bot.deliveries.tasks if not task.done()]  # waiting jobs cost no task
+        assert bot.deliveries.waiting() == 2 and bot.service.queue.followed_positions() == 2
 
         await bot.service.queue.set_paused(False)
         for job, reply in zip(jobs, replies, strict=True):
@@ -297,3 +297,149 @@ async def test_a_result_for_a_deleted_channel_is_settled_once(make_bot: BotFacto
         await bot.on_ready()  # a reconnect
         await asyncio.gather(*pending_tasks(bot))
         assert len([r for r in env.http_requests if f"/channels/{doomed}" in r.path]) == asked
+
+
+def position_edits(env: simcord.Env) -> list[str]:
+    return [str(r.json) for r in env.http_requests if r.method == "PATCH" and "@original" in r.path]
+
+
+async def test_a_position_change_inside_the_interval_is_shown_when_it_is_up(make_bot: BotFactory) -> None:  # noqa: F811
+    """The job moves up twice within one interval: the first move is shown at once, the second when the
+    interval is up (a trailing edit), not dropped. The last position shown is where the job is."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await bot.service.set_paused(True)
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(3)]
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        bot.deliveries.queue_interval = 2.0
+        async with announced(bot, job.id, 3):
+            await bot.service.cancel(ahead[0].id, ahead[0].owner_id)  # 4 → 3: shown at once
+        async with announced(bot, job.id, 2):
+            await bot.service.cancel(ahead[1].id, ahead[1].owner_id)  # 3 → 2: within the interval
+        await env.settle()  # the pump's wait for the interval is part of the settling
+        edits = position_edits(env)
+        assert ["(position 3)" in e for e in edits[:1]] == [True] and "(position 2)" in edits[-1], edits
+        assert len(edits) == 2 and bot.deliveries.position_edits == 2
+
+        await bot.service.set_paused(False)
+        await finish(env, bot, job.id)
+        after = position_edits(env)
+        started = next(i for i, e in enumerate(after) if "generating with tiny" in e)
+        assert not [e for e in after[started:] if "queued" in e]  # no position edit after the start
+
+
+async def test_far_back_the_acknowledgement_and_the_edits_say_about(make_bot: BotFactory) -> None:  # noqa: F811
+    """With 24 jobs ahead the acknowledgement says "position about 30"; a job start moves it to 24, still
+    "about 30": no edit. Only when it crosses into "about 20" is the message edited."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await bot.service.set_paused(True)
+        bot.service.queue.coarse_interval = 0.0
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        ahead = [await bot.service.submit(request, f"discord:{9000 + i}") for i in range(24)]
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        assert result.response is not None and "(position about 30)" in result.response.content
+        (job,) = await jobs_of(bot, alice.id)
+        bot.deliveries.queue_interval = 0.0
+        queue = bot.service.queue
+        for other in ahead[:4]:  # 25 → 21: still "about 30"
+            await bot.service.cancel(other.id, other.owner_id)
+        passes = queue.passes
+        while queue.passes < passes + 2:  # two whole passes of the announcer (a hang guard below, not a timing)
+            queue.announce()
+            await asyncio.wait_for(asyncio.sleep(0.05), 60)
+        await env.settle()
+        assert position_edits(env) == [] and queue.shown_position(job.id) == 30
+        async with announced(bot, job.id, 20):
+            await bot.service.cancel(ahead[4].id, ahead[4].owner_id)  # 20: "about 20"
+        await env.settle()
+        assert ["(position about 20)" in e for e in position_edits(env)] == [True]
+        assert result.response.content.startswith(f"#{job.id} queued (position about 20)")
+
+
+async def test_a_restart_with_many_waiting_jobs_delivers_each_result_once(make_bot: BotFactory) -> None:  # noqa: F811
+    """Jobs waiting across a restart: deliver_pending keeps each as a record (no task, no position follow:
+    there is no message to edit), and when they run each result is posted once in its channel."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice, bob) = server(env, "alice", "bob")
+        await bot.service.set_paused(True)
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        jobs = [
+            await bot.service.submit(request, f"discord:{(alice, bob)[i % 2].id}", channel_id=str(channel.id))
+            for i in range(30)
+        ]
+        await retire(bot)
+        again = await make_bot()
+        again_pending = Delivery.deliver_pending
+        listed: list[int] = []
+
+        async def paged(self: Delivery) -> None:
+            page = self.service.unfinished_page
+
+            async def small_pages(after: int, limit: int) -> Any:
+                listed.append(after)
+                return await page(after, 7)  # several pages
+
+            self.service.unfinished_page = small_pages  # type: ignore[method-assign]
+            await again_pending(self)
+
+        Delivery.deliver_pending = paged  # type: ignore[method-assign]
+        try:
+            await env.restart_bot(again)
+            await env.settle()
+        finally:
+            Delivery.deliver_pending = again_pending  # type: ignore[method-assign]
+        assert len(listed) == 6  # 7 + 7 + 7 + 7 + 2, and an empty page
+        assert again.deliveries.waiting() == 30 and again.service.queue.followed_positions() == 0
+        assert not [task for task in again.deliveries.tasks if not task.done()]
+
+        await again.service.set_paused(False)
+        for job in jobs:
+            await again.service.wait(job.id)
+        await env.settle()
+        for job in jobs:
+            assert len(result_posts(env, channel, job.id)) == 1
+            assert await delivered_rows(again, job.id) == 1
+        assert again.deliveries.waiting() == 0
+
+
+async def test_stuck_position_edits_never_hold_up_the_worker(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every position edit hangs (Discord slow to answer): the pump keeps at most edits_in_flight of them
+    waiting, the worker claims and runs every job meanwhile, and each result is delivered."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, members = server(env, *(f"user{i}" for i in range(6)))
+        bot.deliveries.queue_interval = 0.0
+        bot.deliveries.edit_patience = 0.05
+        stuck: list[str] = []
+        never = asyncio.Event()
+        edit_progress = Delivery._edit_progress
+
+        async def hanging(self: Delivery, target: Target, text: str) -> None:
+            if "queued" in text:
+                stuck.append(text)
+                await env.external_wait(never.wait(), reason="a position edit Discord never answers")
+                return
+            await edit_progress(self, target, text)
+
+        monkeypatch.setattr(Delivery, "_edit_progress", hanging)
+        await bot.service.set_paused(True)
+        for member in members:
+            await member.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        jobs = [(await jobs_of(bot, member.id))[0] for member in members]
+        await bot.service.set_paused(False)
+        for job in jobs:  # every job ran while the position edits hung
+            assert (await asyncio.wait_for(bot.service.wait(job.id), 120)).state == "done"  # a hang guard
+        assert stuck and len(stuck) <= bot.deliveries.edits_in_flight  # the rest waited for a slot
+        never.set()  # Discord answers at last (simcord cannot settle while the pump waits for a slot)
+        await env.settle()
+        for job in jobs:
+            assert await delivered_rows(bot, job.id) == 1
