@@ -16,6 +16,7 @@ from bot.core.errors import UserError
 from bot.core.events import JobProgress
 from bot.core.jobs import JobState
 from bot.core.messages import render
+from bot.core.positions import coarse, is_exact
 from bot.discord_app.acknowledge import InTime
 from bot.discord_app.interactions import guild_key, locale_of
 from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 
 Action = Literal["show", "pause", "resume", "clear", "cancel"]
 OWN_JOBS_SHOWN = 10  # positions listed by /queue; the rest are counted
+
+
+def _your_position(locale: str, job_id: int, shown: int) -> str:
+    """One of the user's jobs as its own message shows it: exact near the front, else "about N"."""
+    key = "queue_your_position" if is_exact(shown) else "queue_your_position_about"
+    return render(key, locale, job_id=job_id, position=shown)
 RUNNING_SHOWN = 10  # running jobs listed by /queue (redis mode: one per busy worker)
 
 
@@ -58,7 +65,7 @@ class Queue(commands.Cog):
             lines.append(render("queue_is_paused", locale))
         positions, waiting = await service.queue_positions(owner_key(user), OWN_JOBS_SHOWN)
         if positions:
-            shown = [render("queue_your_position", locale, job_id=j, position=p) for p, j in positions]
+            shown = [_your_position(locale, job_id, coarse(position)) for position, job_id in positions]
             if waiting > len(positions):
                 shown.append(render("queue_more", locale, count=waiting - len(positions)))
             lines.append(render("queue_yours", locale, positions=", ".join(shown)))

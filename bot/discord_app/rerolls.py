@@ -10,6 +10,7 @@ import discord
 from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
+from bot.core.positions import coarse, is_exact
 from bot.discord_app.acknowledge import InTime, retry_busy
 from bot.discord_app.delivery import Target
 from bot.discord_app.interactions import locale_of
@@ -58,7 +59,9 @@ async def reroll(
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
     try:  # the new job is queued: whatever fails from here on, its result comes
         position = await bot.service.position(new.id) or 1
-        text = render("rerolled", locale, job_id=job.id, new_id=new.id, position=position)
+        target.shown = coarse(position)  # what the position edits compare with (bot/core/positions.py)
+        key = "rerolled" if is_exact(target.shown) else "rerolled_about"
+        text = render(key, locale, job_id=job.id, new_id=new.id, position=target.shown)
         if bot.service.waiting_for_worker():  # redis mode, no worker online or Redis down: it is kept and waits
             text += "\n" + render("queue_no_worker", locale)
         if reply is not None:

@@ -164,3 +164,17 @@ async def test_queue_lists_ten_of_many_own_jobs_and_counts_the_rest(make_bot: Bo
         text = result.response.content
         assert "150 job(s) waiting" in text and len(text) <= 2000
         assert f"#{jobs[9].id} at position 10, and 140 more" in text and f"#{jobs[10].id} " not in text
+
+
+async def test_queue_shows_a_position_far_back_as_its_message_does(make_bot: BotFactory) -> None:
+    """Beyond the exact front (bot/core/positions.py), /queue says "about N", as the job's queued message does."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        for other in range(15):  # fifteen users each with a job waiting, all served before alice's
+            await queue_jobs(bot, 10_000 + other, 1)
+        (mine,) = await queue_jobs(bot, alice.id, 1)
+        assert await bot.service.position(mine.id) == 16
+        result = await alice.slash(channel, "queue")
+        assert result.response is not None
+        assert f"#{mine.id} at position about 20" in result.response.content

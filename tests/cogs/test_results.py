@@ -369,3 +369,21 @@ async def test_delete_button_says_deleted_only_once_it_is(make_bot: BotFactory) 
         assert clicked.ephemeral and clicked.response is not None
         answers = [clicked.response.content, *(m.content for m in clicked.followups)]
         assert "Something went wrong" in " ".join(answers) and not [a for a in answers if "Deleted" in a]
+
+
+async def test_a_reroll_far_back_in_the_queue_says_about_where(make_bot: BotFactory) -> None:
+    """The reroll's notice shows the position as the job's later edits will (bot/core/positions.py): "about N"
+    beyond the exact front."""
+    from tests.cogs.test_account import queue_jobs
+
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        for other in range(15):  # fifteen users with a job waiting (paused): alice's reroll comes after them
+            await queue_jobs(bot, 20_000 + other, 1)
+        await alice.click(message, custom_id=f"animebot:reroll:{job.id}")
+        new = next(j for j in await jobs_of(bot, alice.id) if j.reroll_of == job.id)
+        assert await bot.service.position(new.id) == 16
+        callbacks = [str(r.json) for r in env.http_requests if r.method == "POST" and "/callback" in r.path]
+        assert f"Rerolling job #{job.id} as #{new.id} (position about 20)." in callbacks[-1]
