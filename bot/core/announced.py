@@ -3,21 +3,25 @@ store's one connection (gone with it; nothing is written to the database file). 
 of exact positions for which what it shows stays the same (bot/core/positions.py), so one pass along the queue's
 order returns only the jobs whose shown position changed, and Python never looks at the others.
 
-The pass walks the order in pages (keyset on (queue_rank, id), PAGE_ROWS rows each), one statement per page, so
-an acknowledgement waits for one page (a few ms), never for the whole queue. Positions read page by page are
+The pass walks the order in pages (keyset on (queue_rank, id), PAGE_ROWS rows each), one statement per page, and
+rests as long as each page took before the next: an acknowledgement's statements (a dozen, one after the other on
+the one connection) run while it rests, instead of each waiting behind a page (with 5,000-row pages and no rest,
+an acknowledgement at 100,000 waiting took up to 184 ms: benchmarks/bench_scale.py). Positions read page by page are
 exact to within the jobs that came or went during the pass: the windows absorb that, and the next pass corrects
 it (the front of the queue, where every move shows, is read separately and exactly: JobRepository.front).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterable, Mapping
 
 from bot.core.positions import window
 from bot.core.store import Store
 
-PAGE_ROWS = 5000
+PAGE_ROWS = 1000  # about 2 ms of the database per page at 100,000 waiting
 UNKNOWN = (1, 0)  # the window of a job whose shown position is not known yet: every position is a change
 
 
@@ -52,10 +56,12 @@ class AnnouncedPositions:
 
     async def changed(self, page_rows: int = PAGE_ROWS) -> dict[int, int]:
         """{job: exact position} of the followed jobs whose position left the window of what they show, read
-        along the whole order a page at a time."""
+        along the whole order a page at a time, resting as long as each page took (the database's other users go
+        first meanwhile)."""
         changed: dict[int, int] = {}
         rank, last_id, offset = -1, -1, 0
         while True:
+            started = time.perf_counter()
             rows = await self.store.fetchall(
                 "WITH page AS MATERIALIZED ("
                 " SELECT id, queue_rank, ?3 + ROW_NUMBER() OVER (ORDER BY queue_rank, id) AS position FROM ("
@@ -76,3 +82,4 @@ class AnnouncedPositions:
             if last is None or int(last["position"]) - offset < page_rows:
                 return changed
             rank, last_id, offset = int(last["queue_rank"]), int(last["id"]), int(last["position"])
+            await asyncio.sleep(time.perf_counter() - started)

@@ -46,8 +46,9 @@ POLL_SECONDS = 2.0
 # Between two passes of the position announcer over the front of the queue (the exact positions: a few rows),
 # so that a burst of submissions costs a few passes, not one each.
 ANNOUNCE_INTERVAL = 0.25
-# Between two passes over the whole order (the coarse positions, "about N": a paged SQL pass, ~1 ms per 1,000
-# waiting). Discord shows a position change at most every 10 s anyway (bot/discord_app/delivery.py).
+# Between two passes over the whole order (the coarse positions, "about N": a paged SQL pass, ~2 ms per 1,000
+# waiting, resting as long between pages). Discord shows a position change at most every 10 s anyway
+# (bot/discord_app/delivery.py).
 COARSE_INTERVAL = 5.0
 
 
