@@ -179,7 +179,6 @@ async def run_worker(
         # model's objects stalls this loop's heartbeat and inbox reads as it would the bot's Discord traffic.
         collector = CollectorPolicy()
         worker.on_model_loaded = collector.model_loaded
-        collector.startup()
         log.info(
             "worker %s: device %s, models %s, Redis %s (prefix %s, visibility timeout %gs)",
             name, cache.runtime.device, ", ".join(served), describe_url(settings.url), settings.prefix,
@@ -191,6 +190,7 @@ async def run_worker(
             raise WorkerSetupError(str(e)) from None
         except UNREACHABLE as e:  # Redis not up yet: the heartbeat task retries, and checks the id then
             log.warning("worker %s: Redis cannot be reached (%s); trying again", name, type(e).__name__)
+        collector.startup()  # once it is sure to run (release() below undoes it)
         await source.start()
         try:
             worker.start()
