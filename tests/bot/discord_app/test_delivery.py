@@ -443,3 +443,40 @@ async def test_stuck_position_edits_never_hold_up_the_worker(
         await env.settle()
         for job in jobs:
             assert await delivered_rows(bot, job.id) == 1
+
+
+async def test_a_move_while_a_position_edit_is_in_flight_is_shown_after_it(
+    make_bot: BotFactory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job moves up while its position edit is still being sent (Discord slow to answer), and nothing else
+    happens afterwards: once that edit is done, the newer position is still shown (the pump is woken for it)."""
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        await bot.service.set_paused(True)
+        request = GenerationRequest("tiny", PromptChoices("1girl"), steps=1, aspect="1:1")
+        ahead = [await bot.service.submit(request, f"discord:{9100 + i}") for i in range(3)]
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1")
+        (job,) = await jobs_of(bot, alice.id)
+        bot.deliveries.queue_interval = 0.0
+        slow = asyncio.Event()
+        sending = asyncio.Event()
+        edit_progress = Delivery._edit_progress
+
+        async def slow_first(self: Delivery, target: Target, text: str) -> None:
+            if "(position 3)" in text:
+                sending.set()
+                await env.external_wait(slow.wait(), reason="Discord slow to answer a position edit")
+            await edit_progress(self, target, text)
+
+        monkeypatch.setattr(Delivery, "_edit_progress", slow_first)
+        async with announced(bot, job.id, 3):
+            await bot.service.cancel(ahead[0].id, ahead[0].owner_id)  # 4 → 3: its edit hangs
+        await asyncio.wait_for(sending.wait(), 60)  # the edit to position 3 is being sent (a hang guard)
+        async with announced(bot, job.id, 2):
+            await bot.service.cancel(ahead[1].id, ahead[1].owner_id)  # 3 → 2 while it is sent
+        slow.set()
+        await env.settle()
+        edits = position_edits(env)
+        assert len(edits) == 2 and "(position 3)" in edits[0] and "(position 2)" in edits[1], edits
