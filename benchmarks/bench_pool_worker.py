@@ -55,7 +55,9 @@ class SleepBackend:
     def set_memory_mode(self, mode: Any) -> None:
         self.memory_mode = mode
 
-    def generate(self, params: GenerationParams, progress: Any = None, cancel: Any = None) -> list[Any]:
+    def generate(
+        self, params: GenerationParams, progress: Any = None, cancel: Any = None, *, source: Any = None, loras: Any = ()
+    ) -> list[Any]:
         from PIL import Image
 
         from inference.types import StepProgress

@@ -10,10 +10,51 @@ from typing import Protocol
 
 from inference.specs import ModelSpec
 
+# Output sizes are kept multiples of this (SDXL's VAE needs 8; Anima's VAE 8 and its DiT 2x2 patches: 16).
+SIZE_STEP = 16
+
+
+@dataclass(frozen=True)
+class LoraWeight:
+    """A LoRA a job applies, as the job stores it: the library's name, the file's identity, the weight."""
+
+    name: str  # the name in the LoRA library (inference.loras), as users type it
+    sha256: str  # the whole file's SHA-256 (hex): how a worker finds its own copy of the file
+    weight: float
+    short_hash: str = ""  # WebUI's "Lora hashes" value (AutoV3: 12 hex of the tensors' SHA-256)
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """The image an img2img, vary or upscale job starts from."""
+
+    path: str  # relative to the data directory: images/... (a parent's result) or inputs/<sha256>.png
+    sha256: str  # of the file's bytes
+    job_id: int | None = None  # the parent job; None: an image the user uploaded
+    index: int = 0  # which image of the parent job
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A second pass in the same job: the first pass's images upscaled by `scale` (Lanczos) and refined by
+    img2img at `strength` (the usual WebUI "hires fix")."""
+
+    scale: float
+    strength: float
+
+
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """width x height times `scale`, each rounded to a multiple of SIZE_STEP (at least one step)."""
+    return tuple(max(SIZE_STEP, round(v * scale / SIZE_STEP) * SIZE_STEP) for v in (width, height))  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Everything a backend needs to make images; the prompt is already in the model's dialect."""
+    """Everything a backend needs to make images; the prompt is already in the model's dialect.
+
+    Text to image: no source, no hires. Image to image: `source` resized to width x height (Lanczos), noised to
+    `strength` and denoised (steps x strength steps run). Hires fix: after that first pass, `hires` upscales and
+    refines; the images come out at output_size()."""
 
     prompt: str
     negative_prompt: str
@@ -23,10 +64,20 @@ class GenerationParams:
     cfg: float
     seeds: tuple[int, ...]  # one per image: image i is reproducible from seeds[i] alone
     sampler: str  # a sampler id from inference.samplers (e.g. "euler_a", "euler")
+    loras: tuple[LoraWeight, ...] = ()
+    source: SourceImage | None = None
+    strength: float = 1.0  # with a source: how much of it is re-noised (0 < strength <= 1)
+    hires: HiresFix | None = None
 
     @property
     def count(self) -> int:
         return len(self.seeds)
+
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images the job makes."""
+        if self.hires is None:
+            return self.width, self.height
+        return scaled_size(self.width, self.height, self.hires.scale)
 
 
 @dataclass(frozen=True)
@@ -117,11 +168,22 @@ class InvalidOutputError(Exception):
 
 
 @dataclass(frozen=True)
+class LoraFile:
+    """A LoRA as the worker hands it to a backend: the job's LoraWeight found in this host's library."""
+
+    name: str
+    path: Path  # a .safetensors file (kohya/WebUI or diffusers key layout)
+    sha256: str
+    weight: float
+
+
+@dataclass(frozen=True)
 class WorkItem:
     job_id: int
     spec: ModelSpec
     params: GenerationParams
     image_paths: tuple[Path, ...]  # where image i is written (absolute)
+    source_png: bytes | None = None  # params.source's file, read by the JobSource (the pool sends the bytes)
 
 
 @dataclass(frozen=True)

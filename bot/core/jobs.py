@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 from bot.core.store import Store
 from bot.prompts.builder import PromptChoices
 from bot.prompts.policy import Verdict
-from bot.prompts.requests import GenerationRequest, ResolvedRequest
-from inference.types import GenerationParams
+from bot.prompts.requests import GenerationRequest, JobKind, ResolvedRequest
+from inference.types import GenerationParams, HiresFix, LoraWeight, SourceImage
 
 MAX_ATTEMPTS = 3  # starts of one job before a crash-restart cycle gives it up
 GAVE_UP_BOT = "This job stopped the bot every time it ran, so it was given up."
@@ -191,6 +191,28 @@ class StoredChoices(_Stored):
     sfw: bool = False
 
 
+class StoredSource(_Stored):
+    path: str
+    sha256: str
+    job_id: int | None = None
+    index: int = 0
+
+    def to_source(self) -> SourceImage:
+        return SourceImage(**self.model_dump())
+
+
+class StoredLora(_Stored):
+    name: str
+    sha256: str
+    weight: float
+    short_hash: str = ""
+
+
+class StoredHires(_Stored):
+    scale: float
+    strength: float
+
+
 class StoredRequest(_Stored):
     """jobs.request: what the user asked for."""
 
@@ -204,10 +226,17 @@ class StoredRequest(_Stored):
     count: int = 1
     sampler: str | None = None
     nsfw_allowed: bool = True
+    lora: str | None = None
+    hires: bool = False
+    strength: float | None = None
+    kind: JobKind = "txt2img"
+    source: StoredSource | None = None
+    scale: float | None = None
 
     def to_request(self) -> GenerationRequest:
         data = self.model_dump()
         data["choices"] = PromptChoices(**data["choices"])
+        data["source"] = None if self.source is None else self.source.to_source()
         return GenerationRequest(**data)
 
 
@@ -222,9 +251,26 @@ class StoredParams(_Stored):
     cfg: float
     seeds: tuple[int, ...]
     sampler: str
+    loras: tuple[StoredLora, ...] = ()
+    source: StoredSource | None = None
+    strength: float = 1.0
+    hires: StoredHires | None = None
 
     def to_params(self) -> GenerationParams:
-        return GenerationParams(**self.model_dump())
+        return GenerationParams(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=self.width,
+            height=self.height,
+            steps=self.steps,
+            cfg=self.cfg,
+            seeds=self.seeds,
+            sampler=self.sampler,
+            loras=tuple(LoraWeight(**lora.model_dump()) for lora in self.loras),
+            source=None if self.source is None else self.source.to_source(),
+            strength=self.strength,
+            hires=None if self.hires is None else HiresFix(**self.hires.model_dump()),
+        )
 
 
 def request_to_json(request: GenerationRequest) -> str:

@@ -7,6 +7,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from bot.core.errors import UserError
 from bot.prompts.builder import (
@@ -21,11 +22,12 @@ from bot.prompts.dialects import Bucket, Dialect, load_dialect
 from bot.prompts.policy import PolicyFields, Verdict, content_policy, normalize_optional, normalize_text
 from inference.samplers import SAMPLERS, samplers_for
 from inference.specs import ModelSpec
-from inference.types import GenerationParams
+from inference.types import GenerationParams, SourceImage
 
 MAX_PROMPT_LENGTH = 2000  # the prompt and the negative prompt, each
 MAX_ARTIST_FIELD = 10 * MAX_ARTIST_LENGTH  # the artist option (several names, comma-separated)
 MAX_OPTION_LENGTH = 100  # any other text option (quality, year, rating, aspect, size, sampler, model)
+MAX_LORA_FIELD = 500  # the lora option (several names with weights, comma-separated)
 ASPECT_LIMIT = 1000.0  # W:H beyond 1000:1 either way is read as the extreme bucket
 STEPS_RANGE = (1, 150)
 CFG_RANGE = (0.0, 30.0)
@@ -54,6 +56,17 @@ class GenerationRequest:
     # a questionable/explicit rating, chosen or typed in the prompt, is refused, and the model's nsfw
     # tags go into the negative prompt.
     nsfw_allowed: bool = True
+    lora: str | None = None  # the lora option: "name, other:0.6" (a prompt's <lora:name:0.8> adds to it)
+    hires: bool = False  # the hires fix in the same job, at the model's defaults
+    strength: float | None = None  # image to image: how much of the source changes (None: the kind's default)
+    kind: JobKind = "txt2img"
+    source: SourceImage | None = None  # img2img / vary / upscale: set by the service, never typed by a user
+    scale: float | None = None  # upscale: the factor (None: the model's default)
+
+
+# txt2img: from a prompt. img2img: from an uploaded image. vary: a result again from itself, new seed.
+# upscale: a result made larger and refined (its parent's seed).
+JobKind = Literal["txt2img", "img2img", "vary", "upscale"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,7 @@ def normalize_request(request: GenerationRequest) -> GenerationRequest:
         aspect=normalize_optional(request.aspect),
         size=normalize_optional(request.size),
         sampler=normalize_optional(request.sampler),
+        lora=normalize_optional(request.lora),
     )
 
 
@@ -149,6 +163,7 @@ def _check_lengths(request: GenerationRequest) -> None:
         ("aspect", request.aspect, MAX_OPTION_LENGTH),
         ("size", request.size, MAX_OPTION_LENGTH),
         ("sampler", request.sampler, MAX_OPTION_LENGTH),
+        ("lora", request.lora, MAX_LORA_FIELD),
         ("model", request.model, MAX_OPTION_LENGTH),
     )
     for name, value, limit in limits:

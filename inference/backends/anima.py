@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ from inference.types import (
     GenerationParams,
     LoadProgressCallback,
     LoadStages,
+    LoraFile,
     ModelLoadError,
     ProgressCallback,
     StepProgress,
@@ -527,6 +529,9 @@ class AnimaBackend:
         params: GenerationParams,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
         if not params.seeds:
             return []

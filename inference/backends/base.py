@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from PIL import Image
 
 from inference.memory import Footprint
 from inference.specs import MemoryMode, ModelSpec
-from inference.types import CancelToken, GenerationParams, ProgressCallback
+from inference.types import CancelToken, GenerationParams, LoraFile, ProgressCallback
 
 
 class Backend(Protocol):
@@ -22,8 +23,15 @@ class Backend(Protocol):
         params: GenerationParams,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
-        """One image per seed in params.seeds, in that order. Raises GenerationCancelled if cancelled."""
+        """One image per seed in params.seeds, in that order, at params.output_size(). Raises GenerationCancelled
+        if cancelled.
+
+        `source` (params.source decoded) makes it image to image; `loras` are applied for this call only: after
+        it the pipeline is exactly as before (the next image without them is bit-identical)."""
         ...
 
     def set_memory_mode(self, mode: MemoryMode) -> None:

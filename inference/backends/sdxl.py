@@ -30,7 +30,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +68,7 @@ from inference.types import (
     GenerationParams,
     LoadProgressCallback,
     LoadStages,
+    LoraFile,
     ModelLoadError,
     ProgressCallback,
     StepProgress,
@@ -122,6 +123,9 @@ class SDXLBackend:
         params: GenerationParams,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
         """One image per seed, in order. Activates the model first if it was offloaded."""
         if not params.seeds:

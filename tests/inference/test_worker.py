@@ -7,6 +7,7 @@ import asyncio
 import errno
 import threading
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from inference.types import (
     GenerationParams,
     LoadProgress,
     LoadProgressCallback,
+    LoraFile,
     ProgressCallback,
     SavedImage,
     SourceBusy,
@@ -72,7 +74,13 @@ class Scripted:
         self.calls: list[tuple[MemoryMode, tuple[int, ...]]] = []  # (mode, seeds) of every generate call
 
     def generate(
-        self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
         self.calls.append((self.memory_mode, params.seeds))
         for step in range(1, params.steps + 1):

@@ -41,7 +41,7 @@ from inference.backends.base import Backend
 from inference.cache import ModelCache
 from inference.memory import Footprint, reference_footprint
 from inference.specs import MemoryMode, ModelSpec, RuntimeOptions
-from inference.types import CancelToken, GenerationParams, LoadProgressCallback, ProgressCallback
+from inference.types import CancelToken, GenerationParams, LoadProgressCallback, LoraFile, ProgressCallback
 from inference.worker import GpuWorker
 from tests.bot.core.faults import REPO, DatabaseLocker, every_event, read_only, tmpfs
 
@@ -214,7 +214,13 @@ class SlowBackend:
         self.memory_mode: MemoryMode = "high"
 
     def generate(
-        self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
         while cancel is None or not cancel.cancelled:
             time.sleep(0.05)

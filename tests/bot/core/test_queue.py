@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from inference.memory import Footprint
 from inference.png import read_parameters
 from inference.registry import load_backend
 from inference.specs import MemoryMode, ModelSpec, RuntimeOptions
-from inference.types import CancelToken, GenerationParams, LoadProgressCallback, ProgressCallback
+from inference.types import CancelToken, GenerationParams, LoadProgressCallback, LoraFile, ProgressCallback
 from tests.bot.conftest import ServiceFactory, request
 
 UNLIMITED = "[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n"
@@ -209,7 +209,13 @@ class FaultyBackend:
         self.memory_mode = self.real.memory_mode
 
     def generate(
-        self, params: GenerationParams, progress: ProgressCallback | None = None, cancel: CancelToken | None = None
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
         self.calls.append(params.count)
         if "boom" in params.prompt:
