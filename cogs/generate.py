@@ -67,6 +67,10 @@ class Generate(commands.Cog):
         steps="Sampling steps",
         cfg="Guidance scale",
         count="How many images",
+        lora="LoRAs of the active model, comma-separated, each with an optional :weight",
+        hires="Hires fix: upscale and refine in the same job",
+        image="Start from this image (img2img)",
+        strength="With an image: how much of it changes (0.05-1)",
     )
     async def generate(
         self,
@@ -83,6 +87,10 @@ class Generate(commands.Cog):
         steps: int | None = None,
         cfg: float | None = None,
         count: int = 1,
+        lora: str | None = None,
+        hires: bool = False,
+        image: discord.Attachment | None = None,
+        strength: float | None = None,
     ) -> None:
         async with InTime(interaction) as reply:  # in time, however slow the store (a lock held elsewhere)
             bot = self.bot
@@ -95,7 +103,17 @@ class Generate(commands.Cog):
                 prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist, character=character
             )
             request = GenerationRequest(
-                model, choices, seed=seed, steps=steps, cfg=cfg, aspect=aspect, count=count, nsfw_allowed=nsfw_allowed
+                model,
+                choices,
+                seed=seed,
+                steps=steps,
+                cfg=cfg,
+                aspect=aspect,
+                count=count,
+                nsfw_allowed=nsfw_allowed,
+                lora=lora,
+                hires=hires,
+                strength=strength,
             )
             await submit_and_announce(bot, reply, request)
 
