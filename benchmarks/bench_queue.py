@@ -80,10 +80,11 @@ def timed_worker_classes() -> tuple[type[Any], type[Any]]:
             params: GenerationParams,
             report: Callable[[StepProgress], None],
             token: CancelToken,
+            inputs: Any = None,
         ) -> list[Any]:
             started = time.perf_counter()
             try:
-                return super()._generate(backend, params, report, token)
+                return super()._generate(backend, params, report, token, inputs)
             finally:
                 if not hasattr(self, "runs"):
                     self.runs = []

@@ -347,7 +347,9 @@ class Bench:
         class PaddedWorker(GpuWorker):
             """A stand-in GPU: each job sleeps its scaled GPU time on the GPU thread and gives blank images."""
 
-            def _generate(self, backend: Any, params: Any, report: Any, token: Any) -> list[Image.Image]:
+            def _generate(
+                self, backend: Any, params: Any, report: Any, token: Any, inputs: Any = None
+            ) -> list[Image.Image]:
                 started = time.perf_counter()
                 time.sleep(pad)
                 busy.append((started, time.perf_counter()))

@@ -24,7 +24,8 @@ encoders per prompt in balanced mode (~0.1 s over PCIe 4), the whole model once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,7 +52,11 @@ def set_vae_features(vae: Any, footprint: Footprint, mode: MemoryMode, scale_fac
     """Slicing always (a batch decodes one image at a time: same pixels, less memory); tiling in every mode but
     high, with tiles of tile_edge(footprint, mode) pixels (an image no larger than one tile is not tiled)."""
     vae.enable_slicing()
-    tile = tile_edge(footprint, mode)
+    _set_tiling(vae, tile_edge(footprint, mode), scale_factor)
+
+
+def _set_tiling(vae: Any, tile: int | None, scale_factor: int) -> None:
+    """Tiles of `tile` pixels, or tiling off (None) with the VAE's own tile sizes back."""
     if hasattr(vae, "tile_sample_min_size"):  # AutoencoderKL (SDXL): one square tile edge
         if not hasattr(vae, _ORIGINAL_TILES):
             setattr(vae, _ORIGINAL_TILES, (vae.tile_sample_min_size, vae.tile_latent_min_size))
@@ -68,6 +73,23 @@ def set_vae_features(vae: Any, footprint: Footprint, mode: MemoryMode, scale_fac
         vae.disable_tiling()
     else:
         vae.enable_tiling()
+
+
+@contextmanager
+def tiled_when_large(
+    vae: Any, footprint: Footprint, mode: MemoryMode, scale_factor: int, width: int, height: int
+) -> Iterator[bool]:
+    """An image-to-image pass (an upscale, the hires fix's refine) at a size beyond one tile encodes and decodes
+    its images in tiles of footprint.tile_px in every mode: high mode does not tile otherwise, and those are the
+    largest images a job makes. The mode's own VAE features come back afterwards. Yields whether it tiled."""
+    if tile_edge(footprint, mode) is not None or max(width, height) <= footprint.tile_px:
+        yield False
+        return
+    _set_tiling(vae, footprint.tile_px, scale_factor)
+    try:
+        yield True
+    finally:
+        set_vae_features(vae, footprint, mode, scale_factor)
 
 
 class OffloadBefore(ModelHook):

@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -52,6 +54,7 @@ from inference.types import (
     InvalidOutputError,
     JobSource,
     LoadProgress,
+    LoraFile,
     ModelLoadError,
     ProgressCallback,
     SavedImage,
@@ -77,6 +80,28 @@ def save_failure(error: BaseException) -> str:
             return "The images could not be saved: the images folder cannot be written to."
         return f"The images could not be saved ({error.strerror or type(error).__name__})."
     return "The images could not be saved."
+
+
+LoraLookup = Callable[[str], Path | None]  # a LoRA file's SHA-256 -> its path on this host, or None
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job hands its backend besides the params: the decoded source image and the LoRA files."""
+
+    source: Image.Image | None = None
+    loras: tuple[LoraFile, ...] = ()
+
+
+class JobInputError(Exception):
+    """A job's source image or LoRA is not usable on this worker (the message is the job's error)."""
+
+
+def decode_source(data: bytes) -> Image.Image:
+    """A job's source PNG (or any image Pillow reads) as an RGB image, fully loaded. CPU work: off the loop."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
 
 
 class JobTooLarge(Exception):
@@ -140,9 +165,11 @@ class GpuWorker:
         cache: ModelCache,
         save_queue: int = 2,
         retry: tuple[float, float] = (RETRY_FIRST, RETRY_MAX),
+        loras: LoraLookup | None = None,
     ) -> None:
         self.source = source
         self.cache = cache
+        self.loras = loras  # finds this host's copy of a job's LoRA by its SHA-256 (None: no LoRA library)
         self.retry = retry  # (first pause, longest pause) between retries of the JobSource
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png")
@@ -239,9 +266,11 @@ class GpuWorker:
         return f"This needs about {gib(need)} of GPU memory and {gib(budget)} is usable. Try a smaller size."
 
     def _require_plan(self, spec: ModelSpec, params: GenerationParams) -> JobPlan:
-        plan = self.plan(spec, params.width, params.height, params.count)
+        """Planned at the size the job's images come out at (the hires fix's refine is its largest pass)."""
+        width, height = params.output_size()
+        plan = self.plan(spec, width, height, params.count)
         if plan is None:
-            raise JobTooLarge(self.refusal(spec, params.width, params.height, params.count))
+            raise JobTooLarge(self.refusal(spec, width, height, params.count))
         return plan
 
     async def _on_gpu(self, work: Callable[[], T]) -> T:
@@ -339,12 +368,18 @@ class GpuWorker:
             except ModelLoadError as e:
                 await self._failed(item.job_id, f"The model {item.spec.name} could not be loaded: {e}")
                 return
+            try:
+                inputs = await self._on_gpu(lambda: self._inputs(item))
+            except JobInputError as e:
+                log.warning("job %s refused: %s", item.job_id, e)
+                await self._failed(item.job_id, str(e))
+                return
 
             def report(progress: StepProgress) -> None:
                 loop.call_soon_threadsafe(self.source.on_progress, item.job_id, progress)
 
             try:
-                images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token))
+                images = await self._on_gpu(lambda: self._generate(backend, item.params, report, token, inputs))
             except JobTooLarge as e:
                 log.warning("job %s refused: %s", item.job_id, e)
                 await self._failed(item.job_id, str(e))
@@ -375,8 +410,34 @@ class GpuWorker:
         self._saves.add(task)
         task.add_done_callback(self._saves.discard)
 
+    def _inputs(self, item: WorkItem) -> JobInputs:
+        """On the GPU thread: the job's source image decoded (RGB) and its LoRAs found in this host's library.
+        JobInputError when one is missing or unreadable (the job fails with that message)."""
+        params = item.params
+        loras: list[LoraFile] = []
+        for lora in params.loras:
+            path = self.loras(lora.sha256) if self.loras is not None else None
+            if path is None:
+                raise JobInputError(f"LoRA {lora.name} is not on this worker")
+            loras.append(LoraFile(lora.name, path, lora.sha256, lora.weight))
+        if params.source is None:
+            return JobInputs(None, tuple(loras))
+        if item.source_png is None:
+            raise JobInputError("The source image of this job is missing.")
+        try:
+            source = decode_source(item.source_png)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            log.warning("job %s: the source image cannot be read: %s", item.job_id, e)
+            raise JobInputError("The source image of this job cannot be read.") from e
+        return JobInputs(source, tuple(loras))
+
     def _generate(
-        self, backend: Backend, params: GenerationParams, report: Callable[[StepProgress], None], token: CancelToken
+        self,
+        backend: Backend,
+        params: GenerationParams,
+        report: Callable[[StepProgress], None],
+        token: CancelToken,
+        inputs: JobInputs | None = None,
     ) -> list[Image.Image]:
         """On the GPU thread: plan the job with the loaded model's measured footprint, switch to the plan's
         mode, run its calls (stepping down a mode at each out-of-memory error), and put the model's own mode
@@ -394,7 +455,7 @@ class GpuWorker:
             if plan.mode != own:
                 backend.set_memory_mode(plan.mode)
             per_call = plan.batch if self.cache.footprint(backend.spec).batches else params.count
-            images = self._run_calls(backend, params, per_call, JobProgress(report), token)
+            images = self._run_calls(backend, params, per_call, JobProgress(report), token, inputs or JobInputs())
             check_images(images)
             return images
         finally:
@@ -403,7 +464,13 @@ class GpuWorker:
             self.busy_seconds += time.perf_counter() - started
 
     def _run_calls(
-        self, backend: Backend, params: GenerationParams, per_call: int, progress: JobProgress, token: CancelToken
+        self,
+        backend: Backend,
+        params: GenerationParams,
+        per_call: int,
+        progress: JobProgress,
+        token: CancelToken,
+        inputs: JobInputs,
     ) -> list[Image.Image]:
         """The job's seeds in calls of `per_call`. An out-of-memory error frees memory, steps the model down
         one mode and retries that call; out of modes, OutOfMemoryInEveryMode."""
@@ -414,7 +481,9 @@ class GpuWorker:
             resume: Callable[[], list[Image.Image]] | None = None
             try:
                 callback = progress.call(params.count - len(images), len(seeds))
-                made = backend.generate(replace(params, seeds=seeds), callback, token)
+                made = backend.generate(
+                    replace(params, seeds=seeds), callback, token, source=inputs.source, loras=inputs.loras
+                )
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise

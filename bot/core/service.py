@@ -242,11 +242,12 @@ class GenerationService:
         job_too_large), before it is queued or counted, not after its steps. Cheap: nothing is loaded."""
         p, spec = resolved.params, resolved.spec
         executor = self.executor
-        if executor.plan(spec, p.width, p.height, p.count) is not None:
+        width, height = p.output_size()  # the hires fix's refine pass is the job's largest
+        if executor.plan(spec, width, height, p.count) is not None:
             return
         # The measured footprint of the in-process worker's cache; the pool's workers measure their own.
         footprint = executor.footprint(spec) if isinstance(executor, LocalExecutor) else reference_footprint(spec)
-        raise too_large(spec, footprint, self.memory_status(spec), p.width, p.height, p.count)
+        raise too_large(spec, footprint, self.memory_status(spec), width, height, p.count)
 
     async def reroll(
         self,

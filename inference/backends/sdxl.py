@@ -26,6 +26,7 @@ one tile (minimal too: the hooks only move the same weights to the same device b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -37,6 +38,9 @@ from typing import Any, TypeVar
 
 import torch
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+    StableDiffusionXLImg2ImgPipeline,
+)
 from PIL import Image
 
 from inference import compile as compiling
@@ -48,8 +52,17 @@ from inference.device import (
     module_bytes,
     resolve_dtype,
 )
+from inference.img2img import Pass, PassProgress, plan_passes, resized_all, sdxl_img2img_schedule, sdxl_img2img_steps
+from inference.lora_adapters import LoraAdapters
 from inference.memory import Footprint, reference_footprint, resolve_mode
-from inference.offload import log_memory_mode, offload_text_encoders, remove_hooks, sequential_offload, set_vae_features
+from inference.offload import (
+    log_memory_mode,
+    offload_text_encoders,
+    remove_hooks,
+    sequential_offload,
+    set_vae_features,
+    tiled_when_large,
+)
 from inference.prompt_weighting import has_weighting, parse_weighted, strip_weighting
 from inference.samplers import make_scheduler, require_sampler
 from inference.specs import (
@@ -71,7 +84,6 @@ from inference.types import (
     LoraFile,
     ModelLoadError,
     ProgressCallback,
-    StepProgress,
     error_summary,
 )
 from inference.vae import decodes_without_upcast, describe_vae, load_vae
@@ -102,6 +114,31 @@ class SDXLConditioning:
         return int(self.prompt_embeds.shape[1])
 
 
+# StableDiffusionXLImg2ImgPipeline's components, all taken from the loaded text-to-image pipeline.
+_IMG2IMG_COMPONENTS = (
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "unet",
+    "scheduler",
+    "image_encoder",
+    "feature_extractor",
+)
+
+
+@dataclass
+class _Run:
+    """One generate call: what every pass of it shares."""
+
+    params: GenerationParams
+    text_args: dict[str, Any]
+    passes: list[Pass]
+    progress: PassProgress
+    cancel: CancelToken | None
+
+
 class SDXLBackend:
     """A loaded SDXL pipeline. generate/offload/activate/unload are serialised by a lock."""
 
@@ -115,6 +152,8 @@ class SDXLBackend:
         self._on_device = False  # load_sdxl places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._lock = threading.RLock()
+        self._img2img_pipe: StableDiffusionXLImg2ImgPipeline | None = None  # made at the first image-to-image job
+        self.adapters = LoraAdapters(pipe)
 
     # -- the Backend protocol -------------------------------------------------------------------------
 
@@ -127,47 +166,74 @@ class SDXLBackend:
         source: Image.Image | None = None,
         loras: Sequence[LoraFile] = (),
     ) -> list[Image.Image]:
-        """One image per seed, in order. Activates the model first if it was offloaded."""
+        """One image per seed, in order, at params.output_size(). Activates the model first if it was offloaded.
+
+        With `source`: image to image from it (resized to width x height). With params.hires: the images of the
+        first pass upscaled and refined (see inference.img2img)."""
         if not params.seeds:
             return []
         require_sampler(params.sampler, "sdxl")
+        passes = plan_passes(params, source is not None, sdxl_img2img_steps)
         with self._lock:
             if cancel is not None and cancel.cancelled:
                 raise GenerationCancelled()
             pipe = self._require_pipe()
             if not self._on_device:
                 self._place()
-            pipe.scheduler = self._scheduler(params.sampler)
-            generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in params.seeds]
-            text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
+            with self.adapters.applied(loras):
+                pipe.scheduler = self._scheduler(params.sampler)
+                text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
+                run = _Run(params, text_args, passes, PassProgress(progress, passes), cancel)
+                return self._passes_from(run, 0, [source] if source is not None else [])
 
-            started = time.monotonic()
-            interrupted = False
-            final: list[torch.Tensor] = []  # the latents after the last step, kept on the CPU (a few hundred KB)
+    def _passes_from(self, run: _Run, index: int, images: list[Image.Image]) -> list[Image.Image]:
+        """Run pass `index` and the ones after it; `images`: the input of an image-to-image pass."""
+        for number in range(index, len(run.passes)):
+            images = self._run_pass(run, number, images)
+        return images
 
-            def on_step_end(
-                pipeline: StableDiffusionXLPipeline, step: int, timestep: Any, tensors: dict[str, Any]
-            ) -> dict[str, Any]:
-                nonlocal interrupted
-                total = int(getattr(pipeline, "_num_timesteps", params.steps) or params.steps)
-                if progress is not None:
-                    progress(StepProgress(step=step + 1, total=total, elapsed=time.monotonic() - started))
-                if step + 1 >= total:
-                    final[:] = [tensors["latents"].detach().to("cpu", copy=True)]
-                if cancel is not None and cancel.cancelled:
-                    # diffusers skips the remaining steps once _interrupt is set (it still decodes latents).
-                    pipeline._interrupt = True
-                    interrupted = True
-                return {}
+    def _run_pass(self, run: _Run, index: int, images: list[Image.Image]) -> list[Image.Image]:
+        """One pipeline call over every seed of the job (the lock is held). A decode that runs out of memory after
+        the last step raises DecodeOutOfMemory whose resume decodes the kept latents and runs the passes left."""
+        pipe = self._require_pipe()
+        params, step = run.params, run.passes[index]
+        runner: StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline = pipe
+        arguments: dict[str, Any] = {"num_inference_steps": params.steps}
+        if step.strength is None:
+            arguments.update(width=step.width, height=step.height)
+        else:
+            runner = self._img2img(pipe)
+            inputs = resized_all(images, step.width, step.height)
+            arguments.update(
+                image=inputs[0] if len(inputs) == 1 else inputs,
+                strength=step.strength,
+                num_inference_steps=sdxl_img2img_schedule(params.steps, step.strength),
+            )
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in params.seeds]
+        run.progress.start(index)
+        cancel = run.cancel
+        interrupted = False
+        final: list[torch.Tensor] = []  # the latents after the last step, kept on the CPU (a few hundred KB)
 
-            vae_dtype = pipe.vae.dtype
-            decode_failed: str | None = None
+        def on_step_end(pipeline: Any, number: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            nonlocal interrupted
+            total = int(getattr(pipeline, "_num_timesteps", step.steps) or step.steps)
+            run.progress.step(number + 1, total)
+            if number + 1 >= total:
+                final[:] = [tensors["latents"].detach().to("cpu", copy=True)]
+            if cancel is not None and cancel.cancelled:
+                # diffusers skips the remaining steps once _interrupt is set (it still decodes latents).
+                pipeline._interrupt = True
+                interrupted = True
+            return {}
+
+        vae_dtype = pipe.vae.dtype
+        decode_failed: str | None = None
+        with self._tiled(pipe, step.width, step.height, step.img2img):
             try:
-                result = pipe(
-                    **text_args,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
+                result = runner(
+                    **run.text_args,
+                    **arguments,
                     guidance_scale=params.cfg,
                     num_images_per_prompt=params.count,
                     generator=generators,
@@ -180,18 +246,55 @@ class SDXLBackend:
                     raise
                 decode_failed = error_summary(e)  # every step done: only the decode ran out of memory
             finally:
-                pipe._interrupt = False
-                # diffusers upcasts an fp16 VAE to fp32 for decoding and casts it back only when decoding
-                # succeeds: after an error there (an out-of-memory at a large size) every later decode would
-                # fail on fp16 latents meeting fp32 weights.
+                runner._interrupt = False
+                # diffusers upcasts an fp16 VAE to fp32 for decoding (and encoding) and casts it back only when
+                # that succeeds: after an error there (an out-of-memory at a large size) every later decode
+                # would fail on fp16 latents meeting fp32 weights.
                 if pipe.vae.dtype != vae_dtype:
                     pipe.vae.to(dtype=vae_dtype)
-            if decode_failed is not None:  # raised here, not in the except clause: no traceback keeps the call
-                raise DecodeOutOfMemory(decode_failed, functools.partial(self._decode_kept, final[0]))
-            if interrupted:
-                raise GenerationCancelled()
-            images: list[Image.Image] = list(result.images)
-            return images
+        if decode_failed is not None:  # raised here, not in the except clause: no traceback keeps the call
+            resume = functools.partial(self._resume, run, index, final[0])
+            raise DecodeOutOfMemory(decode_failed, resume)
+        if runner is not pipe:
+            # Low mode: the model-offload hooks belong to the text-to-image pipeline, which sends every model
+            # back to the CPU after its calls; the image-to-image pipeline shares them but has no list of them.
+            pipe.maybe_free_model_hooks()
+        if interrupted:
+            raise GenerationCancelled()
+        made: list[Image.Image] = list(result.images)
+        return made
+
+    def _img2img(self, pipe: StableDiffusionXLPipeline) -> StableDiffusionXLImg2ImgPipeline:
+        """diffusers' SDXL image-to-image pipeline over the loaded components (the same modules: no second copy
+        of the weights, and the memory mode's hooks on them apply to it), made once per load."""
+        if self._img2img_pipe is None:
+            components = {name: getattr(pipe, name) for name in _IMG2IMG_COMPONENTS}
+            force_zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+            img2img = StableDiffusionXLImg2ImgPipeline(
+                **components,
+                requires_aesthetics_score=False,  # SDXL base and its fine-tunes (the refiner sets it)
+                force_zeros_for_empty_prompt=force_zeros,
+                add_watermarker=getattr(pipe, "watermark", None) is not None,
+            )
+            img2img.set_progress_bar_config(disable=True)
+            self._img2img_pipe = img2img
+        self._img2img_pipe.scheduler = pipe.scheduler
+        return self._img2img_pipe
+
+    def _tiled(self, pipe: StableDiffusionXLPipeline, width: int, height: int, img2img: bool) -> Any:
+        if not img2img:
+            return contextlib.nullcontext(False)
+        return tiled_when_large(pipe.vae, self.footprint(), self.memory_mode, int(pipe.vae_scale_factor), width, height)
+
+    def _resume(self, run: _Run, index: int, latents: torch.Tensor) -> list[Image.Image]:
+        """After a decode that ran out of memory: decode pass `index`'s kept latents in the mode in effect now,
+        then run the passes after it."""
+        with self._lock:
+            step = run.passes[index]
+            pipe = self._require_pipe()
+            with self._tiled(pipe, step.width, step.height, step.img2img):
+                images = self._decode_kept(latents)
+            return self._passes_from(run, index + 1, images) if index + 1 < len(run.passes) else images
 
     def _decode_kept(self, latents: torch.Tensor) -> list[Image.Image]:
         """Decode latents kept from a call whose decode ran out of memory, in the mode in effect now: what
@@ -291,6 +394,7 @@ class SDXLBackend:
                 self._remove_hooks()
             self._pipe = None
             self._schedulers.clear()
+            self._img2img_pipe = None
             self._on_device = False
             free_device_memory(self.runtime.device)
 
