@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -17,19 +18,36 @@ def _number(value: float) -> str:
 
 
 def a1111_parameters(params: GenerationParams, index: int, model: str) -> str:
-    """The `parameters` text of image `index` of a generation."""
+    """The `parameters` text of image `index` of a generation, as Stable Diffusion WebUI writes it.
+
+    Each LoRA is appended to the prompt as `<lora:name:weight>` and listed in `Lora hashes`; image to image (a
+    vary, an upscale, an uploaded image) adds `Denoising strength`; the hires fix adds `Hires upscale` and
+    `Hires upscaler`, `Size` being the first pass's (WebUI's txt2img hires fix puts its refine strength in
+    `Denoising strength`; after an image-to-image first pass it goes in `Hires denoising strength`)."""
     sampler = SAMPLERS[params.sampler].label if params.sampler in SAMPLERS else params.sampler
-    settings = ", ".join(
-        [
-            f"Steps: {params.steps}",
-            f"Sampler: {sampler}",
-            f"CFG scale: {_number(params.cfg)}",
-            f"Seed: {params.seeds[index]}",
-            f"Size: {params.width}x{params.height}",
-            f"Model: {model}",
-        ]
-    )
-    return f"{params.prompt}\nNegative prompt: {params.negative_prompt}\n{settings}"
+    fields = [
+        f"Steps: {params.steps}",
+        f"Sampler: {sampler}",
+        f"CFG scale: {_number(params.cfg)}",
+        f"Seed: {params.seeds[index]}",
+        f"Size: {params.width}x{params.height}",
+        f"Model: {model}",
+    ]
+    if params.source is not None:
+        fields.append(f"Denoising strength: {_number(params.strength)}")
+    if params.hires is not None:
+        if params.source is None:
+            fields.append(f"Denoising strength: {_number(params.hires.strength)}")
+        fields.append(f"Hires upscale: {_number(params.hires.scale)}")
+        fields.append("Hires upscaler: Lanczos")
+        if params.source is not None:
+            fields.append(f"Hires denoising strength: {_number(params.hires.strength)}")
+    hashes = [f"{lora.name}: {lora.short_hash}" for lora in params.loras if lora.short_hash]
+    if hashes:  # always quoted, as WebUI's infotext quotes a value holding a comma or a colon
+        fields.append(f"Lora hashes: {json.dumps(', '.join(hashes), ensure_ascii=False)}")
+    tags = [f"<lora:{lora.name}:{_number(lora.weight)}>" for lora in params.loras]
+    prompt = " ".join(part for part in [params.prompt, *tags] if part)
+    return f"{prompt}\nNegative prompt: {params.negative_prompt}\n{', '.join(fields)}"
 
 
 def encode_png(image: Image.Image, parameters: str) -> bytes:
