@@ -32,6 +32,7 @@ None of them changes the arithmetic: the same weights run on the same device, so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -53,6 +54,8 @@ from inference import compile as compiling
 from inference import torchvision_shim
 from inference.backends import anima_comfyui
 from inference.device import device_budget, free_device_memory, module_bytes, resolve_dtype
+from inference.img2img import Pass, PassProgress, anima_img2img_steps, plan_passes, resized
+from inference.lora_adapters import LoraAdapters
 from inference.memory import Footprint, reference_footprint, resolve_mode
 from inference.offload import (
     log_memory_mode,
@@ -62,6 +65,7 @@ from inference.offload import (
     remove_hooks,
     sequential_offload,
     set_vae_features,
+    tiled_when_large,
 )
 from inference.prompt_weighting import parse_weighted
 from inference.samplers import make_scheduler, require_sampler
@@ -85,7 +89,6 @@ from inference.types import (
     LoraFile,
     ModelLoadError,
     ProgressCallback,
-    StepProgress,
     error_summary,
 )
 
@@ -114,14 +117,12 @@ Fragments = list[tuple[str, float]]
 
 
 class _StepHook:
-    """Per-`generate` state shared by the two loop blocks: progress across all seeds, and cancellation."""
+    """Per-`generate` state shared by the two loop blocks: progress across all seeds and passes, and
+    cancellation."""
 
-    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken | None, images: int) -> None:
+    def __init__(self, progress: PassProgress, cancel: CancelToken | None) -> None:
         self.progress = progress
         self.cancel = cancel
-        self.images = images
-        self.image_index = 0
-        self.started: float | None = None
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
@@ -129,14 +130,10 @@ class _StepHook:
             raise GenerationCancelled()
 
     def before_step(self) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
         self.check()
 
     def after_step(self, i: int, steps: int) -> None:
-        if self.progress is not None:
-            elapsed = time.perf_counter() - (self.started or time.perf_counter())
-            self.progress(StepProgress(self.image_index * steps + i + 1, self.images * steps, elapsed))
+        self.progress.step(i + 1, steps)  # `steps`: what this pass runs (image to image: steps x strength)
         self.check()
 
 
@@ -502,6 +499,7 @@ class AnimaBackend:
         self._on_device = False  # load_anima places the weights with set_memory_mode + activate
         self.memory_mode: MemoryMode = "high"
         self._chain: list[UserCpuOffloadHook] = []  # low mode's model-offload hooks
+        self.adapters = LoraAdapters(pipeline)
         _install_log_filter()
 
     @property
@@ -536,44 +534,75 @@ class AnimaBackend:
         if not params.seeds:
             return []
         with self._lock:
-            pipe = self.pipeline
             if not self._on_device:
                 self._activate_locked()
             self._check_params(params)
             self._use_sampler(params.sampler)
             self._use_cfg(params.cfg)
-            hook = _StepHook(progress, cancel, len(params.seeds))
+            passes = plan_passes(params, source is not None, anima_img2img_steps)
+            hook = _StepHook(PassProgress(progress, passes, len(params.seeds)), cancel)
             images: list[Image.Image] = []
             try:
                 hook.check()
-                for index, seed in enumerate(params.seeds):
-                    hook.image_index = index
-                    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-                    out = pipe(
-                        prompt=params.prompt,
-                        negative_prompt=params.negative_prompt,
-                        height=params.height,
-                        width=params.width,
-                        num_inference_steps=params.steps,
-                        generator=generator,
-                        output_type="pil",
-                        output="images",
-                        **{STEP_HOOK_INPUT: hook},
-                    )
-                    images.append(out[0])
-                    offload_all(self._chain)  # low mode: every model back to the CPU between images
+                with self.adapters.applied(loras):
+                    for index, seed in enumerate(params.seeds):
+                        images.append(self._one_image(params, passes, index, int(seed), source, hook))
+                        offload_all(self._chain)  # low mode: every model back to the CPU between images
             finally:
                 _quiet_cancellation.active = False
                 offload_all(self._chain)
             return images
 
+    def _one_image(
+        self,
+        params: GenerationParams,
+        passes: list[Pass],
+        index: int,
+        seed: int,
+        source: Image.Image | None,
+        hook: _StepHook,
+    ) -> Image.Image:
+        """Image `index` of the job through every pass (the lock is held). Each pass draws from its own generator
+        seeded with `seed`: the refine of a hires fix is exactly an upscale job of the first pass's image."""
+        pipe = self.pipeline
+        image = source
+        for number, step in enumerate(passes):
+            hook.progress.start(number, index)
+            arguments: dict[str, Any] = {"height": step.height, "width": step.width}
+            if step.strength is not None:
+                assert image is not None  # plan_passes: an image-to-image pass has a source or a first pass
+                # AnimaAutoBlocks takes its image-to-image branch (VAE encode, the schedule cut at strength)
+                # when `image` is given; our blocks are in both branches (build_blocks).
+                arguments.update(image=resized(image, step.width, step.height), strength=step.strength)
+            with self._tiled(step):
+                out = pipe(
+                    prompt=params.prompt,
+                    negative_prompt=params.negative_prompt,
+                    num_inference_steps=params.steps,
+                    generator=torch.Generator(device="cpu").manual_seed(seed),
+                    output_type="pil",
+                    output="images",
+                    **arguments,
+                    **{STEP_HOOK_INPUT: hook},
+                )
+            image = out[0]
+        assert image is not None
+        return image
+
+    def _tiled(self, step: Pass) -> Any:
+        if step.strength is None:
+            return contextlib.nullcontext(False)
+        pipe = self.pipeline
+        footprint, mode, scale = self.footprint(), self.memory_mode, int(pipe.vae_scale_factor)
+        return tiled_when_large(pipe.vae, footprint, mode, scale, step.width, step.height)
+
     def _check_params(self, params: GenerationParams) -> None:
         multiple = int(self.pipeline.vae_scale_factor) * 2  # VAE downscale x the DiT's 2x2 patches
-        if params.width % multiple or params.height % multiple or params.width <= 0 or params.height <= 0:
-            raise ValueError(
-                f"Anima needs width and height that are positive multiples of {multiple}, "
-                f"got {params.width}x{params.height}"
-            )
+        for width, height in {(params.width, params.height), params.output_size()}:
+            if width % multiple or height % multiple or width <= 0 or height <= 0:
+                raise ValueError(
+                    f"Anima needs width and height that are positive multiples of {multiple}, got {width}x{height}"
+                )
         if params.steps < 1:
             raise ValueError(f"steps must be at least 1, got {params.steps}")
 
