@@ -108,12 +108,21 @@ class OffloadBefore(ModelHook):
 
 
 def offload_text_encoders(
-    encoders: Iterable[torch.nn.Module | None], next_model: torch.nn.Module, device: str
+    encoders: Iterable[torch.nn.Module | None],
+    next_model: torch.nn.Module,
+    device: str,
+    also_before: Iterable[torch.nn.Module | None] = (),
 ) -> list[UserCpuOffloadHook]:
     """Balanced mode: each text encoder waits on the CPU and comes to `device` when it runs; `next_model`'s
-    first forward (the denoiser, or Anima's LLM adapter) sends them back. They start on the CPU."""
+    first forward (the denoiser, or Anima's LLM adapter) sends them back. They start on the CPU.
+
+    `also_before` (the VAE's encoder): image to image encodes its source after the prompt and before the
+    denoiser runs; sending the text encoders back first keeps them out of that encode's peak."""
     hooks = [cpu_offload_with_hook(encoder, device)[1] for encoder in encoders if encoder is not None]
     add_hook_to_module(next_model, OffloadBefore(hooks), append=True)
+    for model in also_before:
+        if model is not None:
+            add_hook_to_module(model, OffloadBefore(hooks), append=True)
     return hooks
 
 

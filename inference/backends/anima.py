@@ -618,7 +618,8 @@ class AnimaBackend:
         elif mode == "balanced":
             for module in (pipe.text_conditioner, pipe.transformer, pipe.vae):
                 module.to(device)
-            offload_text_encoders([pipe.text_encoder], pipe.text_conditioner, device)
+            encoder = getattr(pipe.vae, "encoder", None)  # image to image's VAE encode runs before the conditioner
+            offload_text_encoders([pipe.text_encoder], pipe.text_conditioner, device, also_before=[encoder])
             free_device_memory(device)
         elif mode == "low":
             pipe.to("cpu")

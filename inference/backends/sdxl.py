@@ -374,7 +374,8 @@ class SDXLBackend:
         elif mode == "balanced":
             for name in ("unet", "vae"):
                 getattr(pipe, name).to(device)
-            offload_text_encoders([pipe.text_encoder, pipe.text_encoder_2], pipe.unet, device)
+            encoders = [pipe.text_encoder, pipe.text_encoder_2]
+            offload_text_encoders(encoders, pipe.unet, device, also_before=[pipe.vae.encoder])
             free_device_memory(device)
         elif mode == "low":
             pipe.enable_model_cpu_offload(device=device)

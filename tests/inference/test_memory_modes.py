@@ -98,11 +98,14 @@ def test_sdxl_features_of_each_mode(sdxl: SDXLBackend) -> None:
         sdxl.set_memory_mode("balanced")
         assert pipe.vae.use_slicing and pipe.vae.use_tiling
         assert (pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size) == (1024, 1024 // pipe.vae_scale_factor)
-        assert hooked(pipe) == {"text_encoder", "text_encoder_2", "unet"}
+        assert hooked(pipe) == {"text_encoder", "text_encoder_2", "unet", "vae"}
         for name in ("text_encoder", "text_encoder_2"):
             hook = getattr(pipe, name)._hf_hook
             assert isinstance(hook, CpuOffload) and str(hook.execution_device) == "cpu"
         assert isinstance(pipe.unet._hf_hook, OffloadBefore)
+        # Image to image: the text encoders leave before the VAE encodes the source, not only before the UNet.
+        assert isinstance(pipe.vae.encoder._hf_hook, OffloadBefore) and not hasattr(pipe.vae, "_hf_hook")
+        assert [h.model for h in pipe.vae.encoder._hf_hook.previous] == [pipe.text_encoder, pipe.text_encoder_2]
         assert pipe._all_hooks == []  # not diffusers' model offload
 
         sdxl.set_memory_mode("low")
@@ -135,9 +138,10 @@ def test_anima_features_of_each_mode(anima: AnimaBackend) -> None:
 
         anima.set_memory_mode("balanced")
         assert pipe.vae.use_tiling and (pipe.vae.tile_sample_min_height, pipe.vae.tile_sample_min_width) == (256, 256)
-        assert hooked(pipe) == {"text_encoder", "text_conditioner"}
+        assert hooked(pipe) == {"text_encoder", "text_conditioner", "vae"}
         assert isinstance(pipe.text_encoder._hf_hook, CpuOffload)
         assert isinstance(pipe.text_conditioner._hf_hook, OffloadBefore)
+        assert [h.model for h in pipe.vae.encoder._hf_hook.previous] == [pipe.text_encoder]
 
         anima.set_memory_mode("low")
         assert hooked(pipe) == {"text_encoder", "text_conditioner", "transformer", "vae"}
@@ -305,7 +309,7 @@ def test_the_cache_parks_and_brings_back_models_in_their_modes(runtime: RuntimeO
     balanced = cache.get(anima_spec("balanced"))
     assert isinstance(low, SDXLBackend) and isinstance(balanced, AnimaBackend)
     assert hooked(low.pipeline) == set() and low.memory_mode == "low"  # parked: weights in RAM, no hooks
-    assert hooked(balanced.pipeline) == {"text_encoder", "text_conditioner"}
+    assert hooked(balanced.pipeline) == {"text_encoder", "text_conditioner", "vae"}
     assert cache.get(sdxl_spec("low")) is low
     assert len(low.pipeline._all_hooks) == 4 and hooked(balanced.pipeline) == set()
     assert all(np.array_equal(a, b) for a, b in zip(expected, pixels(low.generate(sdxl_params())), strict=True))
