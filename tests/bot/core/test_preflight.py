@@ -53,3 +53,22 @@ async def test_a_reroll_after_the_limit_was_lowered_is_refused(make_service: Ser
     assert refused.value.key == "job_too_large"
     assert await service.store.scalar("SELECT COUNT(*) FROM jobs") == 1
     assert (await service.quota("user:a")).used == 1  # the first job only
+
+
+async def test_a_hires_job_is_checked_at_the_size_it_comes_out_at(make_service: ServiceFactory) -> None:
+    """The hires fix's refine pass (output_size()) is the job's largest: a 256x256 job that fits is refused with
+    a x2 hires fix, whose 512x512 images do not, and the refusal names the output size."""
+    from dataclasses import replace
+
+    from bot.prompts.requests import resolve_request
+    from inference.types import HiresFix
+
+    service = await make_service(config(0.3))
+    banned = service.config.discord.banned_words
+    plain = resolve_request(request(model="big", size="256x256", count=8), service.config.models, service.tags, banned)
+    service._check_fits(plain)  # fits
+    hires = replace(plain, params=replace(plain.params, hires=HiresFix(2.0, 0.5)))
+    with pytest.raises(UserError) as refused:
+        service._check_fits(hires)
+    assert refused.value.key == "job_too_large"
+    assert (refused.value.params["width"], refused.value.params["height"]) == (512, 512)
