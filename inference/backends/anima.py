@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.hooks import UserCpuOffloadHook
+from accelerate.hooks import UserCpuOffloadHook, add_hook_to_module
 from diffusers import AnimaAutoBlocks, AnimaModularPipeline
 from diffusers.modular_pipelines import BlockState, ModularPipelineBlocks, PipelineState
 from diffusers.modular_pipelines.anima.before_denoise import AnimaTextConditioningStep
@@ -58,6 +58,7 @@ from inference.img2img import Pass, PassProgress, anima_img2img_steps, plan_pass
 from inference.lora_adapters import LoraAdapters
 from inference.memory import Footprint, reference_footprint, resolve_mode
 from inference.offload import (
+    OffloadBefore,
     log_memory_mode,
     model_offload,
     offload_all,
@@ -625,6 +626,9 @@ class AnimaBackend:
             pipe.to("cpu")
             free_device_memory(device)
             self._chain = model_offload([getattr(pipe, name) for name in OFFLOAD_ORDER], device)
+            encoder = getattr(pipe.vae, "encoder", None)
+            if encoder is not None:  # image to image encodes after Qwen3 ran: send it back first
+                add_hook_to_module(encoder, OffloadBefore(self._chain[:1]), append=True)
         else:
             sequential_offload(_modules(pipe), device, streamed=pipe.transformer)
             free_device_memory(device)

@@ -150,6 +150,7 @@ def test_anima_features_of_each_mode(anima: AnimaBackend) -> None:
             None,
             *chain[:-1],
         ]
+        assert [h.model for h in pipe.vae.encoder._hf_hook.previous] == [pipe.text_encoder]  # before an encode
 
         anima.set_memory_mode("minimal")
         assert all(group_offloaded(m) for m in modules(pipe).values())
