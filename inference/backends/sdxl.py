@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from accelerate.hooks import add_hook_to_module
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
     StableDiffusionXLImg2ImgPipeline,
@@ -56,6 +57,7 @@ from inference.img2img import Pass, PassProgress, plan_passes, resized_all, sdxl
 from inference.lora_adapters import LoraAdapters
 from inference.memory import Footprint, reference_footprint, resolve_mode
 from inference.offload import (
+    OffloadBefore,
     log_memory_mode,
     offload_text_encoders,
     remove_hooks,
@@ -203,6 +205,7 @@ class SDXLBackend:
             arguments.update(width=step.width, height=step.height)
         else:
             runner = self._img2img(pipe)
+            self._encoders_leave_before_the_vae_encodes(pipe)
             inputs = resized_all(images, step.width, step.height)
             arguments.update(
                 image=inputs[0] if len(inputs) == 1 else inputs,
@@ -280,6 +283,17 @@ class SDXLBackend:
             self._img2img_pipe = img2img
         self._img2img_pipe.scheduler = pipe.scheduler
         return self._img2img_pipe
+
+    def _encoders_leave_before_the_vae_encodes(self, pipe: StableDiffusionXLPipeline) -> None:
+        """Low mode: diffusers' model-offload chain (text_encoder -> text_encoder_2 -> unet -> vae) keeps
+        text_encoder_2 on the device until the UNet runs, and image to image encodes its source in between: a
+        hook on the VAE's encoder sends the text encoders back first. diffusers renews every hook after each call
+        (maybe_free_model_hooks), which takes this one off with the rest; it is hung again for the next call."""
+        if self.memory_mode != "low" or isinstance(getattr(pipe.vae.encoder, "_hf_hook", None), OffloadBefore):
+            return
+        encoders = (pipe.text_encoder, pipe.text_encoder_2)
+        hooks = [hook for hook in pipe._all_hooks if any(hook.model is encoder for encoder in encoders)]
+        add_hook_to_module(pipe.vae.encoder, OffloadBefore(hooks), append=True)
 
     def _tiled(self, pipe: StableDiffusionXLPipeline, width: int, height: int, img2img: bool) -> Any:
         if not img2img:

@@ -289,3 +289,30 @@ def test_img2img_needs_a_sane_strength(backend: SDXLBackend) -> None:
 def test_the_source_is_kept_out_of_a_text_to_image_job(backend: SDXLBackend) -> None:
     """No source: params.strength is ignored and the job is plain text to image (what the rows of old jobs hold)."""
     assert same(backend.generate(replace(PARAMS, strength=0.3)), backend.generate(PARAMS))
+
+
+def test_low_mode_sends_the_text_encoders_back_before_the_vae_encodes(
+    backend: SDXLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """diffusers' chain would keep text_encoder_2 on the device through the source's encode; a hook on the VAE's
+    encoder offloads both encoders first (on the CPU nothing moves: the hook is observed as it runs)."""
+    from inference.offload import OffloadBefore
+
+    seen: list[list[Any]] = []
+    pre_forward = OffloadBefore.pre_forward
+
+    def recording(self: OffloadBefore, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        seen.append([hook.model for hook in self.previous])
+        return pre_forward(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(OffloadBefore, "pre_forward", recording)
+    pipe = backend.pipeline
+    try:
+        backend.set_memory_mode("low")
+        for _ in range(2):  # hung again after diffusers renews its hooks
+            seen.clear()
+            backend.generate(img2img(0.5), source=gradient(SIZE, SIZE))
+            assert seen and all(models == [pipe.text_encoder, pipe.text_encoder_2] for models in seen)
+            assert not hasattr(pipe.vae.encoder, "_hf_hook")  # renewed by diffusers after the call
+    finally:
+        backend.set_memory_mode("high")
