@@ -491,13 +491,17 @@ class GpuWorker:
                     resume = e.resume
             while made is None and resume is not None:
                 # Every step was done; only the VAE decode ran out of memory: decode the kept latents one mode
-                # lower (and lower again while it does not fit), without running the steps again.
+                # lower (and lower again while it does not fit), without running the steps again. A hires job's
+                # resume also runs the refine pass: when that pass's decode runs out of memory in turn, its own
+                # resume (the refined latents) replaces this one.
                 self._step_down(backend)
                 try:
                     made = resume()
                 except Exception as e:
                     if not is_out_of_memory(e):
                         raise
+                    if isinstance(e, DecodeOutOfMemory):
+                        resume = e.resume
             if made is None:
                 # Freed and stepped down outside the except clause: until it ends, the error's traceback keeps
                 # the failed call's frames, and so its device tensors, alive.

@@ -252,3 +252,55 @@ def test_the_memory_plan_is_taken_at_the_output_size(runtime: RuntimeOptions) ->
     assert estimate_peak(footprint, 2048, 2048, 1, "minimal", 1) > limit  # precondition
     with pytest.raises(JobTooLarge, match="Try a smaller size"):
         worker._require_plan(SPEC, big)
+
+
+class DecodesTwice(Recording):
+    """A hires job whose first pass's decode runs out of memory in high mode, and whose refine pass (run by that
+    resume) runs out of memory in its decode in balanced mode: the worker must decode the refined latents then,
+    not run the refine pass again."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.refines = 0
+        self.decodes: list[tuple[str, MemoryMode]] = []
+
+    def generate(
+        self,
+        params: GenerationParams,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        *,
+        source: Image.Image | None = None,
+        loras: Sequence[LoraFile] = (),
+    ) -> list[Image.Image]:
+        from inference.device import DecodeOutOfMemory
+
+        def decode_refined() -> list[Image.Image]:
+            self.decodes.append(("refined", self.memory_mode))
+            return [Image.new("RGB", params.output_size(), (1, 2, 3)) for _ in params.seeds]
+
+        def first_pass_resume() -> list[Image.Image]:
+            self.decodes.append(("first", self.memory_mode))
+            self.refines += 1
+            if self.memory_mode == "balanced":
+                raise DecodeOutOfMemory("CUDA out of memory", decode_refined)
+            return decode_refined()
+
+        raise DecodeOutOfMemory("CUDA out of memory", first_pass_resume)
+
+
+async def test_a_refine_decode_out_of_memory_inside_a_resume_resumes_the_refined_latents(
+    runtime: RuntimeOptions, tmp_path: Path
+) -> None:
+    backend = DecodesTwice(SPEC)
+
+    def loader(spec: ModelSpec, runtime: RuntimeOptions, progress: LoadProgressCallback | None) -> Backend:
+        return backend
+
+    source = Source()
+    worker = GpuWorker(source, ModelCache(runtime, loader=loader))
+    item = WorkItem(1, SPEC, replace(PARAMS, hires=HiresFix(1.5, 0.5)), paths(tmp_path, 1, 2))
+    [(outcome, _, saved)] = await run_jobs(worker, source, [item])
+    assert outcome == "done" and isinstance(saved, list) and len(saved) == 2
+    assert backend.refines == 1  # the refine pass ran once
+    assert backend.decodes == [("first", "balanced"), ("refined", "low")]
