@@ -139,6 +139,7 @@ class _Run:
     passes: list[Pass]
     progress: PassProgress
     cancel: CancelToken | None
+    loras: Sequence[LoraFile] = ()
 
 
 class SDXLBackend:
@@ -185,12 +186,14 @@ class SDXLBackend:
             with self.adapters.applied(loras):
                 pipe.scheduler = self._scheduler(params.sampler)
                 text_args = self._text_arguments(pipe, params.prompt, params.negative_prompt)
-                run = _Run(params, text_args, passes, PassProgress(progress, passes), cancel)
+                run = _Run(params, text_args, passes, PassProgress(progress, passes), cancel, loras)
                 return self._passes_from(run, 0, [source] if source is not None else [])
 
     def _passes_from(self, run: _Run, index: int, images: list[Image.Image]) -> list[Image.Image]:
         """Run pass `index` and the ones after it; `images`: the input of an image-to-image pass."""
         for number in range(index, len(run.passes)):
+            if run.cancel is not None and run.cancel.cancelled:
+                raise GenerationCancelled()
             images = self._run_pass(run, number, images)
         return images
 
@@ -308,7 +311,10 @@ class SDXLBackend:
             pipe = self._require_pipe()
             with self._tiled(pipe, step.width, step.height, step.img2img):
                 images = self._decode_kept(latents)
-            return self._passes_from(run, index + 1, images) if index + 1 < len(run.passes) else images
+            if index + 1 == len(run.passes):
+                return images
+            with self.adapters.applied(run.loras):  # the passes left run with the job's LoRAs, as the first did
+                return self._passes_from(run, index + 1, images)
 
     def _decode_kept(self, latents: torch.Tensor) -> list[Image.Image]:
         """Decode latents kept from a call whose decode ran out of memory, in the mode in effect now: what

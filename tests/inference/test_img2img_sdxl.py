@@ -5,8 +5,10 @@ of memory in either pass."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from inference.types import (
     GenerationCancelled,
     GenerationParams,
     HiresFix,
+    LoraFile,
     SourceImage,
     StepProgress,
     scaled_size,
@@ -316,3 +319,70 @@ def test_low_mode_sends_the_text_encoders_back_before_the_vae_encodes(
             assert not hasattr(pipe.vae.encoder, "_hf_hook")  # renewed by diffusers after the call
     finally:
         backend.set_memory_mode("high")
+
+
+def test_a_cancel_during_the_first_pass_decode_runs_no_refine_step(
+    backend: SDXLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = CancelToken()
+    vae = backend.pipeline.vae
+    decode = vae.decode
+
+    def cancelling(*args: Any, **kwargs: Any) -> Any:
+        token.cancel()  # the user cancels while the first pass decodes
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", cancelling)
+    calls, handle = unet_calls(backend)
+    try:
+        with pytest.raises(GenerationCancelled):
+            backend.generate(replace(PARAMS, hires=HiresFix(1.5, 0.5)), None, token)
+    finally:
+        handle.remove()
+    assert len(calls) == 4  # the first pass's steps only
+
+
+class RecordingAdapters:
+    """Stands in for LoraAdapters: records which LoRAs are applied while the UNet runs."""
+
+    def __init__(self) -> None:
+        self.active: tuple[LoraFile, ...] = ()
+
+    @contextlib.contextmanager
+    def applied(self, loras: Any) -> Iterator[None]:
+        self.active = tuple(loras)
+        try:
+            yield
+        finally:
+            self.active = ()
+
+
+def test_the_refine_run_by_a_resume_runs_with_the_jobs_loras(
+    backend: SDXLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapters = RecordingAdapters()
+    monkeypatch.setattr(backend, "adapters", adapters)
+    lora = LoraFile("style", Path("style.safetensors"), "a" * 64, 0.7)
+    vae = backend.pipeline.vae
+    decode = vae.decode
+    edge = SIZE // int(backend.pipeline.vae_scale_factor)
+    failures = [1]
+
+    def failing(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if latents.shape[-1] == edge and failures:
+            failures.pop()
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", failing)
+    during: list[tuple[LoraFile, ...]] = []
+    handle = backend.pipeline.unet.register_forward_hook(lambda *_: during.append(adapters.active))
+    try:
+        with pytest.raises(DecodeOutOfMemory) as caught:
+            backend.generate(replace(PARAMS, hires=HiresFix(1.5, 0.5)), loras=[lora])
+        assert adapters.active == ()
+        caught.value.resume()
+    finally:
+        handle.remove()
+    assert during == [(lora,)] * 6  # 4 first-pass steps, then the resumed refine's 2
+    assert adapters.active == ()
