@@ -23,6 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -44,6 +45,7 @@ class Row:
     plain: float
     upscale: float
     hires: float
+    steps: dict[str, int]  # the steps each job ran (image to image: steps x strength)
 
     def lines(self) -> list[str]:
         added = self.upscale / self.plain if self.plain > 0 else float("nan")
@@ -51,7 +53,8 @@ class Row:
         return [
             f"{self.model} x{self.scale:g} -> {width}x{height}: parent {ms(self.parent)}, plain {ms(self.plain)}, "
             f"upscale {ms(self.upscale)} ({added:.2f}x plain), hires {ms(self.hires)} "
-            f"(parent + upscale {ms(self.parent + self.upscale)})"
+            f"(parent + upscale {ms(self.parent + self.upscale)})",
+            "    steps run: " + ", ".join(f"{name} {count}" for name, count in self.steps.items()),
         ]
 
 
@@ -60,6 +63,15 @@ def load_average() -> str:
         return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
     except OSError:  # pragma: no cover - not on Linux/macOS
         return "load average n/a"
+
+
+def time_job(backend: Any, params: Any, source: Any, repeats: int) -> tuple[float, int]:
+    """The median seconds of a job after one warm-up run, and the steps one image of it runs (its progress
+    total: image to image runs steps x strength)."""
+    totals: list[int] = []
+    backend.generate(params, lambda progress: totals.append(progress.total), source=source)
+    seconds = median_seconds(lambda: backend.generate(params, source=source), repeats)
+    return seconds, totals[-1] // params.count
 
 
 def measure(model: str, size: int, scales: list[float], steps: int, strength: float, repeats: int) -> list[Row]:
@@ -91,17 +103,13 @@ def measure(model: str, size: int, scales: list[float], steps: int, strength: fl
             plain = replace(base, width=width, height=height)
             upscale = replace(plain, source=origin, strength=strength)
             hires = replace(base, hires=HiresFix(scale, strength))
-            jobs = {
-                "parent": lambda: backend.generate(base),
-                "plain": lambda p=plain: backend.generate(p),  # type: ignore[misc]
-                "upscale": lambda p=upscale: backend.generate(p, source=parent_image),  # type: ignore[misc]
-                "hires": lambda p=hires: backend.generate(p),  # type: ignore[misc]
-            }
-            seconds = {}
-            for name, job in jobs.items():
-                job()  # warm-up
-                seconds[name] = median_seconds(job, repeats)
-            rows.append(Row(model, scale, (width, height), **seconds))
+            jobs = {"parent": (base, None), "plain": (plain, None), "upscale": (upscale, parent_image)}
+            jobs["hires"] = (hires, None)
+            seconds: dict[str, float] = {}
+            steps_run: dict[str, int] = {}
+            for name, (params, source) in jobs.items():
+                seconds[name], steps_run[name] = time_job(backend, params, source, repeats)
+            rows.append(Row(model, scale, (width, height), steps=steps_run, **seconds))
             cache.get(spec)  # a cache hit: no second load
         cache.clear()
     print(f"{model}: {len(loads)} load(s) for every job above; torch threads {torch.get_num_threads()}")

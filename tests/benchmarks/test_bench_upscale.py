@@ -24,6 +24,8 @@ def test_the_smallest_settings_run_and_print_every_figure() -> None:
         line = next(line for line in out.splitlines() if line.startswith(f"{model} x1.5 -> 48x48: "))
         for figure in ("parent ", "plain ", "upscale ", "x plain", "hires "):
             assert figure in line, line
+        # 2 steps at strength 0.35: SDXL runs int(0.7) -> at least 1, Anima 2 - int(1.3) = 1; hires: 2 + 1.
+        assert "    steps run: parent 2, plain 2, upscale 1, hires 3" in out, out
 
 
 def test_an_unknown_model_is_refused() -> None:
