@@ -32,8 +32,8 @@ def sdxl_img2img_steps(steps: int, strength: float) -> int:
 
 def sdxl_img2img_schedule(steps: int, strength: float) -> int:
     """The num_inference_steps to hand diffusers' SDXL img2img so that at least one step runs: it raises when
-    int(steps x strength) is 0 (a strength below 1/steps). Then the schedule is made just long enough for one step
-    at that strength (a coarser schedule, the same noise level)."""
+    int(steps x strength) is 0 (a strength below 1/steps). Then the schedule is made just long enough that its
+    last step is within that strength (one step from a noise level at most `strength`)."""
     schedule = max(1, steps)
     while int(schedule * strength) < 1:
         schedule += 1
