@@ -98,9 +98,15 @@ class JobInputError(Exception):
 
 
 def decode_source(data: bytes) -> Image.Image:
-    """A job's source PNG (or any image Pillow reads) as an RGB image, fully loaded. CPU work: off the loop."""
+    """A job's source PNG (or any image Pillow reads) as an RGB image, fully loaded. Transparency is flattened
+    onto white, as WebUI's img2img does (its default background): dropping the alpha channel would bring back
+    whatever colour the transparent pixels happen to hold. CPU work: off the loop."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return image.convert("RGB")
 
 

@@ -201,7 +201,8 @@ async def test_the_worker_hands_the_decoded_source_and_the_found_loras(runtime: 
     lora_path = tmp_path / "style.safetensors"
     worker, source, backend = recording_worker(runtime, {"ab" * 32: lora_path})
     origin = SourceImage("inputs/x.png", "cd" * 32)
-    rgba = Image.new("RGBA", (40, 24), (10, 20, 30, 128))
+    rgba = Image.new("RGBA", (40, 24), (10, 20, 30, 255))
+    rgba.putpixel((0, 0), (200, 0, 0, 0))  # fully transparent: flattened onto white, not red
     params = replace(
         PARAMS, source=origin, strength=0.5, loras=(LoraWeight("style", "ab" * 32, 0.8, "0123456789ab"),)
     )
@@ -210,6 +211,7 @@ async def test_the_worker_hands_the_decoded_source_and_the_found_loras(runtime: 
     assert outcome == "done"
     [(image, loras)] = backend.calls
     assert image is not None and image.mode == "RGB" and image.size == (40, 24)  # the backend resizes it
+    assert image.getpixel((0, 0)) == (255, 255, 255) and image.getpixel((1, 0)) == (10, 20, 30)
     assert loras == (LoraFile("style", lora_path, "ab" * 32, 0.8),)
 
 
