@@ -568,6 +568,7 @@ class AnimaBackend:
         pipe = self.pipeline
         image = source
         for number, step in enumerate(passes):
+            hook.check()  # a cancel during the last pass's decode: not even the next pass's VAE encode runs
             hook.progress.start(number, index)
             arguments: dict[str, Any] = {"height": step.height, "width": step.width}
             if step.strength is not None:

@@ -146,3 +146,26 @@ def test_img2img_and_hires_give_the_same_pixels_in_every_mode(backend: AnimaBack
         backend.set_memory_mode("high")
     assert same(backend.generate(hires), expected[1])
 
+
+
+def test_a_cancel_during_the_first_pass_decode_starts_no_refine(
+    backend: AnimaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = CancelToken()
+    vae = backend.pipeline.vae
+    decode, encode = vae.decode, vae.encode
+    encodes: list[int] = []
+
+    def cancelling(*args: object, **kwargs: object) -> object:
+        token.cancel()  # the user cancels while the first image's first pass decodes
+        return decode(*args, **kwargs)
+
+    def counting(*args: object, **kwargs: object) -> object:
+        encodes.append(1)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", cancelling)
+    monkeypatch.setattr(vae, "encode", counting)
+    with pytest.raises(GenerationCancelled):
+        backend.generate(replace(PARAMS, hires=HiresFix(1.5, 0.5)), None, token)
+    assert encodes == []  # the refine pass's VAE encode never ran
