@@ -10,7 +10,8 @@ Per model and scale, from one loaded model (the number of loads is printed: one 
     plain     text to image at the final size (scaled_size(size, size, scale)), `steps` steps
     upscale   image to image from the parent's image at the final size, at `strength` (steps x strength run)
     hires     the hires fix in one job: the parent's pass, then the upscale's pass
-Each figure is the median of `repeats` runs after one warm-up run. The tiny models' figures show the shape of the
+Each figure is the median of `repeats` runs after one warm-up run; the four jobs take turns (round after round),
+so a change in the machine's load weighs on all of them alike. The tiny models' figures show the shape of the
 costs (an upscale runs steps x strength steps plus a VAE encode, so it is cheaper than a plain job at the final
 size when strength < 1); a real model on a GPU spends its time the same way, in the denoiser's steps.
 """
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from measure import median_seconds, ms  # noqa: E402  (benchmarks/measure.py)
+from measure import ms  # noqa: E402  (benchmarks/measure.py)
 
 from inference.specs import Family  # noqa: E402  (no torch)
 
@@ -65,13 +68,22 @@ def load_average() -> str:
         return "load average n/a"
 
 
-def time_job(backend: Any, params: Any, source: Any, repeats: int) -> tuple[float, int]:
-    """The median seconds of a job after one warm-up run, and the steps one image of it runs (its progress
-    total: image to image runs steps x strength)."""
-    totals: list[int] = []
-    backend.generate(params, lambda progress: totals.append(progress.total), source=source)
-    seconds = median_seconds(lambda: backend.generate(params, source=source), repeats)
-    return seconds, totals[-1] // params.count
+def time_jobs(backend: Any, jobs: dict[str, tuple[Any, Any]], repeats: int) -> tuple[dict[str, float], dict[str, int]]:
+    """The median seconds of each job (params, source) and the steps one image of it runs (its progress total:
+    image to image runs steps x strength). One warm-up run each, then the jobs take turns, `repeats` rounds, so
+    that a change in the machine's load while it runs weighs on every job alike."""
+    steps: dict[str, int] = {}
+    for name, (params, source) in jobs.items():
+        totals: list[int] = []
+        backend.generate(params, lambda progress, seen=totals: seen.append(progress.total), source=source)
+        steps[name] = totals[-1] // params.count
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):
+        for name, (params, source) in jobs.items():
+            started = time.perf_counter()
+            backend.generate(params, source=source)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}, steps
 
 
 def measure(model: str, size: int, scales: list[float], steps: int, strength: float, repeats: int) -> list[Row]:
@@ -105,10 +117,7 @@ def measure(model: str, size: int, scales: list[float], steps: int, strength: fl
             hires = replace(base, hires=HiresFix(scale, strength))
             jobs = {"parent": (base, None), "plain": (plain, None), "upscale": (upscale, parent_image)}
             jobs["hires"] = (hires, None)
-            seconds: dict[str, float] = {}
-            steps_run: dict[str, int] = {}
-            for name, (params, source) in jobs.items():
-                seconds[name], steps_run[name] = time_job(backend, params, source, repeats)
+            seconds, steps_run = time_jobs(backend, jobs, repeats)
             rows.append(Row(model, scale, (width, height), steps=steps_run, **seconds))
             cache.get(spec)  # a cache hit: no second load
         cache.clear()
