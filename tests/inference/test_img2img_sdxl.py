@@ -386,3 +386,26 @@ def test_the_refine_run_by_a_resume_runs_with_the_jobs_loras(
         handle.remove()
     assert during == [(lora,)] * 6  # 4 first-pass steps, then the resumed refine's 2
     assert adapters.active == ()
+
+
+def test_weighted_and_long_prompts_take_the_compel_path_in_image_to_image(
+    backend: SDXLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference.backends.sdxl as sdxl_module
+
+    encoded: list[str] = []
+    compel = sdxl_module._compel_conditioning
+
+    def counting(pipe: Any, prompt: str, negative: str) -> Any:
+        encoded.append(prompt)
+        return compel(pipe, prompt, negative)
+
+    monkeypatch.setattr(sdxl_module, "_compel_conditioning", counting)
+    source = gradient(SIZE, SIZE)
+    plain = backend.generate(img2img(0.6), source=source)
+    weighted = backend.generate(img2img(0.6, prompt="1girl, (smile:1.4)"), source=source)
+    long = backend.generate(img2img(0.6, prompt=", ".join(["1girl, smile, looking at viewer"] * 12)), source=source)
+    assert encoded[0] == "1girl, (smile:1.4)" and len(encoded) == 2  # the plain prompt went to diffusers as text
+    assert not same(plain, weighted) and not same(plain, long)
+    hires = backend.generate(replace(PARAMS, prompt="1girl, (smile:1.4)", hires=HiresFix(1.5, 0.5)))
+    assert len(encoded) == 3 and [image.size for image in hires] == [(96, 96)] * 2  # encoded once for both passes
