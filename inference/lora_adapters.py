@@ -104,6 +104,9 @@ class LoraAdapters:
                 break
             self._delete(victim)
         name = adapter_name(lora.sha256)
+        if name in self._adapters():  # loaded by an earlier LoraAdapters of this pipeline: the same file's bytes
+            self._loaded[lora.sha256] = name
+            return name
         try:
             with warnings.catch_warnings():  # peft's note that a model holds several adapters: by design here
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
