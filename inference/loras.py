@@ -31,6 +31,8 @@ import math
 import os
 import re
 import tempfile
+import threading
+import time
 import tomllib
 import unicodedata
 from collections.abc import Sequence
@@ -91,7 +93,7 @@ def safetensors_header(path: Path) -> dict[str, Any]:
             raise ValueError("too short for a safetensors file")
         size = int.from_bytes(size_bytes, "little")
         if not 2 <= size <= MAX_HEADER_BYTES:
-            raise ValueError(f"not a safetensors file (header of {size} bytes)")
+            raise ValueError("not a safetensors file")
         raw = f.read(size)
     if len(raw) != size:
         raise ValueError("truncated safetensors header")
@@ -368,3 +370,35 @@ def _entry(file: Path, cache: HashCache) -> LoraEntry:
         trigger_position=sidecar.trigger_position,
         nsfw=sidecar.nsfw,
     )
+
+
+class LoraLookup:
+    """How a worker finds a job's LoRA file by SHA-256 (GpuWorker's `loras`): this host's library, read again when a
+    file is not in it (at most once every `rescan_after` seconds), so a file copied in after the start is found
+    without a restart. Thread-safe: the GPU thread calls it."""
+
+    def __init__(self, directory: Path | None, cache_file: Path | None = None, rescan_after: float = 30.0) -> None:
+        self.directory = directory
+        self.cache_file = cache_file
+        self.rescan_after = rescan_after
+        self._lock = threading.Lock()
+        self._library: LoraLibrary | None = None
+        self._scanned_at = -math.inf
+
+    @property
+    def library(self) -> LoraLibrary:
+        with self._lock:
+            return self._scan_locked() if self._library is None else self._library
+
+    def __call__(self, sha256: str) -> Path | None:
+        with self._lock:
+            library = self._scan_locked() if self._library is None else self._library
+            path = library.path_for(sha256)
+            if path is None and time.monotonic() - self._scanned_at >= self.rescan_after:
+                path = self._scan_locked().path_for(sha256)
+            return path
+
+    def _scan_locked(self) -> LoraLibrary:
+        self._library = LoraLibrary.scan(self.directory, HashCache(self.cache_file))
+        self._scanned_at = time.monotonic()
+        return self._library

@@ -147,3 +147,29 @@ def with_triggers(prompt: str, chosen: Sequence[ChosenLora]) -> str:
 def lora_option(chosen: Sequence[ChosenLora]) -> str | None:
     """The chosen LoRAs as a lora option (the stored request: a reroll asks for the same ones)."""
     return ", ".join(lora.option() for lora in chosen) or None
+
+
+def lora_completions(
+    current: str, library: LoraLibrary, family: str, nsfw_allowed: bool, limit: int = 25
+) -> list[tuple[str, str]]:
+    """Autocomplete for the lora option: (label, value) pairs for the last comma-separated item typed, from the
+    LoRAs of `family` that may be used here and are not named yet; the items before it are kept in the value.
+    Labels show the default weight and the trigger words."""
+    head, _, last = current.rpartition(",")
+    named = {lora_key(item.rpartition(":")[0] if ":" in item else item) for item in head.split(",")}
+    prefix = ", ".join(item.strip() for item in head.split(",") if item.strip())
+    prefix = f"{prefix}, " if prefix else ""
+    typed = lora_key(last.rpartition(":")[0] if ":" in last else last)
+    hits = [
+        entry
+        for entry in library.for_family(family)
+        if (nsfw_allowed or not entry.nsfw) and entry.key not in named and typed in entry.key
+    ]
+    hits.sort(key=lambda entry: not entry.key.startswith(typed))
+    pairs: list[tuple[str, str]] = []
+    for entry in hits:
+        label = f"{entry.name} · {_number(entry.weight)}"
+        if entry.triggers and entry.trigger_position != "none":
+            label += " · " + ", ".join(entry.triggers)
+        pairs.append((label, prefix + entry.name))
+    return pairs[:limit]

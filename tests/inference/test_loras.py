@@ -12,6 +12,7 @@ import torch
 from inference.loras import (
     HashCache,
     LoraLibrary,
+    LoraLookup,
     combine_loras,
     file_hashes,
     guess_family,
@@ -176,3 +177,18 @@ def test_keys_and_combining() -> None:
     a, b = LoraFile("a", Path("a"), "1" * 64, 0.5), LoraFile("b", Path("b"), "2" * 64, 1.0)
     combined = combine_loras([a, b, a])
     assert [(c.name, c.weight) for c in combined] == [("a", 1.0), ("b", 1.0)]
+
+
+def test_the_workers_lookup_finds_a_file_copied_in_later(tmp_path: Path, states: States) -> None:
+    root = tmp_path / "loras"
+    first = write(root / "one.safetensors", states["sdxl_kohya"])
+    lookup = LoraLookup(root, tmp_path / "hashes.json", rescan_after=0.0)
+    assert lookup(file_hashes(first)[0]) == first
+    later = write(root / "two.safetensors", states["anima_comfy"])
+    assert lookup(file_hashes(later)[0]) == later  # not in the first scan: read again on the miss
+    assert lookup("0" * 64) is None
+
+    patient = LoraLookup(root, None, rescan_after=3600.0)
+    assert patient.library.get("two") is not None
+    third = write(root / "three.safetensors", states["sdxl_diffusers"])
+    assert patient(file_hashes(third)[0]) is None  # scanned moments ago: no second scan within rescan_after
