@@ -25,8 +25,9 @@ a model waits there in balanced/low mode, and accelerate's hook moves the whole 
 Group offloading (minimal mode) hooks leaf modules, and the new LoRA layers are new leaves: those models get their
 group offloading applied again (diffusers' `_maybe_remove_and_reapply_group_offloading`, as its loaders do), so the
 LoRA layers move with the rest. A memory-mode switch later re-places everything, LoRA layers included.
-peft keeps fp16/bf16 LoRA weights in float32 (its `autocast_adapter_dtype`): the delta is computed in fp32 and cast
-back to the layer's dtype.
+Dtype: each LoRA layer takes the dtype of the layer it wraps (fp16 or bf16 on CUDA, whatever the file holds), so the
+delta is computed in the model's precision, as WebUI and ComfyUI do (tests/inference/test_lora_adapters.py checks
+bf16). torch.compile'd models (spec.compile) recompile once when a LoRA first changes their modules.
 """
 
 from __future__ import annotations

@@ -236,3 +236,18 @@ def test_anima_refuses_kohya_files_and_sdxl_loras(anima: Any, tmp_path: Path) ->
     assert adapters.loads == 0
     assert anima.get_list_adapters() == {}
     assert np.array_equal(anima_image(anima), before)
+
+
+def test_lora_layers_take_the_models_half_precision(sdxl_files: dict[str, Path], tmp_path: Path) -> None:
+    """On CUDA the models are fp16/bf16: the LoRA layers follow the layer they wrap, whatever the file holds (fp16
+    here), and the job after is still bit-identical (bf16 stands in for CUDA's half precision on the CPU)."""
+    pipe = build_tiny_sdxl().to(dtype=torch.bfloat16)
+    half = write_lora(tmp_path / "half.safetensors", {k: v.half() for k, v in tiny_sdxl_lora("kohya").items()})
+    file = lora_file(half)
+    adapters = LoraAdapters(pipe)
+    before = sdxl_image(pipe)
+    with adapters.applied([file]):
+        layer = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
+        assert layer.lora_A[f"lora_{file.sha256[:16]}"].weight.dtype == torch.bfloat16
+        assert not np.array_equal(sdxl_image(pipe), before)
+    assert np.array_equal(sdxl_image(pipe), before)
