@@ -88,9 +88,13 @@ class LoraAdapters:
             pipe.disable_lora()
 
     def clear(self) -> None:
-        """Delete every loaded adapter (the models hold no LoRA layer afterwards)."""
+        """Delete every loaded adapter and take peft's wrappers off the models: each layer is again the module
+        it was before the first LoRA (deleting single adapters, as the LRU does, leaves the empty wrappers)."""
         for sha256 in list(self._loaded):
             self._delete(sha256)
+        if any(_is_peft_layer(m) for model in self._models() for m in model.modules()):
+            self._pipe.unload_lora_weights()
+            self._reapply_group_offloading()
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -193,9 +197,18 @@ class LoraAdapters:
             _maybe_remove_and_reapply_group_offloading,
         )
 
-        for component in self._pipe.components.values():
-            if isinstance(component, torch.nn.Module) and _is_group_offload_enabled(component):
+        for component in self._models():
+            if _is_group_offload_enabled(component):
                 _maybe_remove_and_reapply_group_offloading(component)
+
+    def _models(self) -> list[torch.nn.Module]:
+        return [c for c in self._pipe.components.values() if isinstance(c, torch.nn.Module)]
+
+
+def _is_peft_layer(module: torch.nn.Module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return isinstance(module, BaseTunerLayer)
 
 
 def _check_format(state: dict[str, Any], name: str) -> None:

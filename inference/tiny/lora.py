@@ -6,9 +6,10 @@ key layouts real files use:
                        .weight / .lora_up.weight / .alpha, and lora_te1_text_model_encoder_layers_0_self_attn_q_proj...
           "diffusers"  unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight / .lora_B.weight,
                        text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight
-    Anima "diffusers"  transformer.transformer_blocks.0.attn1.to_q.lora_A.weight (peft names of the diffusers model)
-          "comfyui"    diffusion_model.blocks.0.self_attn.q_proj.lora_A.weight (the original Cosmos names, as
-                       ComfyUI and diffusion-pipe write them)
+    Anima "diffusers"  transformer.transformer_blocks.0.attn1.to_q.lora_A.weight (peft names of the diffusers model),
+                       text_conditioner.blocks.0.self_attn.q_proj.lora_A.weight
+          "comfyui"    diffusion_model.blocks.0.self_attn.q_proj.lora_A.weight, diffusion_model.llm_adapter.blocks.0...
+                       (the original Cosmos names, as ComfyUI and diffusion-pipe write them)
           "kohya"      lora_unet_blocks_0_self_attn_q_proj.lora_down.weight (kohya sd-scripts' Anima layout, which
                        diffusers 0.42 cannot load: the refusal's test file)
 Both layouts of a family hold the same numbers (alpha = rank: scale 1), so they must give the same image.
@@ -26,6 +27,7 @@ RANK = 4
 SCALE = 0.5  # the deltas' size relative to the weights they change: visible, never overwhelming
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 _TEXT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+_ADAPTER = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj")  # Anima's LLM adapter (self and cross)
 
 SdxlLayout = Literal["kohya", "diffusers"]
 AnimaLayout = Literal["diffusers", "comfyui", "kohya"]
@@ -106,12 +108,28 @@ def tiny_sdxl_lora(
     return state
 
 
-def tiny_anima_lora(layout: AnimaLayout = "diffusers", seed: int = 1, scale: float = SCALE) -> dict[str, torch.Tensor]:
-    """A LoRA for the tiny Anima's DiT attention (self and cross)."""
+def tiny_anima_lora(
+    layout: AnimaLayout = "diffusers", seed: int = 1, scale: float = SCALE, text_conditioner: bool = True
+) -> dict[str, torch.Tensor]:
+    """A LoRA for the tiny Anima's DiT attention (self and cross), and the LLM adapter's (text_conditioner, the
+    original llm_adapter) attention if `text_conditioner`."""
     from inference.tiny.anima import build_tiny_anima
 
     pipe: Any = build_tiny_anima()
     state: dict[str, torch.Tensor] = {}
+    if text_conditioner:
+        for name, (down, up) in _deltas(pipe.text_conditioner, _ADAPTER, seed * 1000 + 1, scale).items():
+            if layout == "diffusers":
+                state[f"text_conditioner.{name}.lora_A.weight"] = down
+                state[f"text_conditioner.{name}.lora_B.weight"] = up
+            elif layout == "comfyui":
+                state[f"diffusion_model.llm_adapter.{name}.lora_A.weight"] = down
+                state[f"diffusion_model.llm_adapter.{name}.lora_B.weight"] = up
+            else:
+                key = "lora_unet_llm_adapter_" + name.replace(".", "_")
+                state[f"{key}.lora_down.weight"] = down
+                state[f"{key}.lora_up.weight"] = up
+                state[f"{key}.alpha"] = torch.tensor(float(RANK))
     for name, (down, up) in _deltas(pipe.transformer, _ATTENTION, seed * 1000, scale).items():
         if layout == "diffusers":
             state[f"transformer.{name}.lora_A.weight"] = down

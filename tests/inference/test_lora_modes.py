@@ -110,6 +110,9 @@ def test_sdxl_lora_in_every_memory_mode(sdxl: SDXLBackend, tmp_path: Path, promp
     check_every_mode(sdxl, GenerationParams(prompt, "lowres", SIZE, SIZE, 2, 5.0, (7,), "euler_a"), file)
 
 
-def test_anima_lora_in_every_memory_mode(anima: AnimaBackend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("prompt", ["1girl, solo", "1girl, (solo:1.3), [blurry]"])
+def test_anima_lora_in_every_memory_mode(anima: AnimaBackend, tmp_path: Path, prompt: str) -> None:
+    """The DiT and the LLM adapter (text_conditioner) both get the LoRA; the weighted prompt runs the backend's own
+    text-conditioning block, which calls the adapter with its LoRA layers."""
     file = lora(write_lora(tmp_path / "style.safetensors", tiny_anima_lora("comfyui", scale=4.0)), 0.8)
-    check_every_mode(anima, GenerationParams("1girl, solo", "lowres", SIZE, SIZE, 2, 4.0, (7,), "flow_euler"), file)
+    check_every_mode(anima, GenerationParams(prompt, "lowres", SIZE, SIZE, 2, 4.0, (7,), "flow_euler"), file)
