@@ -5,8 +5,8 @@
 
 Per model, through the real backend (load_sdxl / load_anima on the CPU) with LoraAdapters around its generate, as
 the backends apply them:
-    plain          a job before any LoRA was loaded
-    first LoRA     the job that loads the LoRA (read, converted, injected), one sample per fresh adapter set
+    plain          a job with no LoRA layer in the model (before any LoRA, or after LoraAdapters.clear())
+    first LoRA     the job that loads the LoRA (read, converted, injected)
     cached LoRA    the same LoRA in the next jobs (no reload: `loads` stays 1)
     plain after    a job without LoRA while the adapter stays loaded and disabled (peft's wrappers run only their
                    base layer: the bit-identical path, its cost)
@@ -67,23 +67,25 @@ def bench_model(family: str, root: Path, samples: int, steps: int) -> dict[str, 
         return time.perf_counter() - start
 
     backend.generate(params)  # warm-up (first-call set-up is no job's cost)
-    plain = statistics.median(timed(lambda: backend.generate(params)) for _ in range(samples))
-    first: list[float] = []
+    adapters = LoraAdapters(pipe)
+
+    def job() -> None:
+        with adapters.applied([lora]):
+            backend.generate(params)
+
+    # Rounds of the four, so a drift in the machine's load touches each alike: cleared (the model as it was
+    # before any LoRA), then the job that loads it, the same LoRA again, a plain job with it loaded and disabled.
+    rounds: dict[str, list[float]] = {"plain": [], "first": [], "cached": [], "after": []}
     for _ in range(samples):
-        adapters = LoraAdapters(pipe)
-
-        def job(adapters: LoraAdapters = adapters) -> None:
-            with adapters.applied([lora]):
-                backend.generate(params)
-
-        first.append(timed(job))
-        if _ != samples - 1:
-            adapters.clear()
-    cached = statistics.median(timed(job) for _ in range(samples))
-    assert adapters.loads == 1
-    after = statistics.median(timed(lambda: backend.generate(params)) for _ in range(samples))
+        adapters.clear()
+        rounds["plain"].append(timed(lambda: backend.generate(params)))
+        rounds["first"].append(timed(job))
+        rounds["cached"].append(timed(job))
+        rounds["after"].append(timed(lambda: backend.generate(params)))
+    assert adapters.loads == samples  # one load per round: the cached job never reloads
     adapters.clear()
-    return {"plain": plain, "first": statistics.median(first), "cached": cached, "after": after}
+    plain, first, cached, after = (statistics.median(rounds[k]) for k in ("plain", "first", "cached", "after"))
+    return {"plain": plain, "first": first, "cached": cached, "after": after}
 
 
 def bench_library(root: Path, files: int, hash_mb: int) -> dict[str, float]:
