@@ -269,6 +269,7 @@ class HashCache:
         kept = {k: v for k, v in self._entries.items() if k in keep}
         if not self._changed and kept == self._entries:
             return
+        tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}-", dir=self.path.parent)
@@ -277,8 +278,9 @@ class HashCache:
             os.replace(tmp, self.path)
         except OSError as e:
             log.warning("LoRA hash cache %s could not be written: %s", self.path, e)
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
         self._entries, self._changed = kept, False
 
 

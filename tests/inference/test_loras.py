@@ -192,3 +192,16 @@ def test_the_workers_lookup_finds_a_file_copied_in_later(tmp_path: Path, states:
     assert patient.library.get("two") is not None
     third = write(root / "three.safetensors", states["sdxl_diffusers"])
     assert patient(file_hashes(third)[0]) is None  # scanned moments ago: no second scan within rescan_after
+
+
+def test_an_unwritable_hash_cache_only_costs_hashing_again(tmp_path: Path, states: States) -> None:
+    root = tmp_path / "loras"
+    write(root / "one.safetensors", states["sdxl_kohya"])
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache's folder should be", encoding="utf-8")
+    library = LoraLibrary.scan(root, HashCache(blocked / "hashes.json"))
+    assert [e.name for e in library.entries] == ["one"]
+    assert list(tmp_path.glob("**/.hashes.json-*")) == []
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    cache = HashCache(tmp_path / "bad.json")
+    assert LoraLibrary.scan(root, cache).entries[0].name == "one" and cache.hashed == 1
