@@ -167,3 +167,30 @@ async def test_lora_list_when_there_are_none(make_bot: BotFactory, tmp_path: Pat
         assert listed.response is not None and listed.response.content == "There are no LoRAs for tiny."
         refused = await bob.slash(channel, "generate", prompt="1girl", lora="ink", steps=STEPS)
         assert refused.response is not None and "There is no LoRA 'ink' for" in refused.response.content
+
+
+async def test_the_library_is_read_off_the_event_loop(
+    make_bot: BotFactory, loras_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from inference import loras
+
+    bot = await make_bot()
+    threads: list[threading.Thread] = []
+    real_scan = loras.LoraLibrary.scan.__func__  # type: ignore[attr-defined]
+    real_hashes = loras.HashCache.__init__
+
+    def scan(cls: type[loras.LoraLibrary], *args: object) -> loras.LoraLibrary:
+        threads.append(threading.current_thread())
+        return real_scan(cls, *args)
+
+    def cache(self: loras.HashCache, path: Path | None) -> None:
+        threads.append(threading.current_thread())
+        real_hashes(self, path)
+
+    monkeypatch.setattr(loras.LoraLibrary, "scan", classmethod(scan))
+    monkeypatch.setattr(loras.HashCache, "__init__", cache)
+    library = await bot.service.reload_loras()
+    assert len(library.entries) == 4
+    assert len(threads) == 2 and threading.main_thread() not in threads
