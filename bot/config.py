@@ -59,6 +59,7 @@ MAX_VRAM_LIMIT_GB = 4096  # a cap no card reaches, so the bytes stay a plain int
 VAE_FILE_SUFFIXES = (".safetensors",)
 MAX_SHARDS = 100_000
 REDIS_SCHEMES = ("redis", "rediss")
+MAX_LORAS_PER_JOB = 4  # inference.lora_adapters.DEFAULT_CAPACITY: the adapters a pipeline keeps loaded
 # A Discord id (snowflake): an unsigned 64-bit number.
 DiscordId = Annotated[int, Field(ge=0, lt=2**64)]
 
@@ -149,6 +150,16 @@ class TagSettings(_Section):
     import_default: StrictBool = True
     # Where `animebot tags update` downloads the full list from (https; a tag-autocomplete danbooru.csv).
     update_url: str = "https://raw.githubusercontent.com/DominikDoom/a1111-sd-webui-tagcomplete/main/tags/danbooru.csv"
+
+
+class LoraSettings(_Section):
+    """[loras]: the LoRA library (inference/loras.py, docs/loras.md)."""
+
+    # The folder of .safetensors LoRA files (and optional <stem>.toml sidecars), relative to data_dir; read at start
+    # and by /lora reload. A missing folder is an empty library.
+    directory: PathText = "loras"
+    max_per_job: int = Field(default=3, ge=0, le=MAX_LORAS_PER_JOB)  # 0: no LoRA can be asked for
+    max_weight: float = Field(default=2.0, gt=0, le=10, allow_inf_nan=False)  # weights from -max to +max
 
 
 class QuotaSettings(_Section):
@@ -304,6 +315,7 @@ class Settings(_Section):
     data_dir: PathText = "var"
     inference: InferenceSettings = InferenceSettings()
     tags: TagSettings = TagSettings()
+    loras: LoraSettings = LoraSettings()
     quotas: QuotaSettings = QuotaSettings()
     discord: DiscordSettings = DiscordSettings()
     models: dict[str, ModelSettings] = {}
@@ -322,6 +334,9 @@ class Config:
         self.data_dir = _resolve(base_dir, settings.data_dir)
         self.inference = settings.inference
         self.tags_db = _resolve(self.data_dir, settings.tags.database)
+        self.loras = settings.loras
+        self.loras_dir = _resolve(self.data_dir, settings.loras.directory)
+        self.lora_hash_cache = self.data_dir / "lora-hashes.json"  # SHA-256s by (path, size, mtime)
         self.database = self.data_dir / "animebot.sqlite"
         self.quotas = settings.quotas
         self.discord = settings.discord

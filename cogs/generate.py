@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.discord_app.acknowledge import InTime
 from bot.discord_app.choices import (
     MAX_CHOICES,
+    MAX_NAME,
     Choice,
     aspect_pairs,
     character_choices,
@@ -29,6 +30,7 @@ from bot.discord_app.interactions import guild_key
 from bot.discord_app.permissions import channel_allows_nsfw
 from bot.discord_app.submit import submit_and_announce
 from bot.prompts.builder import PromptChoices
+from bot.prompts.loras import lora_completions
 from bot.prompts.policy import normalize_text
 from bot.prompts.requests import GenerationRequest
 from bot.prompts.tags import TagCategory, TagDatabase, TagImportError
@@ -152,6 +154,15 @@ class Generate(commands.Cog):
             names = [typed]
         pairs = [(prefix + dialect.format_artist(n), prefix + n) for n in names]
         return [choice(n, v) for n, v in pairs if v.strip()][:MAX_CHOICES]
+
+    @generate.autocomplete("lora")
+    async def _lora(self, interaction: discord.Interaction, current: str) -> list[Choice]:
+        """LoRAs of the active model's family allowed in this channel, for the last comma-separated item typed."""
+        bot = self.bot
+        family = bot.config.models[await bot.service.active_model(guild_key(interaction))].family
+        nsfw_allowed = channel_allows_nsfw(interaction.channel)
+        pairs = lora_completions(normalize_text(current), bot.service.loras, family, nsfw_allowed, MAX_CHOICES)
+        return [choice(n, v) for n, v in pairs if len(v) <= MAX_NAME]
 
 
 async def setup(bot: AnimeBot) -> None:

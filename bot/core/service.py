@@ -35,6 +35,7 @@ from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store, StoreError
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
+from inference.loras import HashCache, LoraLibrary
 from inference.memory import reference_footprint
 from inference.specs import ModelSpec
 from inference.types import ModelLoadError
@@ -101,6 +102,8 @@ class GenerationService:
         self.events = EventBus()
         self._cache = cache
         self.tags: TagLookup | None = None
+        self.loras = LoraLibrary()  # [loras] directory, read at start and by reload_loras()
+        self._loras_reading = asyncio.Lock()
         self._store: Store | None = None
         self._queue: JobQueue | None = None
         self._executor: Executor | None = None
@@ -145,6 +148,7 @@ class GenerationService:
 
             # Lazy: a checked file; the bot builds the search index when its autocomplete cog loads.
             self.tags = await asyncio.to_thread(TagDatabase.open, config.tags_db, lazy=True)
+        await self.reload_loras()
         # Local mode: jobs a dead process left running are queued again now. Redis mode: they may be running
         # on a worker that is alive; the dispatcher reconciles them with what Redis holds.
         local = config.workers.mode == "local"
@@ -232,7 +236,16 @@ class GenerationService:
     ) -> JobRecord:
         """Validate, check that the job fits the device, check quotas, persist and queue. Raises UserError;
         nothing changes then."""
-        resolved = resolve_request(request, self.config.models, self.tags, self.config.discord.banned_words)
+        loras = self.config.loras
+        resolved = resolve_request(
+            request,
+            self.config.models,
+            self.tags,
+            self.config.discord.banned_words,
+            self.loras,
+            max_loras=loras.max_per_job,
+            max_lora_weight=loras.max_weight,
+        )
         self._check_fits(resolved)
         origin = JobOrigin(owner_id, owner_name, guild_id, channel_id, locale)
         return await self.queue.submit(resolved, origin, role_ids=role_ids, reroll_of=reroll_of, exempt=exempt)
@@ -248,6 +261,29 @@ class GenerationService:
         # The measured footprint of the in-process worker's cache; the pool's workers measure their own.
         footprint = executor.footprint(spec) if isinstance(executor, LocalExecutor) else reference_footprint(spec)
         raise too_large(spec, footprint, self.memory_status(spec), width, height, p.count)
+
+    # -- LoRAs -----------------------------------------------------------------------------------------
+
+    async def reload_loras(self) -> LoraLibrary:
+        """Read the LoRA folder again (off the event loop: new or changed files are hashed) and use what it holds
+        from now on. Requests already queued keep the files they resolved to (by SHA-256)."""
+        async with self._loras_reading:
+            config = self.config
+            # The hash cache's file is read on the thread too: nothing here touches the disk on the event loop.
+            self.loras = await asyncio.to_thread(
+                lambda: LoraLibrary.scan(config.loras_dir, HashCache(config.lora_hash_cache))
+            )
+        log.info(
+            "LoRA library %s: %d LoRA(s), %d file(s) left out",
+            config.loras_dir,
+            len(self.loras.entries),
+            len(self.loras.problems),
+        )
+        return self.loras
+
+    def lora_path(self, sha256: str) -> Path | None:
+        """Where this host keeps the LoRA file with this SHA-256 (the in-process worker's lookup), or None."""
+        return self.loras.path_for(sha256)
 
     async def reroll(
         self,

@@ -34,6 +34,7 @@ COGS = (
     "cogs.describe",
     "cogs.stats",
     "cogs.safety",
+    "cogs.loras",
 )
 SYNC_KEY = "command_tree_hash"
 

@@ -19,7 +19,17 @@ from bot.prompts.builder import (
     negative_prompt,
 )
 from bot.prompts.dialects import Bucket, Dialect, load_dialect
+from bot.prompts.loras import (
+    DEFAULT_MAX_LORAS,
+    DEFAULT_MAX_WEIGHT,
+    extract_prompt_loras,
+    lora_option,
+    parse_lora_option,
+    resolve_loras,
+    with_triggers,
+)
 from bot.prompts.policy import PolicyFields, Verdict, content_policy, normalize_optional, normalize_text
+from inference.loras import LoraLibrary
 from inference.samplers import SAMPLERS, samplers_for
 from inference.specs import ModelSpec
 from inference.types import GenerationParams, SourceImage
@@ -176,10 +186,18 @@ def resolve_request(
     models: Mapping[str, ModelSpec],
     tags: TagLookup | None = None,
     banned_words: Sequence[str] = (),
+    loras: LoraLibrary | None = None,
+    *,
+    max_loras: int = DEFAULT_MAX_LORAS,
+    max_lora_weight: float = DEFAULT_MAX_WEIGHT,
 ) -> ResolvedRequest:
     """Check every field and turn the request into the exact parameters the backend will get, with the
     content policy's verdict (the one place it is decided). Every text is normalized first; the
     resolved request holds the normalized texts.
+
+    LoRAs (the lora option and `<lora:name:w>` in the prompt) are found in `loras` (none: no LoRA exists). The
+    resolved request holds them all in its lora option and the prompt without the tags, so a reroll asks for the
+    same ones; their trigger words are added to the prompt the model and the content policy see.
 
     Raises UserError with a message key on bad input; nothing is changed anywhere."""
     request = normalize_request(request)
@@ -202,11 +220,26 @@ def resolve_request(
         _check_range("seed", request.seed, (0, SEED_MAX))
     width, height = resolve_size(request, spec, dialect)
 
+    prompt_text, asks = extract_prompt_loras(request.choices.prompt)
+    chosen = resolve_loras(
+        [*parse_lora_option(request.lora), *asks],
+        loras or LoraLibrary(),
+        spec.family,
+        dialect.name,
+        max_loras=max_loras,
+        max_weight=max_lora_weight,
+        nsfw_allowed=request.nsfw_allowed,
+    )
+    request = replace(request, choices=replace(request.choices, prompt=prompt_text), lora=lora_option(chosen))
+    # What the model and the policy read: the prompt with the LoRAs' trigger words.
+    model_choices = replace(request.choices, prompt=with_triggers(prompt_text, chosen)) if chosen else request.choices
+
     policy = content_policy()
-    fields = PolicyFields.of(request.choices)
+    fields = PolicyFields.of(model_choices)
     sfw = policy.sfw_negative(fields, request.nsfw_allowed, asked=request.choices.sfw)
     request = replace(request, choices=replace(request.choices, sfw=sfw))
-    built = build_prompt(dialect, request.choices, tags)
+    model_choices = replace(model_choices, sfw=sfw)
+    built = build_prompt(dialect, model_choices, tags)
     verdict = policy.judge(
         fields,
         built.prompt,
@@ -216,7 +249,7 @@ def resolve_request(
         tags=tags,
     )
     # The negative follows the policy's reading (`rating:explicit` is nsfw too), not the builder's own.
-    built = replace(built, negative_prompt=negative_prompt(dialect, request.choices, verdict.nsfw))
+    built = replace(built, negative_prompt=negative_prompt(dialect, model_choices, verdict.nsfw))
 
     seed = secrets.randbelow(SEED_MAX + 1) if request.seed is None else request.seed
     seeds = tuple((seed + i) % (SEED_MAX + 1) for i in range(request.count))
@@ -229,5 +262,6 @@ def resolve_request(
         cfg=cfg,
         seeds=seeds,
         sampler=sampler,
+        loras=tuple(lora.stored() for lora in chosen),
     )
     return ResolvedRequest(request, spec, dialect, built, params, verdict)
