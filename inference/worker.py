@@ -44,6 +44,7 @@ from PIL import Image
 from inference.backends.base import Backend
 from inference.cache import ModelCache
 from inference.device import DecodeOutOfMemory, device_budget, free_device_memory, is_out_of_memory
+from inference.loras import LoraLoadError
 from inference.memory import JobPlan, estimate_peak, gib, plan_job, resolve_mode, step_down
 from inference.png import a1111_parameters, encode_png, write_png
 from inference.specs import MemoryMode, ModelSpec
@@ -400,6 +401,10 @@ class GpuWorker:
             except InvalidOutputError as e:
                 message = f"The model produced an unusable image ({e}). Try another seed or prompt."
                 await self._failed(item.job_id, message)
+                return
+            except LoraLoadError as e:  # a LoRA file this model cannot use: the message says which and why
+                log.warning("job %s: %s", item.job_id, e)
+                await self._failed(item.job_id, str(e))
                 return
             except Exception as e:
                 if is_out_of_memory(e):  # while switching modes

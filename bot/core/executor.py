@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from bot.core.memory_info import MemoryStatus, memory_status
@@ -109,9 +111,11 @@ class LocalExecutor:
         source: JobSource,
         cache: ModelCache | None = None,
         worker_class: type[GpuWorker] | None = None,
+        loras: Callable[[str], Path | None] | None = None,
     ) -> None:
         self.config = config
         self._source = source
+        self._loras = loras  # a job's LoRA file by its SHA-256 (the service's library)
         self._cache = cache  # None: built at start from [inference]
         self._worker_class = worker_class  # None: inference.worker.GpuWorker (benchmarks pass a subclass)
         self._worker: GpuWorker | None = None
@@ -138,7 +142,7 @@ class LocalExecutor:
             inf, config = self.config.inference, self.config
             runtime = make_runtime(inf.device, inf.dtype, config.cache_dir, inf.local_files_only, config.vram_limit)
             self._cache = ModelCache(runtime, inf.cache_size, inf.cache_location)
-        self._worker = (self._worker_class or GpuWorker)(self._source, self._cache)
+        self._worker = (self._worker_class or GpuWorker)(self._source, self._cache, loras=self._loras)
         self._worker.start()
 
     async def stop(self) -> None:

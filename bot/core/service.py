@@ -160,7 +160,7 @@ class GenerationService:
         if self._executor_factory is not None:
             executor = self._executor_factory(self)
         elif local:
-            executor = LocalExecutor(config, self._queue, self._cache, self._worker_class)
+            executor = LocalExecutor(config, self._queue, self._cache, self._worker_class, loras=self.lora_path)
         else:
             executor = pool_dispatcher(self)
         await executor.start()

@@ -159,6 +159,7 @@ async def run_worker(
         await asyncio.to_thread(_load_inference)
         from inference.cache import ModelCache
         from inference.device import make_runtime
+        from inference.loras import LoraLookup
         from inference.worker import GpuWorker
 
         if cache is None:
@@ -173,7 +174,7 @@ async def run_worker(
         held = cache
         spool = await asyncio.to_thread(_spool_dir, config, name)
         source = RedisJobSource(client, settings, name, served, spool, state=lambda: _device_state(held))
-        worker = GpuWorker(source, cache, retry=RETRY)
+        worker = GpuWorker(source, cache, retry=RETRY, loras=LoraLookup(config.loras_dir, config.lora_hash_cache))
         source.cancel_job = worker.cancel
         # The same garbage-collector policy as the bot's (bot/core/collector.py): a full collection walking a
         # model's objects stalls this loop's heartbeat and inbox reads as it would the bot's Discord traffic.
