@@ -48,9 +48,13 @@ def _too_big(size: int) -> UserError:
     return UserError("upload_too_big", size_mb=f"{size / 1024 / 1024:.1f}", limit_mb=MAX_UPLOAD_BYTES // 1024 // 1024)
 
 
+def _too_many_pixels() -> UserError:
+    return UserError("upload_too_many_pixels", megapixels=MAX_UPLOAD_PIXELS // 1_000_000, side=MAX_UPLOAD_SIDE)
+
+
 def _check_dimensions(width: int, height: int) -> None:
     if width * height > MAX_UPLOAD_PIXELS or max(width, height) > MAX_UPLOAD_SIDE:
-        raise UserError("upload_too_many_pixels", width=width, height=height, side=MAX_UPLOAD_SIDE)
+        raise _too_many_pixels()
     if min(width, height) < MIN_UPLOAD_SIDE:
         raise UserError("upload_too_small", width=width, height=height, side=MIN_UPLOAD_SIDE)
 
@@ -95,7 +99,7 @@ def normalize_upload(data: bytes) -> tuple[bytes, int, int]:
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError("upload_too_many_pixels", width="?", height="?", side=MAX_UPLOAD_SIDE) from None
+        raise _too_many_pixels() from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):  # damaged or truncated files
         raise UserError("upload_not_image") from None
     out = io.BytesIO()

@@ -3,13 +3,20 @@ and factor, strangers refused, quotas, the new job linked to its parent and deli
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import discord
+import pytest
 import simcord
 from PIL import Image
 
 from bot.core.jobs import JobRecord
+from bot.core.uploads import MAX_UPLOAD_BYTES
 from bot.discord_app.client import AnimeBot
+from bot.prompts.dialects import load_dialect
+from bot.prompts.requests import bucket_size
+from tests.bot.core.test_uploads import png_header_only
 from tests.cogs.conftest import BotFactory, retire, server
 from tests.cogs.test_generate import finish, jobs_of
 
@@ -146,3 +153,67 @@ async def test_upscale_and_vary_work_after_a_restart(make_bot: BotFactory) -> No
         vary = (await jobs_of(again, alice.id))[0]
         assert (vary.kind, vary.parent_id) == ("vary", job.id)
         await finish(env, again, vary.id)
+
+
+def png_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(out, fmt)
+    return out.getvalue()
+
+
+def ephemeral_text(result: Any) -> str:
+    assert result.ephemeral and result.response is not None
+    return str(result.response.content)
+
+
+async def test_generate_from_an_uploaded_image(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        data = png_bytes(300, 440, "JPEG")
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=2, image=("photo.jpg", data))
+        (job,) = await jobs_of(bot, alice.id)
+        spec = bot.service.config.models["tiny"]
+        dialect = load_dialect(spec.dialect)
+        assert (job.kind, job.parent_id, job.request.source) == ("img2img", None, job.params.source)
+        assert job.params.source is not None
+        assert (job.params.width, job.params.height) == bucket_size(dialect.nearest_bucket(300, 440), spec)
+        assert job.params.strength == dialect.tools.img2img_strength
+        stored = bot.service.image_path(job.params.source.path)
+        assert stored.name == f"{job.params.source.sha256}.png" and stored.parent.name == "inputs"
+        with Image.open(stored) as png:
+            assert (png.format, png.size) == ("PNG", (300, 440))
+        job = await finish(env, bot, job.id)
+        assert job.delivered and result.response is not None and result.response.attachments
+
+        square = ("a.png", png_bytes(64, 64))
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, image=square, strength=0.3)
+        again = (await jobs_of(bot, alice.id))[0]
+        assert (again.kind, again.params.strength, again.params.width, again.params.height) == ("img2img", 0.3, 64, 64)
+        await finish(env, bot, again.id)
+
+
+async def test_bad_uploads_are_refused_clearly_and_queue_nothing(
+    make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+
+        async def slash(**options: Any) -> str:
+            return ephemeral_text(await alice.slash(channel, "generate", prompt="1girl", steps=1, **options))
+
+        assert "not a PNG, JPEG or WebP" in await slash(image=("notes.png", b"just some text, not pixels"))
+        assert "not a PNG, JPEG or WebP" in await slash(image=("anim.gif", png_bytes(32, 32, "GIF")))
+        assert "too many pixels" in await slash(image=("bomb.png", png_header_only(60_000, 60_000)))
+        assert "at least 16 pixels" in await slash(image=("thin.png", png_bytes(8, 200)))
+        assert "applies to an image you give" in await slash(strength=0.5)
+        assert "must be from 0.05 to 1.0" in await slash(image=("a.png", png_bytes(64, 64)), strength=0.01)
+
+        async def never(self: discord.Attachment, **kwargs: Any) -> bytes:
+            raise AssertionError("a file over the limit is not downloaded")
+
+        monkeypatch.setattr(discord.Attachment, "read", never)
+        huge = b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_BYTES)
+        assert "images up to 10 MB" in await slash(image=("huge.png", huge))
+        assert await all_jobs(bot) == 0
