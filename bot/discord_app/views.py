@@ -231,7 +231,14 @@ def history_line(job: JobRecord, locale: str) -> str:
         model=job.model,
         seed=seed,
         prompt=shorten(job.request.choices.prompt),
-    )
+    ) + kind_text(job, locale)
+
+
+def kind_text(job: JobRecord, locale: str) -> str:
+    """" · ⬆ of #12" (and 🎲, "from your image") after a history line; nothing for a job made from a prompt."""
+    if job.kind == "txt2img":
+        return ""
+    return " · " + render(f"history_kind_{job.kind}", locale, parent=job.parent_id)
 
 
 def history_text(jobs: list[JobRecord], page: int, total: int, locale: str) -> str:

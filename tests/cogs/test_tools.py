@@ -115,6 +115,27 @@ async def test_vary_of_a_single_image_runs_at_once_and_of_several_asks(make_bot:
         await finish(env, bot, new.id)
 
 
+async def test_history_shows_the_kind_and_the_parent(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        job, message = await generated(env, bot, alice, channel)
+        await alice.click(message, custom_id=f"animebot:vary:{job.id}:0")
+        menu = await alice.click(message, custom_id=f"animebot:upscale:{job.id}")
+        assert menu.response is not None
+        await alice.click(menu.response, custom_id=f"animebot:upscale:{job.id}:0:2")
+        await alice.slash(channel, "generate", prompt="1girl", steps=1, image=("mine.png", png_bytes(64, 64)))
+        jobs = await jobs_of(bot, alice.id)
+        for new in jobs:
+            await finish(env, bot, new.id)
+        shown = ephemeral_text(await alice.slash(channel, "history"))
+        lines = shown.splitlines()[1:]
+        assert lines[0].startswith(f"#{jobs[0].id} ") and lines[0].endswith(" · from your image")
+        assert lines[1].startswith(f"#{jobs[1].id} ") and lines[1].endswith(f" · ⬆ of #{job.id}")
+        assert lines[2].startswith(f"#{jobs[2].id} ") and lines[2].endswith(f" · 🎲 of #{job.id}")
+        assert lines[3].startswith(f"#{job.id} ") and "·" in lines[3] and " of #" not in lines[3]
+
+
 async def test_quota_refuses_with_a_clear_message_and_queues_nothing(make_bot: BotFactory) -> None:
     bot = await make_bot()
     async with simcord.run(bot, settle_timeout=60) as env:
