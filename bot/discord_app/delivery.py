@@ -635,8 +635,9 @@ class Delivery:
     def _summary(self, job: JobRecord, locale: str) -> str:
         p = job.params
         seed = p.seeds[0] if len(p.seeds) == 1 else f"{p.seeds[0]}–{p.seeds[-1]}"
+        width, height = p.output_size()  # a hires fix's images are larger than its first pass
         return render(
-            "result", locale, job_id=job.id, model=job.model, seed=seed, width=p.width, height=p.height,
+            "result", locale, job_id=job.id, model=job.model, seed=seed, width=width, height=height,
             steps=p.steps, cfg=p.cfg,
         )
 

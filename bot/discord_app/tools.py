@@ -61,11 +61,10 @@ async def make_from_result(
     by = owner_key(user)
     if tool == "upscale":
         new = await retry_busy(lambda: bot.service.upscale(job.id, index, by, scale=scale, **options))
-        scale = new.request.scale if new.request.scale is not None else scale
-        factor = new.params.width / job.params.width if scale is None else scale
-        await announce(
-            bot, new, user, reply, locale, "tool_upscaling", job_id=job.id, index=index + 1, scale=scale_text(factor)
-        )
+        if scale is None:  # the model's factor: the new width over the image's (the request's size)
+            scale = new.params.width / int((new.request.size or "1x1").split("x")[0])
+        factor = scale_text(round(scale, 2))
+        await announce(bot, new, user, reply, locale, "tool_upscaling", job_id=job.id, index=index + 1, scale=factor)
     else:
         new = await retry_busy(lambda: bot.service.vary(job.id, index, by, **options))
         await announce(bot, new, user, reply, locale, "tool_varying", job_id=job.id, index=index + 1)

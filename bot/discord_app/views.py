@@ -193,7 +193,7 @@ def parameters_text(job: JobRecord, locale: str) -> str:
     p = job.params
     return render(
         "parameters", locale, job_id=job.id, model=job.model, prompt=p.prompt, negative=p.negative_prompt or "-",
-        width=p.width, height=p.height, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        width=p.output_size()[0], height=p.output_size()[1], steps=p.steps, cfg=p.cfg, sampler=p.sampler,
         seeds=", ".join(str(s) for s in p.seeds),
     )[:2000]
 

@@ -238,3 +238,19 @@ async def test_bad_uploads_are_refused_clearly_and_queue_nothing(
         huge = b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_BYTES)
         assert "images up to 10 MB" in await slash(image=("huge.png", huge))
         assert await all_jobs(bot) == 0
+
+
+async def test_generate_with_the_hires_fix(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    async with simcord.run(bot, settle_timeout=60) as env:
+        channel, (alice,) = server(env, "alice")
+        result = await alice.slash(channel, "generate", prompt="1girl", steps=1, aspect="1:1", hires=True)
+        (job,) = await jobs_of(bot, alice.id)
+        tools = load_dialect(bot.service.config.models["tiny"].dialect).tools
+        assert job.params.hires is not None
+        assert (job.params.hires.scale, job.params.hires.strength) == (tools.hires_scale, tools.hires_strength)
+        assert (job.kind, job.params.source, job.params.output_size()) == ("txt2img", None, (96, 96))
+        job = await finish(env, bot, job.id)
+        assert job.delivered and result.response is not None and "96x96" in result.response.content
+        info = await alice.click(result.response, custom_id=f"animebot:info:{job.id}")
+        assert "96x96" in ephemeral_text(info)
