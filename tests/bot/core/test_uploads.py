@@ -148,3 +148,22 @@ async def test_img2img_from_an_upload_takes_the_nearest_bucket(make_service: Ser
     )
     assert (given.params.width, given.params.height, given.params.strength) == (128, 128, 0.3)
     await service.wait(given.id)
+
+
+async def test_a_waiting_img2img_job_survives_a_restart(make_service: ServiceFactory) -> None:
+    service = await make_service("[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n")
+    await service.set_paused(True)
+    upload = await service.store_upload(encoded(Image.new("RGB", (64, 64), (9, 90, 9)), "PNG"))
+    request = GenerationRequest(
+        "tiny-sdxl", PromptChoices("1girl"), steps=2, kind="img2img", source=upload.source, aspect="1:1"
+    )
+    job = await service.submit(request, "u")
+    await service.close()
+
+    again = await make_service("[quotas]\nimages_per_day = 0\nmax_queued_jobs = 0\n")  # the same data directory
+    stored = await again.job(job.id)
+    assert stored is not None and stored.params.source == upload.source and stored.kind == "img2img"
+    assert again.image_path(upload.source.path).is_file()
+    await again.set_paused(False)
+    done = await again.wait(job.id)
+    assert done.state == JobState.DONE, done.error
