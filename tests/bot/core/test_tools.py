@@ -201,3 +201,16 @@ async def test_the_worker_gets_the_source_bytes_and_a_missing_source_fails_only_
         await asyncio.sleep(0)
     finally:
         await service.close()
+
+
+async def test_the_content_policy_judges_a_vary_and_an_upscale_again(make_service: ServiceFactory) -> None:
+    service = await make_service(UNLIMITED)
+    parent = await service.submit(request("1girl, lighthouse"), "u")
+    await finished(service, parent.id)
+    await service.close()
+    banned = await make_service(UNLIMITED + '[discord]\nbanned_words = ["lighthouse"]\n')  # the same data dir
+    for make in (banned.vary, banned.upscale):
+        with pytest.raises(UserError) as refused:
+            await make(parent.id, 0, "u")
+        assert refused.value.key == "banned_word"
+    assert await banned.store.scalar("SELECT COUNT(*) FROM jobs") == 1
