@@ -15,6 +15,7 @@ from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
 from bot.discord_app.acknowledge import InTime
+from bot.discord_app.delivery import kind_text
 from bot.discord_app.errors import report_error
 from bot.discord_app.interactions import bot_of, locale_of, send_ephemeral
 from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
@@ -232,13 +233,6 @@ def history_line(job: JobRecord, locale: str) -> str:
         seed=seed,
         prompt=shorten(job.request.choices.prompt),
     ) + kind_text(job, locale)
-
-
-def kind_text(job: JobRecord, locale: str) -> str:
-    """" · ⬆ of #12" (and 🎲, "from your image") after a history line; nothing for a job made from a prompt."""
-    if job.kind == "txt2img":
-        return ""
-    return " · " + render(f"history_kind_{job.kind}", locale, parent=job.parent_id)
 
 
 def history_text(jobs: list[JobRecord], page: int, total: int, locale: str) -> str:

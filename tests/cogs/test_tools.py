@@ -82,6 +82,7 @@ async def test_upscale_asks_which_image_and_factor_then_makes_a_linked_job(make_
         assert (new.kind, new.parent_id) == ("upscale", job.id)
         new = await finish(env, bot, new.id)
         assert new.delivered and clicked.response.attachments
+        assert clicked.response.content.endswith(f"· ⬆ of #{job.id}")  # the result says what it was made from
         assert await image_size(bot, new.id) == (128, 128)  # 64x64 x2
         parent_seed = (await bot.service.images(job.id))[1].seed
         assert new.params.seeds == (parent_seed,)
