@@ -192,11 +192,22 @@ BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, DeleteButton, InfoButton,
 
 def parameters_text(job: JobRecord, locale: str) -> str:
     p = job.params
-    return render(
+    width, height = p.output_size()
+    text = render(
         "parameters", locale, job_id=job.id, model=job.model, prompt=p.prompt, negative=p.negative_prompt or "-",
-        width=p.output_size()[0], height=p.output_size()[1], steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        width=width, height=height, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
         seeds=", ".join(str(s) for s in p.seeds),
-    )[:2000]
+    )
+    source = p.source
+    if source is not None and source.job_id is not None:
+        text += "\n" + render(
+            "parameters_from_result", locale, index=source.index + 1, parent=source.job_id, strength=p.strength
+        )
+    elif source is not None:
+        text += "\n" + render("parameters_from_upload", locale, strength=p.strength)
+    if p.hires is not None:
+        text += "\n" + render("parameters_hires", locale, scale=f"{p.hires.scale:g}", strength=p.hires.strength)
+    return text[:2000]
 
 
 def result_view(job: JobRecord) -> discord.ui.View:

@@ -105,6 +105,8 @@ async def test_vary_of_a_single_image_runs_at_once_and_of_several_asks(make_bot:
         assert new.params.seeds != job.params.seeds
         new = await finish(env, bot, new.id)
         assert new.delivered and await image_size(bot, new.id) == (64, 64)
+        info = ephemeral_text(await alice.click(clicked.response, custom_id=f"animebot:info:{new.id}"))
+        assert f"From image 1 of job #{job.id} · strength {new.params.strength}" in info
 
         several, message = await generated(env, bot, alice, channel, count=2)
         menu = await alice.click(message, custom_id=f"animebot:vary:{several.id}")
@@ -254,4 +256,5 @@ async def test_generate_with_the_hires_fix(make_bot: BotFactory) -> None:
         job = await finish(env, bot, job.id)
         assert job.delivered and result.response is not None and "96x96" in result.response.content
         info = await alice.click(result.response, custom_id=f"animebot:info:{job.id}")
-        assert "96x96" in ephemeral_text(info)
+        shown = ephemeral_text(info)
+        assert "96x96" in shown and f"Hires fix ×1.5 · strength {tools.hires_strength}" in shown
