@@ -303,6 +303,7 @@ class RedisJobSource:
             return None
         try:
             message = JobMessage.from_fields(fields)
+            source = await asyncio.to_thread(message.checked_source, fields)  # hashing megabytes: off the loop
         except ProtocolError as e:
             log.error("worker %s: inbox entry %s dead-lettered: %s", self.worker_id, entry_id.decode(), e)
             await self.client.xadd(
@@ -338,7 +339,7 @@ class RedisJobSource:
             message.job_id, message.model, message.attempt, len(message.params.seeds),
             message.params.width, message.params.height, message.params.steps,
         )
-        return WorkItem(message.job_id, spec, message.params.to_params(), paths, JobMessage.source_of(fields))
+        return WorkItem(message.job_id, spec, message.params.to_params(), paths, source)
 
     async def _send(self, entry_id: bytes, result: Mapping[str, bytes]) -> None:
         """The result into the results stream, then (only then) the inbox entry acknowledged."""

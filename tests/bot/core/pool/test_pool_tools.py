@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from typing import Any
 
 import pytest
@@ -14,13 +15,22 @@ from redis.asyncio import Redis
 
 from bot.core.events import JobFinished
 from bot.core.jobs import JobOrigin
-from bot.core.pool.protocol import JobMessage, Keys, ProtocolError, WireParams
+from bot.core.pool.protocol import JobMessage, Keys, ProtocolError, WireParams, new_token
 from bot.core.queue import SOURCE_GONE
 from bot.prompts.builder import PromptChoices
 from bot.prompts.requests import GenerationRequest, resolve_request
 from inference.types import GenerationParams, HiresFix, LoraWeight, SourceImage, WorkItem
 from inference.worker import GpuWorker
+from tests.bot.core.pool.fake_bot import FakeBot, eventually
 from tests.bot.core.pool.test_pool_end_to_end import Bot, pool  # noqa: F401  (fixture)
+from tests.bot.core.pool.test_source import (  # noqa: F401  (fixtures)
+    StartWorker,
+    bot,
+    cache,
+    client,
+    config,
+    start_worker,
+)
 
 
 def png(color: tuple[int, int, int] = (10, 20, 30)) -> bytes:
@@ -48,9 +58,10 @@ def message(params: GenerationParams = PARAMS) -> JobMessage:
 
 def test_the_new_params_cross_the_wire_unchanged() -> None:
     fields = message().fields(SOURCE)
-    read = JobMessage.from_fields({k.encode(): v for k, v in fields.items()})
+    entry = {k.encode(): v for k, v in fields.items()}
+    read = JobMessage.from_fields(entry)
     assert read.params.to_params() == PARAMS
-    assert JobMessage.source_of({k.encode(): v for k, v in fields.items()}) == SOURCE
+    assert read.checked_source(entry) == SOURCE
     plain = GenerationParams("1girl", "", 64, 64, 2, 5.0, (1,), "euler_a")
     fields = message(plain).fields()
     assert set(fields) == {"job"} and JobMessage.from_fields({b"job": fields["job"]}).params.to_params() == plain
@@ -69,7 +80,7 @@ def test_a_source_that_does_not_match_the_job_is_refused(source: bytes | None, w
     if source is not None:
         entry[b"source"] = source
     with pytest.raises(ProtocolError, match=why):
-        JobMessage.from_fields(entry)
+        JobMessage.from_fields(entry).checked_source(entry)  # the hash: checked by the worker, on a thread
     with pytest.raises(ProtocolError, match=why):
         message().fields(source)
 
@@ -130,3 +141,36 @@ async def test_an_upscale_runs_on_a_real_worker_with_its_source_bytes(
     await pool.until(lambda: bool(pool.finished(failed.id)), "the failure")
     assert pool.finished(failed.id) == [JobFinished(failed.id, "failed", SOURCE_GONE)]
     assert failed.id not in {item.job_id for item in items}
+
+
+async def test_the_worker_dead_letters_a_source_that_is_not_the_jobs_and_runs_the_next(
+    start_worker: StartWorker, bot: FakeBot, client: Redis  # noqa: F811
+) -> None:
+    await start_worker()
+    source = png((1, 2, 3))
+    params = GenerationParams(
+        "1girl", "", 128, 128, 2, 5.0, (7,), "euler_a",
+        source=SourceImage("images/x.png", hashlib.sha256(source).hexdigest(), 1, 0), strength=0.5,
+    )
+
+    def job(job_id: int) -> JobMessage:
+        return JobMessage(
+            job_id=job_id, attempt=1, token=new_token(), model="tiny-sdxl", params=WireParams.of(params),
+            sent_at=time.time(),
+        )
+
+    inbox = Keys().inbox("w1")
+    await client.xadd(inbox, {"job": job(1).to_json(), "source": png((9, 9, 9))})
+    await client.xadd(inbox, dict(job(2).fields(source)))  # type: ignore[arg-type]
+    result, pngs = await bot.result(2)
+    assert result.outcome == "done" and len(pngs) == 1
+    with Image.open(io.BytesIO(pngs[0])) as made:
+        assert made.size == (128, 128)
+    (letter,) = await bot.dead_letters()
+    assert b"not the one the job names" in letter[b"reason"]
+
+    async def only_the_dead_letter_left() -> bool:
+        entries: Any = await client.xrange(inbox)
+        return [JobMessage.from_json(fields[b"job"]).job_id for _, fields in entries] == [1]
+
+    await eventually(only_the_dead_letter_left, "the done job's entry (and its image) deleted from the inbox")
