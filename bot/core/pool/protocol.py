@@ -251,8 +251,9 @@ class JobMessage(_Message):
 
     def fields(self, source: bytes | None = None) -> dict[str, bytes]:
         """The stream entry: the JSON, and the source image's PNG bytes (field "source") for a job that starts from
-        one (img2img, vary, upscale). Raises ProtocolError when they do not match params.source."""
-        _check_source(self, source)
+        one (img2img, vary, upscale), as the queue read and checked them (JobQueue.source_png). Raises ProtocolError
+        when they are missing, not a PNG or too large (not hashed again here: this runs on the bot's event loop)."""
+        _check_source(self, source, hashed=False)
         entry = {"job": self.to_json()}
         if source is not None:
             entry["source"] = source

@@ -81,8 +81,9 @@ def test_a_source_that_does_not_match_the_job_is_refused(source: bytes | None, w
         entry[b"source"] = source
     with pytest.raises(ProtocolError, match=why):
         JobMessage.from_fields(entry).checked_source(entry)  # the hash: checked by the worker, on a thread
-    with pytest.raises(ProtocolError, match=why):
-        message().fields(source)
+    if source is None or not source.startswith(b"\x89PNG"):  # what the sender checks (the queue hashed it)
+        with pytest.raises(ProtocolError, match=why):
+            message().fields(source)
 
 
 def test_a_source_for_a_job_without_one_and_unknown_fields_are_refused() -> None:
