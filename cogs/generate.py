@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_app.acknowledge import InTime
+from bot.discord_app.attachments import read_upload
 from bot.discord_app.choices import (
     MAX_CHOICES,
     MAX_NAME,
@@ -32,8 +33,9 @@ from bot.discord_app.submit import submit_and_announce
 from bot.prompts.builder import PromptChoices
 from bot.prompts.loras import lora_completions
 from bot.prompts.policy import normalize_text
-from bot.prompts.requests import GenerationRequest
+from bot.prompts.requests import GenerationRequest, JobKind
 from bot.prompts.tags import TagCategory, TagDatabase, TagImportError
+from inference.types import SourceImage
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
@@ -104,6 +106,12 @@ class Generate(commands.Cog):
             choices = PromptChoices(
                 prompt, negative or "", quality=quality, year=year, rating=rating, artist=artist, character=character
             )
+            source: SourceImage | None = None
+            kind: JobKind = "txt2img"
+            if image is not None:  # img2img: the upload is checked and stored before anything is queued
+                upload = await read_upload(bot, image)
+                source, kind = upload.source, "img2img"
+                aspect = aspect or f"{upload.width}:{upload.height}"  # the model's bucket nearest to the image's
             request = GenerationRequest(
                 model,
                 choices,
@@ -116,6 +124,8 @@ class Generate(commands.Cog):
                 lora=lora,
                 hires=hires,
                 strength=strength,
+                kind=kind,
+                source=source,
             )
             await submit_and_announce(bot, reply, request)
 

@@ -100,6 +100,8 @@ class JobRecord:
     locale: str | None = None  # the asker's message language, for a delivery after a restart
     verdict: Verdict | None = None  # the content policy's decision at submit; None: stored before v3
     withheld: str | None = None  # not posted by the rating check: the rating, or "unchecked" (the check failed)
+    parent_id: int | None = None  # vary/upscale: the job whose image this one started from
+    kind: JobKind = "txt2img"
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +294,13 @@ def params_from_json(text: str) -> GenerationParams:
 _JOB_COLUMNS = """
     j.id, j.owner_id, j.guild_id, j.channel_id, j.model, j.request, j.params, j.state, j.error, j.attempts,
     j.reroll_of, j.cancelled_by, j.created_at, j.started_at, j.finished_at, j.locale, j.verdict, j.withheld,
+    j.parent_id, j.kind,
     EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id) AS delivered
 """
 # A claimed job's row as UPDATE ... RETURNING gives it (never delivered yet).
 _RETURNED_COLUMNS = """
     id, owner_id, guild_id, channel_id, model, request, params, state, error, attempts, reroll_of, cancelled_by,
-    created_at, started_at, finished_at, locale, verdict, withheld, 0 AS delivered
+    created_at, started_at, finished_at, locale, verdict, withheld, parent_id, kind, 0 AS delivered
 """
 
 
@@ -322,7 +325,19 @@ def _job(row: Any) -> JobRecord:
         locale=row["locale"],
         verdict=Verdict.from_json(row["verdict"]),
         withheld=row["withheld"],
+        parent_id=row["parent_id"],
+        kind=_kind(row["kind"]),
     )
+
+
+_KINDS: tuple[JobKind, ...] = ("txt2img", "img2img", "vary", "upscale")
+
+
+def _kind(value: str) -> JobKind:
+    for kind in _KINDS:
+        if kind == value:
+            return kind
+    raise ValueError(f"unknown job kind {value!r}")
 
 
 def _readable(rows: list[Any]) -> list[JobRecord]:
@@ -362,10 +377,13 @@ class JobRepository:
         )
 
     async def insert(self, resolved: ResolvedRequest, origin: JobOrigin, reroll_of: int | None = None) -> int:
-        """Queue a new job at its fair rank: its owner's served count plus their jobs already waiting."""
+        """Queue a new job at its fair rank: its owner's served count plus their jobs already waiting. A job made
+        from a result's image (vary, upscale) records that job as its parent."""
+        source = resolved.params.source
         return await self.store.insert(
             "INSERT INTO jobs (owner_id, guild_id, channel_id, model, request, params, image_count, state, "
-            "reroll_of, created_at, locale, verdict, queue_rank) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, "
+            "reroll_of, created_at, locale, verdict, parent_id, kind, queue_rank)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, "
             "COALESCE((SELECT served FROM queue_served WHERE owner_id = ?1), 0)"
             " + (SELECT COUNT(*) FROM jobs INDEXED BY jobs_waiting_by_owner"
             " WHERE owner_id = ?1 AND state = 'queued'))",
@@ -381,6 +399,8 @@ class JobRepository:
                 time.time(),
                 origin.locale,
                 resolved.verdict.to_json(),
+                None if source is None else source.job_id,
+                resolved.request.kind,
             ),
         )
 

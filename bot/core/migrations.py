@@ -142,4 +142,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN dispatch_token TEXT;  -- while running on a pool worker: its dispatch's token
     """,
+    # 8: creative tools (issue 12): a job made from another one's image (vary, upscale) names its parent, and every
+    # job says what kind it is (txt2img, img2img from an upload, vary, upscale), for /history and the lineage
+    """
+    ALTER TABLE jobs ADD COLUMN parent_id INTEGER REFERENCES jobs(id);  -- vary/upscale: the job whose image it used
+    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'txt2img'
+        CHECK (kind IN ('txt2img', 'img2img', 'vary', 'upscale'));
+    CREATE INDEX jobs_by_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    """,
 )

@@ -33,6 +33,7 @@ from bot.core.positions import EXACT_POSITIONS, is_exact, shown_position
 from bot.core.quotas import Quotas
 from bot.core.settings import SettingsRepository
 from bot.core.store import Store
+from bot.core.uploads import read_source
 from bot.prompts.requests import ResolvedRequest
 from inference.specs import ModelSpec
 from inference.types import LoadProgress, SavedImage, StepProgress, WorkItem
@@ -40,6 +41,7 @@ from inference.types import LoadProgress, SavedImage, StepProgress, WorkItem
 log = logging.getLogger(__name__)
 
 PAUSED_KEY = "queue_paused"
+SOURCE_GONE = "The image this job starts from can no longer be read, so it was not made."
 # A worker waits for this process's wake-up event, or this long: jobs another process queued (or a
 # resume it wrote) are noticed within it.
 POLL_SECONDS = 2.0
@@ -347,9 +349,29 @@ class JobQueue:
 
     async def claim_next(self, worker_id: str) -> WorkItem | None:
         """Claim the next job in fair order for `worker_id` (it is running from now on); None if none
-        waits or the queue is paused. Any number of workers, in this process or others, may call it."""
-        job = await self.claim(worker_id)
-        return None if job is None else WorkItem(job.id, self.models[job.model], job.params, self.image_paths(job))
+        waits or the queue is paused. Any number of workers, in this process or others, may call it. A job that
+        starts from an image (img2img, vary, upscale) carries that image's bytes, read off the event loop; one
+        whose image is gone is failed (SOURCE_GONE) and the next one claimed."""
+        while True:
+            job = await self.claim(worker_id)
+            if job is None:
+                return None
+            try:
+                source = await self.source_png(job)
+            except OSError as e:
+                log.error("job %s: its source image cannot be read: %s", job.id, e)
+                self._unrunnable[job.id] = SOURCE_GONE
+                await self._fail_unrunnable()
+                continue
+            return WorkItem(job.id, self.models[job.model], job.params, self.image_paths(job), source)
+
+    async def source_png(self, job: JobRecord) -> bytes | None:
+        """The bytes of the image `job` starts from (None: a txt2img job), checked against the SHA-256 it was
+        queued with; read on a thread. Raises OSError when the file is gone, unreadable or changed."""
+        source = job.params.source
+        if source is None:
+            return None
+        return await asyncio.to_thread(read_source, self.data_dir, source)
 
     async def claim(
         self, worker_id: str, *, models: Collection[str] | None = None, token: str | None = None

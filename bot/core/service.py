@@ -33,12 +33,13 @@ from bot.core.safety_settings import (
 )
 from bot.core.settings import GLOBAL, SettingsRepository
 from bot.core.store import Store, StoreError
+from bot.core.uploads import StoredUpload, file_sha256, store_upload
 from bot.prompts.builder import TagLookup
 from bot.prompts.requests import GenerationRequest, ResolvedRequest, resolve_request
 from inference.loras import HashCache, LoraLibrary
 from inference.memory import reference_footprint
 from inference.specs import ModelSpec
-from inference.types import ModelLoadError
+from inference.types import ModelLoadError, SourceImage
 
 if TYPE_CHECKING:
     from inference.cache import ModelCache
@@ -316,6 +317,105 @@ class GenerationService:
             exempt=exempt,
             locale=locale,
         )
+
+    async def vary(
+        self,
+        job_id: int,
+        index: int,
+        by: str,
+        *,
+        role_ids: Sequence[str] = (),
+        exempt: bool = False,
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+        nsfw_allowed: bool | None = None,
+        locale: str | None = None,
+    ) -> JobRecord:
+        """🎲: a new job, linked to `job_id`, that makes one image by img2img from its image `index` with a new
+        seed at the model's vary strength (the parent's size). Submitted like a reroll: the quota counts it, the
+        content policy judges it again, the asking channel's nsfw rule applies. Raises UserError."""
+        return await self._from_result(
+            "vary", job_id, index, by, role_ids=role_ids, exempt=exempt, guild_id=guild_id,
+            channel_id=channel_id, nsfw_allowed=nsfw_allowed, locale=locale,
+        )
+
+    async def upscale(
+        self,
+        job_id: int,
+        index: int,
+        by: str,
+        *,
+        scale: float | None = None,
+        role_ids: Sequence[str] = (),
+        exempt: bool = False,
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+        nsfw_allowed: bool | None = None,
+        locale: str | None = None,
+    ) -> JobRecord:
+        """⬆: a new job, linked to `job_id`, that makes image `index` larger (x`scale`, None: the model's hires
+        scale) and refines it by img2img at the model's hires strength, with the image's own seed. Submitted like
+        a reroll (quota, content policy, the channel's nsfw rule). Raises UserError."""
+        return await self._from_result(
+            "upscale", job_id, index, by, scale=scale, role_ids=role_ids, exempt=exempt, guild_id=guild_id,
+            channel_id=channel_id, nsfw_allowed=nsfw_allowed, locale=locale,
+        )
+
+    async def _from_result(
+        self,
+        kind: Literal["vary", "upscale"],
+        job_id: int,
+        index: int,
+        by: str,
+        *,
+        scale: float | None = None,
+        role_ids: Sequence[str],
+        exempt: bool,
+        guild_id: str | None,
+        channel_id: str | None,
+        nsfw_allowed: bool | None,
+        locale: str | None,
+    ) -> JobRecord:
+        job = await self.job(job_id)
+        if job is None:
+            raise UserError("job_not_found", job_id=job_id)
+        image = next((i for i in await self.images(job_id) if i.index == index), None)
+        if job.state != JobState.DONE or image is None:
+            raise UserError("image_not_found", job_id=job_id, index=index + 1)
+        try:
+            sha256 = await asyncio.to_thread(file_sha256, self.image_path(image.path))
+        except OSError:
+            raise UserError("image_gone", job_id=job_id, index=index + 1) from None
+        request = replace(
+            job.request,
+            model=job.model,
+            kind=kind,
+            source=SourceImage(image.path, sha256, job_id, index),
+            size=f"{image.width}x{image.height}",
+            aspect=None,
+            count=1,
+            seed=image.seed if kind == "upscale" else None,
+            strength=None,
+            hires=False,
+            scale=scale if kind == "upscale" else None,
+        )
+        if nsfw_allowed is not None:
+            request = replace(request, nsfw_allowed=nsfw_allowed and job.request.nsfw_allowed)
+        return await self.submit(
+            request,
+            by,
+            guild_id=guild_id if channel_id else job.guild_id,
+            channel_id=channel_id or job.channel_id,
+            role_ids=role_ids,
+            exempt=exempt,
+            locale=locale,
+        )
+
+    async def store_upload(self, data: bytes) -> StoredUpload:
+        """An image a user uploaded (img2img), checked and normalized off the event loop (bot/core/uploads.py) and
+        stored once as inputs/<sha256>.png in the data directory, before any job uses it (a restart finds it).
+        Raises UserError for a file that is not an image the bot takes."""
+        return await store_upload(data, self.config.data_dir)
 
     async def watch(self, job_id: int) -> AsyncGenerator[WatchEvent, None]:
         """Follow one job: its shown queue position (bot/core/positions.py: exact in the front, else "about

@@ -635,10 +635,11 @@ class Delivery:
     def _summary(self, job: JobRecord, locale: str) -> str:
         p = job.params
         seed = p.seeds[0] if len(p.seeds) == 1 else f"{p.seeds[0]}–{p.seeds[-1]}"
+        width, height = p.output_size()  # a hires fix's images are larger than its first pass
         return render(
-            "result", locale, job_id=job.id, model=job.model, seed=seed, width=p.width, height=p.height,
+            "result", locale, job_id=job.id, model=job.model, seed=seed, width=width, height=height,
             steps=p.steps, cfg=p.cfg,
-        )
+        ) + kind_text(job, locale)
 
     def upload_limit(self, target: Target) -> int:
         if target.interaction is not None:
@@ -718,3 +719,11 @@ def addressing(user_id: int) -> discord.AllowedMentions:
 
 def token_alive(interaction: discord.Interaction) -> bool:
     return discord.utils.utcnow() - interaction.created_at < TOKEN_LIFETIME - TOKEN_MARGIN
+
+
+def kind_text(job: JobRecord, locale: str) -> str:
+    """" · ⬆ of #12" (and 🎲, "from your image") after a result's summary or a history line; nothing for a job
+    made from a prompt."""
+    if job.kind == "txt2img":
+        return ""
+    return " · " + render(f"history_kind_{job.kind}", locale, parent=job.parent_id)

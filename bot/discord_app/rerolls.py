@@ -56,12 +56,27 @@ async def reroll(
             locale=locale,
         )
     )
+    await announce(bot, new, user, reply, locale, "rerolled", job_id=job.id)
+
+
+async def announce(
+    bot: AnimeBot,
+    new: JobRecord,
+    user: discord.abc.User,
+    reply: InTime | None,
+    locale: str,
+    key: str,
+    **params: object,
+) -> None:
+    """Tell `user` that the job `new` (made from another: a reroll, a vary, an upscale) is queued, with its
+    position (message `key`, or `key`_about for a coarse one, given `new_id`, `position` and `params`), and deliver
+    its result like a new request's. Answered through `reply`, or by a channel post in `locale`."""
     target = Target(int(new.channel_id or 0), user.id, locale=locale)
     try:  # the new job is queued: whatever fails from here on, its result comes
         position = await bot.service.position(new.id) or 1
         target.shown = coarse(position)  # what the position edits compare with (bot/core/positions.py)
-        key = "rerolled" if is_exact(target.shown) else "rerolled_about"
-        text = render(key, locale, job_id=job.id, new_id=new.id, position=target.shown)
+        key = key if is_exact(target.shown) else f"{key}_about"
+        text = render(key, locale, new_id=new.id, position=target.shown, **params)
         if bot.service.waiting_for_worker():  # redis mode, no worker online or Redis down: it is kept and waits
             text += "\n" + render("queue_no_worker", locale)
         if reply is not None:

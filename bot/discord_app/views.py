@@ -1,6 +1,7 @@
 """The bot's persistent components. They are DynamicItems whose custom_id carries what they act on
-(a job id; a history list's owner and page), so they work after a restart: the buttons under a result
-(🔄 reroll, 🗑 delete, ℹ️ parameters) and the paged /history list with its rerun menu."""
+(a job id, an image and a factor; a history list's owner and page), so they work after a restart: the buttons
+under a result (🔄 reroll, ⬆ upscale, 🎲 vary, 🗑 delete, ℹ️ parameters), the choice of image (and factor) that
+⬆ and 🎲 show only to the one who clicked, and the paged /history list with its rerun menu."""
 
 from __future__ import annotations
 
@@ -14,23 +15,32 @@ from bot.core.errors import UserError
 from bot.core.jobs import JobRecord
 from bot.core.messages import render
 from bot.discord_app.acknowledge import InTime
+from bot.discord_app.delivery import kind_text
 from bot.discord_app.errors import report_error
 from bot.discord_app.interactions import bot_of, locale_of, send_ephemeral
 from bot.discord_app.permissions import is_bot_admin, may_manage, owner_key
 from bot.discord_app.rerolls import job_or_error, reroll
+from bot.discord_app.tools import SCALES, Tool, allowed_job, make_from_result, scale_text
 
 if TYPE_CHECKING:
     from bot.discord_app.client import AnimeBot
 
 REROLL_EMOJI = "🔄"
+TOOL_EMOJIS: dict[Tool, str] = {"upscale": "⬆️", "vary": "🎲"}
+
 
 class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animebot:(?P<action>\w+):(?P<job>\d+)"):
     action = ""
     emoji = ""
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(
+        self, job_id: int, *, custom_id: str | None = None, emoji: str | None = None, label: str | None = None
+    ) -> None:
         button: discord.ui.Button[Any] = discord.ui.Button(
-            emoji=self.emoji, style=discord.ButtonStyle.secondary, custom_id=f"animebot:{self.action}:{job_id}"
+            emoji=emoji or self.emoji or None,
+            label=label,
+            style=discord.ButtonStyle.secondary,
+            custom_id=custom_id or f"animebot:{self.action}:{job_id}",
         )
         super().__init__(button)
         self.job_id = job_id
@@ -99,22 +109,114 @@ class InfoButton(_JobButton, template=r"animebot:info:(?P<job>\d+)"):
         await reply.send(parameters_text(job, locale_of(reply.interaction)))
 
 
-BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, DeleteButton, InfoButton)
+class ToolMenuButton(_JobButton, template=r"animebot:(?P<tool>upscale|vary):(?P<job>\d+)"):
+    """⬆ (and 🎲 under a result of several images): shows the one who clicked, and only them, which image to use
+    (and ⬆'s factor) as ToolButtons. Refuses those who may not use the result (as 🔄 does)."""
+
+    def __init__(self, tool: Tool, job_id: int) -> None:
+        super().__init__(job_id, custom_id=f"animebot:{tool}:{job_id}", emoji=TOOL_EMOJIS[tool])
+        self.tool: Tool = tool
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ToolMenuButton:
+        return cls("upscale" if match["tool"] == "upscale" else "vary", int(match["job"]))
+
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
+        interaction = reply.interaction
+        await self.job(interaction, bot)
+        job = await allowed_job(bot, self.job_id, interaction.user)
+        indexes = [image.index for image in await bot.service.images(job.id)]
+        if not indexes:
+            raise UserError("image_not_found", job_id=job.id, index=1)
+        locale = locale_of(interaction)
+        text = render(f"tool_pick_{self.tool}", locale, job_id=job.id)
+        await reply.send(text, view=tool_picker(self.tool, job.id, indexes, locale))
+
+
+class ToolButton(
+    _JobButton, template=r"animebot:(?P<tool>upscale|vary):(?P<job>\d+):(?P<index>\d{1,2})(?::(?P<scale>1\.5|2))?"
+):
+    """Upscale image `index` of a result by `scale` (None: the model's factor), or vary it: a new job, announced
+    and delivered in the channel like a reroll. 🎲 under a one-image result is one of these."""
+
+    ephemeral = False
+
+    def __init__(
+        self, tool: Tool, job_id: int, index: int, scale: float | None = None, *, label: str | None = None
+    ) -> None:
+        factor = "" if scale is None else f":{scale_text(scale)}"
+        super().__init__(
+            job_id,
+            custom_id=f"animebot:{tool}:{job_id}:{index}{factor}",
+            emoji=None if label else TOOL_EMOJIS[tool],
+            label=label,
+        )
+        self.tool: Tool = tool
+        self.index = index
+        self.scale = scale
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ToolButton:
+        tool: Tool = "upscale" if match["tool"] == "upscale" else "vary"
+        scale = float(match["scale"]) if match["scale"] and tool == "upscale" else None
+        return cls(tool, int(match["job"]), int(match["index"]), scale)
+
+    async def run(self, reply: InTime, bot: AnimeBot) -> None:
+        interaction = reply.interaction
+        await self.job(interaction, bot)
+        await make_from_result(
+            bot, self.tool, self.job_id, self.index, self.scale, interaction.user, interaction.channel, reply
+        )
+
+
+def tool_picker(tool: Tool, job_id: int, indexes: list[int], locale: str) -> discord.ui.View:
+    """A button per image (⬆: per image and factor), at most 25 (8 images x 2 factors fit)."""
+    view = discord.ui.View(timeout=None)
+    for index in indexes:
+        if tool == "upscale":
+            for scale in SCALES:
+                label = render("tool_pick_upscale_label", locale, index=index + 1, scale=scale_text(scale))
+                view.add_item(ToolButton(tool, job_id, index, scale, label=label))
+        else:
+            label = render("tool_pick_vary_label", locale, index=index + 1)
+            view.add_item(ToolButton(tool, job_id, index, label=label))
+    return view
+
+
+BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, DeleteButton, InfoButton, ToolMenuButton, ToolButton)
 
 
 def parameters_text(job: JobRecord, locale: str) -> str:
     p = job.params
-    return render(
+    width, height = p.output_size()
+    text = render(
         "parameters", locale, job_id=job.id, model=job.model, prompt=p.prompt, negative=p.negative_prompt or "-",
-        width=p.width, height=p.height, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
+        width=width, height=height, steps=p.steps, cfg=p.cfg, sampler=p.sampler,
         seeds=", ".join(str(s) for s in p.seeds),
-    )[:2000]
+    )
+    source = p.source
+    if source is not None and source.job_id is not None:
+        text += "\n" + render(
+            "parameters_from_result", locale, index=source.index + 1, parent=source.job_id, strength=p.strength
+        )
+    elif source is not None:
+        text += "\n" + render("parameters_from_upload", locale, strength=p.strength)
+    if p.hires is not None:
+        text += "\n" + render("parameters_hires", locale, scale=f"{p.hires.scale:g}", strength=p.hires.strength)
+    return text[:2000]
 
 
 def result_view(job: JobRecord) -> discord.ui.View:
+    """🔄 ⬆ 🎲 🗑 ℹ️ under a result (one row). 🎲 under one image varies it at once; under several it asks which."""
     view = discord.ui.View(timeout=None)
-    for button in BUTTONS:
-        view.add_item(button(job.id))
+    vary: _JobButton = ToolButton("vary", job.id, 0) if job.params.count == 1 else ToolMenuButton("vary", job.id)
+    upscale = ToolMenuButton("upscale", job.id)
+    for button in (RerollButton(job.id), upscale, vary, DeleteButton(job.id), InfoButton(job.id)):
+        view.add_item(button)
     return view
 
 
@@ -141,7 +243,7 @@ def history_line(job: JobRecord, locale: str) -> str:
         model=job.model,
         seed=seed,
         prompt=shorten(job.request.choices.prompt),
-    )
+    ) + kind_text(job, locale)
 
 
 def history_text(jobs: list[JobRecord], page: int, total: int, locale: str) -> str:

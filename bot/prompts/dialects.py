@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -80,6 +80,17 @@ class Choices:
 
 
 @dataclass(frozen=True)
+class ToolDefaults:
+    """Per-model defaults of the creative tools (img2img strengths are diffusers' `strength`: the share of the
+    steps re-run, 0 < strength <= 1)."""
+
+    hires_scale: float = 1.5  # the hires fix's and ⬆'s default factor
+    hires_strength: float = 0.45  # the refine pass of a hires fix or an upscale
+    vary_strength: float = 0.6  # 🎲: a variation of a result
+    img2img_strength: float = 0.65  # /generate image: when no strength is given
+
+
+@dataclass(frozen=True)
 class Dialect:
     id: str
     name: str
@@ -112,6 +123,9 @@ class Dialect:
     # Samplers the model card recommends that diffusers does not have (Anima's er_sde): shown in /model info
     # and explained in docs/fidelity.md. Names as the card writes them.
     missing_samplers: tuple[str, ...] = ()
+    # The creative tools' defaults ([tools] of the data file): the hires fix / upscale factor and denoise, the
+    # denoise of a 🎲 variation and of img2img from an upload.
+    tools: ToolDefaults = field(default_factory=lambda: ToolDefaults())
 
     # --- vocabularies -------------------------------------------------------------------------
 
@@ -246,6 +260,16 @@ class ChoiceMapsData(_Data):
     period: dict[str, str]
 
 
+Strength = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class ToolsData(_Data):
+    hires_scale: float = Field(default=1.5, ge=1, le=4, allow_inf_nan=False)
+    hires_strength: Strength = 0.45
+    vary_strength: Strength = 0.6
+    img2img_strength: Strength = 0.65
+
+
 class DialectData(_Data):
     """One data/models/<id>.toml."""
 
@@ -256,6 +280,7 @@ class DialectData(_Data):
     vocab: VocabData
     year: YearData = YearData()
     choices: ChoiceMapsData
+    tools: ToolsData = ToolsData()
 
 
 class ChoicesData(_Data):
@@ -382,6 +407,7 @@ def load_dialect(dialect_id: str, data_dir: Path = DATA_DIR) -> Dialect:
         period_choices=dict(picked.period),
         choices=choices,
         missing_samplers=tuple(gen.missing_samplers),
+        tools=ToolDefaults(**raw.tools.model_dump()),
         default_quality=tuple(t.strip() for t in prompt.default_quality.split(",") if t.strip()),
     )
     vocabulary = {" ".join(t.lower().split()) for t in dialect.quality_section_terms}

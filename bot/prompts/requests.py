@@ -32,7 +32,7 @@ from bot.prompts.policy import PolicyFields, Verdict, content_policy, normalize_
 from inference.loras import LoraLibrary
 from inference.samplers import SAMPLERS, samplers_for
 from inference.specs import ModelSpec
-from inference.types import GenerationParams, SourceImage
+from inference.types import GenerationParams, HiresFix, SourceImage, scaled_size
 
 MAX_PROMPT_LENGTH = 2000  # the prompt and the negative prompt, each
 MAX_ARTIST_FIELD = 10 * MAX_ARTIST_LENGTH  # the artist option (several names, comma-separated)
@@ -44,6 +44,12 @@ CFG_RANGE = (0.0, 30.0)
 COUNT_RANGE = (1, 8)
 SIZE_RANGE = (256, 2048)  # for full-size models; scaled by the model's size_scale
 SEED_MAX = 2**32 - 1
+STRENGTH_RANGE = (0.05, 1.0)  # img2img's strength a user may give (diffusers: the share of the steps re-run)
+SCALE_RANGE = (1.0, 2.0)  # an upscale's factor (the ⬆ button offers x1.5 and x2)
+# The largest image a job may make (a hires fix or an upscale), for full-size models; scaled by size_scale (squared
+# for the pixels): 2048x2048 in pixels (1024x1024 x2, 832x1216 x2), 4096 on a side.
+MAX_OUTPUT_PIXELS = 2048 * 2048
+MAX_OUTPUT_SIDE = 4096
 # Width and height must be multiples of this: SDXL's VAE downscales by 8; Anima's VAE by 8 and its DiT
 # patches 2x2 latents.
 SIZE_MULTIPLE = {"sdxl": 8, "anima": 16}
@@ -135,6 +141,53 @@ def resolve_size(request: GenerationRequest, spec: ModelSpec, dialect: Dialect) 
     return bucket_size(dialect.default_bucket, spec)
 
 
+def _source_size(request: GenerationRequest) -> tuple[int, int]:
+    """A vary or upscale job's source size: the parent image's "WxH", which the service puts in `size`."""
+    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", request.size or "", re.ASCII)
+    if match is None:
+        raise ValueError(f"a {request.kind} request needs its source's size as WxH, not {request.size!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def resolve_tools(
+    request: GenerationRequest, spec: ModelSpec, dialect: Dialect
+) -> tuple[int, int, float, HiresFix | None]:
+    """The size of the first pass, the img2img strength and the hires fix of a request, by its kind:
+    txt2img (strength 1, no source), img2img (an upload: its nearest bucket, the user's strength or the model's
+    img2img default), vary (the parent's size, the model's vary strength), upscale (the parent's size times the
+    scale, the model's hires strength). Refuses (UserError) an image larger than the models make."""
+    tools = dialect.tools
+    if request.kind != "txt2img" and request.source is None:
+        raise ValueError(f"a {request.kind} request needs a source image")
+    if request.kind == "txt2img" and request.source is not None:
+        raise ValueError("a txt2img request has no source image")
+    if request.strength is not None:
+        if request.kind != "img2img":
+            raise UserError("strength_needs_image")
+        _check_range("strength", request.strength, STRENGTH_RANGE)
+    hires = HiresFix(tools.hires_scale, tools.hires_strength) if request.hires else None
+    if request.kind == "vary" or request.kind == "upscale":
+        width, height = _source_size(request)
+        hires = None  # the job is itself the second pass
+        if request.kind == "vary":
+            strength = tools.vary_strength
+        else:
+            scale = tools.hires_scale if request.scale is None else request.scale
+            _check_range("scale", scale, SCALE_RANGE)
+            width, height = scaled_size(width, height, scale)
+            strength = tools.hires_strength
+    else:
+        width, height = resolve_size(request, spec, dialect)
+        default = tools.img2img_strength if request.kind == "img2img" else 1.0
+        strength = default if request.strength is None else float(request.strength)
+    out_w, out_h = (width, height) if hires is None else scaled_size(width, height, hires.scale)
+    max_side = scaled(MAX_OUTPUT_SIDE, spec.size_scale)
+    max_pixels = round(MAX_OUTPUT_PIXELS * spec.size_scale**2)
+    if out_w > max_side or out_h > max_side or out_w * out_h > max_pixels:
+        raise UserError("image_too_large", width=out_w, height=out_h, pixels=max_pixels, side=max_side)
+    return width, height, strength, hires
+
+
 def normalize_request(request: GenerationRequest) -> GenerationRequest:
     """Every text of the request as it is stored and given to the model (see bot.prompts.policy)."""
     c = request.choices
@@ -218,7 +271,7 @@ def resolve_request(
         raise UserError("unknown_sampler", model=dialect.name, value=sampler, options=options)
     if request.seed is not None:
         _check_range("seed", request.seed, (0, SEED_MAX))
-    width, height = resolve_size(request, spec, dialect)
+    width, height, strength, hires = resolve_tools(request, spec, dialect)
 
     prompt_text, asks = extract_prompt_loras(request.choices.prompt)
     chosen = resolve_loras(
@@ -263,5 +316,8 @@ def resolve_request(
         seeds=seeds,
         sampler=sampler,
         loras=tuple(lora.stored() for lora in chosen),
+        source=request.source,
+        strength=strength,
+        hires=hires,
     )
     return ResolvedRequest(request, spec, dialect, built, params, verdict)

@@ -69,9 +69,12 @@ async def test_forged_buttons_reveal_and_change_nothing(make_bot: BotFactory, fa
         # The real ℹ️ button shows the shown job's parameters to anyone who sees it ...
         answer = await press(fake, message_id, f"animebot:info:{shown.id}", mallory)
         assert answer["flags"] & EPHEMERAL and "1girl, smile" in answer["content"]
-        # ... but a forged one naming the other job reveals nothing; forged reroll and delete do nothing.
-        for action in ("info", "reroll", "delete"):
-            answer = await press(fake, message_id, f"animebot:{action}:{secret.id}", mallory)
+        # ... but a forged one naming the other job reveals nothing; forged reroll, delete, upscale and vary (and
+        # their choices of image) do nothing.
+        for action in ("info", "reroll", "delete", "upscale", "vary", "upscale:0:2", "vary:0"):
+            name = action.split(":")[0]
+            custom_id = f"animebot:{name}:{secret.id}" + action[len(name):]
+            answer = await press(fake, message_id, custom_id, mallory)
             assert answer["flags"] & EPHEMERAL, action
             assert answer["content"] == f"There is no job #{secret.id}.", action
             assert "secret" not in str(answer)

@@ -85,7 +85,10 @@ async def test_generate_end_to_end(make_bot: BotFactory) -> None:
         assert image.size == (64, 64)
         assert "Seed: 42" in image.info["parameters"] and "Steps: 2" in image.info["parameters"]
         ids = [c["custom_id"] for row in response.components for c in row["components"]]
-        assert ids == [f"animebot:reroll:{job.id}", f"animebot:delete:{job.id}", f"animebot:info:{job.id}"]
+        assert ids == [
+            f"animebot:reroll:{job.id}", f"animebot:upscale:{job.id}", f"animebot:vary:{job.id}:0",
+            f"animebot:delete:{job.id}", f"animebot:info:{job.id}",
+        ]
         target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (job.id,))
         assert target == f"{channel.id}:{response.id}"
 

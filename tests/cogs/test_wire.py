@@ -1,6 +1,6 @@
 """The real bot (discord.py client, command tree, delivery) against a loopback Discord over HTTP and the
-gateway websocket: login and READY, command registration, one /generate and one 🔄 reroll whose PNGs
-arrive as multipart uploads."""
+gateway websocket: login and READY, command registration, one /generate, one 🔄 reroll and one ⬆ upscale whose
+PNGs arrive as multipart uploads."""
 
 from __future__ import annotations
 
@@ -212,7 +212,10 @@ async def test_generate_and_reroll_over_the_wire(make_bot: BotFactory, fake_disc
         assert final.json["content"].startswith(f"#{job.id} tiny · seed 42 · 64x64")
         assert [a["id"] for a in final.json["attachments"]] == [0]
         assert final.json["attachments"][0]["filename"] == upload.filename
-        assert custom_ids(final.json) == [f"animebot:{a}:{job.id}" for a in ("reroll", "delete", "info")]
+        assert custom_ids(final.json) == [
+            f"animebot:reroll:{job.id}", f"animebot:upscale:{job.id}", f"animebot:vary:{job.id}:0",
+            f"animebot:delete:{job.id}", f"animebot:info:{job.id}",
+        ]
         message_id = int(final.response["id"])
         stored = fake.messages[message_id]
         assert stored["attachments"][0]["width"] == job.params.width
@@ -248,6 +251,40 @@ async def test_generate_and_reroll_over_the_wire(make_bot: BotFactory, fake_disc
         await delivered(bot)
         target = await bot.service.store.scalar("SELECT target FROM deliveries WHERE job_id = ?", (new.id,))
         assert target == f"{fake.channel_id}:{final.response['id']}"
+
+        # ⬆ on the first result: the choice of factor, shown only to the one who clicked ...
+        click = fake.click(message_id, f"animebot:upscale:{job.id}", alice)
+        await fake.dispatch("INTERACTION_CREATE", click)
+        callback = await fake.wait_for_request(
+            request_to("POST", f"/interactions/{click['id']}/{click['token']}/callback"), timeout=TIMEOUT
+        )
+        assert callback.status == 200 and callback.json["type"] == 4
+        assert callback.json["data"]["flags"] & 64  # ephemeral
+        assert custom_ids(callback.json["data"]) == [f"animebot:upscale:{job.id}:0:{s}" for s in ("1.5", "2")]
+        menu_id = int(callback.response["resource"]["message"]["id"])
+
+        # ... x2: a new job from the first image, announced, then its larger PNG replaces the announcement.
+        click = fake.click(menu_id, f"animebot:upscale:{job.id}:0:2", alice)
+        await fake.dispatch("INTERACTION_CREATE", click)
+        callback = await fake.wait_for_request(
+            request_to("POST", f"/interactions/{click['id']}/{click['token']}/callback"), timeout=TIMEOUT
+        )
+        assert callback.status == 200 and callback.json["type"] == 4
+        assert not callback.json["data"].get("flags", 0) & 64  # in the channel, like a reroll
+        upscale = (await jobs_of(bot, alice_id))[-1]
+        assert (upscale.kind, upscale.parent_id) == ("upscale", job.id)
+        assert callback.json["data"]["content"] == (
+            f"Upscaling image 1 of job #{job.id} ×2 as #{upscale.id} (position 1)."
+        )
+        original = f"/webhooks/{fake.application_id}/{click['token']}/messages/@original"
+        final = await fake.wait_for_request(request_to("PATCH", original, files=True), timeout=TIMEOUT)
+        assert final.status == 200
+        (upload,) = final.files
+        upscale = await bot.service.wait(upscale.id)
+        parameters = png_parameters(upload.data, upscale)  # its size: the job's, 128x128
+        assert (upscale.params.width, upscale.params.height) == (128, 128) and seed_of(parameters) == 42
+        assert custom_ids(final.json)[0] == f"animebot:reroll:{upscale.id}"
+        await delivered(bot)
 
         # Everything went through the interactions; nothing fell back to a channel post; no payload could
         # ping anyone.

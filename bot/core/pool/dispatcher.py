@@ -54,7 +54,7 @@ from bot.core.pool.protocol import (
 from bot.core.pool.registry import Snapshot, WorkerRegistry
 from bot.core.pool.results import ResultRecorder
 from bot.core.pool.status import ExecutorStatus, WorkerStatus
-from bot.core.queue import JobQueue
+from bot.core.queue import SOURCE_GONE, JobQueue
 from inference.memory import JobPlan, estimate_peak, gib, plan_job, reference_footprint, resolve_mode
 from inference.specs import ModelSpec
 from inference.types import ModelLoadError, StepProgress
@@ -421,6 +421,11 @@ class PoolDispatcher:
         dispatch = Dispatch(job.id, worker_id, token, job.attempts, job.cancelled_by)
         self._inflight[job.id] = dispatch
         try:
+            source = await self.queue.source_png(job)  # img2img, vary, upscale: the image travels with the job
+        except OSError as e:
+            log.error("job %s: its source image cannot be read: %s", job.id, e)
+            return await self._unsendable(job.id, token, SOURCE_GONE)
+        try:
             message = JobMessage(
                 job_id=job.id,
                 attempt=job.attempts,
@@ -429,18 +434,16 @@ class PoolDispatcher:
                 params=WireParams.of(job.params),
                 sent_at=time.time(),
             )
-        except ValueError as e:  # beyond the wire's bounds (pydantic's ValidationError is a ValueError)
+            fields = message.fields(source)
+        except ValueError as e:  # beyond the wire's bounds (pydantic's ValidationError and ProtocolError are)
             log.error("job %s cannot be sent to a worker: %s", job.id, e)
-            self._inflight.pop(job.id, None)
-            if await self.queue.jobs.fail(job.id, UNSENDABLE, token):
-                self.events.publish(JobFinished(job.id, JobState.FAILED.value, UNSENDABLE))
-            return True
+            return await self._unsendable(job.id, token, UNSENDABLE)
         inbox = self.keys.inbox(worker_id)
         try:
             if inbox not in self._groups:
                 await self._ensure_group(client, inbox, WORKER_GROUP)
                 self._groups.add(inbox)
-            await xadd(client, inbox, message.fields(), maxlen=INBOX_MAXLEN, approximate=True)
+            await xadd(client, inbox, fields, maxlen=INBOX_MAXLEN, approximate=True)
         except REDIS_ERRORS:
             self._inflight.pop(job.id, None)
             self._unsent[job.id] = dispatch  # requeued at the next connection (or now, if the database lets us)
@@ -453,6 +456,13 @@ class PoolDispatcher:
         return True
 
     # -- results ---------------------------------------------------------------------------------
+
+    async def _unsendable(self, job_id: int, token: str, reason: str) -> bool:
+        """A claimed job that cannot be handed to any worker: failed with `reason` (True: the scheduler goes on)."""
+        self._inflight.pop(job_id, None)
+        if await self.queue.jobs.fail(job_id, reason, token):
+            self.events.publish(JobFinished(job_id, JobState.FAILED.value, reason))
+        return True
 
     async def _read_results(self, client: Redis) -> None:
         pending = True  # a result left pending (not recorded yet): read the pending list again first

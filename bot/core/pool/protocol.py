@@ -17,6 +17,7 @@ Streams and keys (P is the configured prefix, "animebot" by default, so two bots
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inference.types import GenerationParams
+from inference.types import GenerationParams, HiresFix, LoraWeight, SourceImage
 
 VERSION: Literal[1] = 1  # the protocol's version: a message of another version is refused (dead-lettered)
 
@@ -44,10 +45,13 @@ MAX_PROMPT_CHARS = 20_000
 MAX_ERROR_CHARS = 2_000
 MAX_PARAMETERS_CHARS = 65_536  # one image's A1111 "parameters" text
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024  # PNG bytes of one result ([workers] max_result_mb)
+MAX_SOURCE_BYTES = 64 * 1024 * 1024  # the PNG an img2img / vary / upscale job starts from
+MAX_LORAS = 16
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ID = re.compile(r"^[A-Za-z0-9._:@-]{1,100}$")  # worker ids and key prefixes: safe inside key names
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
 class ProtocolError(ValueError):
@@ -147,6 +151,37 @@ def _first_error(error: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"[:300]
 
 
+class _Part(BaseModel):
+    """A part of a message (no version of its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+Sha256 = Annotated[str, Field(pattern=_SHA256)]
+Strength = Annotated[float, Field(gt=0, le=1)]
+
+
+class WireLora(_Part):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    sha256: Sha256  # how the worker finds its own copy of the file
+    weight: Annotated[float, Field(ge=-10, le=10)]
+    short_hash: Annotated[str, Field(max_length=64)] = ""
+
+
+class WireSource(_Part):
+    """Where the job's source image came from (its bytes travel in the entry's "source" field)."""
+
+    path: Annotated[str, Field(min_length=1, max_length=1000)]
+    sha256: Sha256
+    job_id: JobId | None = None
+    index: Annotated[int, Field(ge=0, lt=MAX_IMAGES)] = 0
+
+
+class WireHires(_Part):
+    scale: Annotated[float, Field(ge=1, le=4)]
+    strength: Strength
+
+
 class WireParams(_Message):
     """GenerationParams on the wire, bounded."""
 
@@ -158,9 +193,14 @@ class WireParams(_Message):
     cfg: Annotated[float, Field(ge=0, le=100)]
     seeds: Annotated[tuple[Annotated[int, Field(ge=0, lt=2**64)], ...], Field(min_length=1, max_length=MAX_IMAGES)]
     sampler: Annotated[str, Field(min_length=1, max_length=40)]
+    loras: Annotated[tuple[WireLora, ...], Field(max_length=MAX_LORAS)] = ()
+    source: WireSource | None = None
+    strength: Strength = 1.0
+    hires: WireHires | None = None
 
     @classmethod
     def of(cls, params: GenerationParams) -> WireParams:
+        source = params.source
         return cls(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
@@ -170,11 +210,32 @@ class WireParams(_Message):
             cfg=params.cfg,
             seeds=params.seeds,
             sampler=params.sampler,
+            loras=tuple(
+                WireLora(name=lora.name, sha256=lora.sha256, weight=lora.weight, short_hash=lora.short_hash)
+                for lora in params.loras
+            ),
+            source=None
+            if source is None
+            else WireSource(path=source.path, sha256=source.sha256, job_id=source.job_id, index=source.index),
+            strength=params.strength,
+            hires=None if params.hires is None else WireHires(scale=params.hires.scale, strength=params.hires.strength),
         )
 
     def to_params(self) -> GenerationParams:
+        source = self.source
         return GenerationParams(
-            self.prompt, self.negative_prompt, self.width, self.height, self.steps, self.cfg, self.seeds, self.sampler
+            self.prompt,
+            self.negative_prompt,
+            self.width,
+            self.height,
+            self.steps,
+            self.cfg,
+            self.seeds,
+            self.sampler,
+            loras=tuple(LoraWeight(lora.name, lora.sha256, lora.weight, lora.short_hash) for lora in self.loras),
+            source=None if source is None else SourceImage(source.path, source.sha256, source.job_id, source.index),
+            strength=self.strength,
+            hires=None if self.hires is None else HiresFix(self.hires.scale, self.hires.strength),
         )
 
 
@@ -188,13 +249,49 @@ class JobMessage(_Message):
     params: WireParams
     sent_at: float  # the bot's clock (time.time()), for the dispatch latency
 
-    def fields(self) -> dict[str, bytes]:
-        return {"job": self.to_json()}
+    def fields(self, source: bytes | None = None) -> dict[str, bytes]:
+        """The stream entry: the JSON, and the source image's PNG bytes (field "source") for a job that starts from
+        one (img2img, vary, upscale), as the queue read and checked them (JobQueue.source_png). Raises ProtocolError
+        when they are missing, not a PNG or too large (not hashed again here: this runs on the bot's event loop)."""
+        _check_source(self, source, hashed=False)
+        entry = {"job": self.to_json()}
+        if source is not None:
+            entry["source"] = source
+        return entry
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes]) -> JobMessage:
+        """The message, with the cheap checks of its source bytes (present where the job names one, a PNG, bounded);
+        `checked_source` hashes them. Raises ProtocolError."""
         message: JobMessage = cls.from_json(fields.get(b"job"))
+        extra = set(fields) - {b"job", b"source"}
+        if extra:
+            raise ProtocolError(f"JobMessage: unexpected fields {sorted(extra)[:3]!r}"[:200])
+        _check_source(message, fields.get(b"source"), hashed=False)
         return message
+
+    def checked_source(self, fields: Mapping[bytes, bytes]) -> bytes | None:
+        """The entry's source image bytes (None: a job without one), checked to be the image the job names by their
+        SHA-256. Blocking for a large image (call it on a thread). Raises ProtocolError."""
+        source = fields.get(b"source")
+        _check_source(self, source)
+        return source
+
+
+def _check_source(message: JobMessage, source: bytes | None, *, hashed: bool = True) -> None:
+    expected = message.params.source
+    if expected is None:
+        if source is not None:
+            raise ProtocolError("JobMessage: a source image for a job without one")
+        return
+    if source is None:
+        raise ProtocolError("JobMessage: the source image is missing")
+    if len(source) > MAX_SOURCE_BYTES:
+        raise ProtocolError(f"JobMessage: a source image of {len(source)} bytes, more than {MAX_SOURCE_BYTES}")
+    if not source.startswith(PNG_SIGNATURE):
+        raise ProtocolError("JobMessage: the source image is not a PNG")
+    if hashed and hashlib.sha256(source).hexdigest() != expected.sha256:
+        raise ProtocolError("JobMessage: the source image is not the one the job names")
 
 
 class ImageMeta(_Message):

@@ -303,6 +303,7 @@ class RedisJobSource:
             return None
         try:
             message = JobMessage.from_fields(fields)
+            source = await asyncio.to_thread(message.checked_source, fields)  # hashing megabytes: off the loop
         except ProtocolError as e:
             log.error("worker %s: inbox entry %s dead-lettered: %s", self.worker_id, entry_id.decode(), e)
             await self.client.xadd(
@@ -338,7 +339,7 @@ class RedisJobSource:
             message.job_id, message.model, message.attempt, len(message.params.seeds),
             message.params.width, message.params.height, message.params.steps,
         )
-        return WorkItem(message.job_id, spec, message.params.to_params(), paths)
+        return WorkItem(message.job_id, spec, message.params.to_params(), paths, source)
 
     async def _send(self, entry_id: bytes, result: Mapping[str, bytes]) -> None:
         """The result into the results stream, then (only then) the inbox entry acknowledged."""
@@ -481,6 +482,10 @@ class RedisJobSource:
                     await self.client.xadd(self.keys.results, _entry(job.result))
                     job.sent = True
                 await self.client.xack(self.inbox, WORKER_GROUP, job.entry)
+                if job.message.params.source is not None:
+                    # Its result is in the results stream (recorded before the bot looks for unsent dispatches):
+                    # the entry and the image it carries are not kept in Redis with the acknowledged ones.
+                    await self.client.xdel(self.inbox, job.entry)
         except RedisUnavailable as e:
             raise SourceBusy(str(e)) from None
         job_id = job.message.job_id

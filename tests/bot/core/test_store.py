@@ -110,6 +110,7 @@ async def test_a_database_of_an_older_release_is_upgraded_and_keeps_its_jobs(tmp
         assert await store.scalar("PRAGMA user_version") == len(MIGRATIONS)
         job = await JobRepository(store).get(1)
         assert job is not None and job.request.choices.prompt == "1girl" and job.locale is None
+        assert (job.kind, job.parent_id) == ("txt2img", None)  # migration 8's defaults for older rows
     finally:
         await store.close()
 

@@ -32,6 +32,7 @@ TIMEOUT = 120.0  # a hang detector, not a speed limit
 class Bot:
     def __init__(self, config: Config, store: Store, url: str) -> None:
         self.config = config
+        self.url = url
         self.events = EventBus()
         self.heard: list[Event] = []
         self.events.listen(self.heard.append)
