@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -306,8 +307,8 @@ def test_the_lock_names_its_holder_and_is_free_after_release(tmp_path: Path) -> 
 
 
 class QuickRetryWorker(GpuWorker):
-    def __init__(self, source: object, cache: ModelCache) -> None:
-        super().__init__(source, cache, retry=(0.05, 0.2))  # type: ignore[arg-type]
+    def __init__(self, source: object, cache: ModelCache, **options: Any) -> None:
+        super().__init__(source, cache, retry=(0.05, 0.2), **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
