@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 from redis.typing import EncodableT, FieldT
 
 from bot.core.pool.connection import UNREACHABLE, RedisUnavailable, reachable
@@ -159,6 +159,7 @@ class RedisJobSource:
         self._last_progress: dict[int, float] = {}
         self._beat_now = asyncio.Event()
         self._beaten = False  # this worker's heartbeat was written at least once
+        self._stopped = False  # stop() was called: the heartbeat loop ends even if redis-py swallowed its cancellation
         self.id_taken = asyncio.Event()  # another live worker announces itself under our id: stop
         self.id_taken_by = ""  # why (one line)
         self._tasks: list[asyncio.Task[None]] = []
@@ -182,6 +183,7 @@ class RedisJobSource:
         """Stop the tasks and delete the heartbeat key, so the bot hands this worker's unfinished jobs (their
         entries stay pending) to another worker at once. If Redis cannot be reached, the key expires by itself
         after the visibility timeout."""
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -505,44 +507,48 @@ class RedisJobSource:
 
     async def beat(self) -> Heartbeat:
         """Write the heartbeat once (raises redis-py's errors) and return it. Raises WorkerIdInUse, writing nothing,
-        when the key holds another live worker's heartbeat."""
-        await self._check_id()
+        when the key holds another live worker's heartbeat. The key is read, checked and written in one optimistic
+        transaction (WATCH): a heartbeat another worker writes between our read and our write aborts our write, and
+        the next round reads it."""
         try:
             state = await asyncio.to_thread(self._state)
         except Exception as e:  # a device that cannot be asked now: the heartbeat goes out without it
             log.debug("device state unavailable: %s", e)
             state = DeviceState()
-        heartbeat = Heartbeat(
-            id=self.worker_id,
-            host=self._host,
-            pid=os.getpid(),
-            device=state.device[:40],
-            models=tuple(self.models)[:100],
-            loaded=state.loaded[:100],
-            slots=1,
-            busy=self.busy[:64],
-            budget=state.budget,
-            free=state.free,
-            started_at=self._started_at,
-            sent_at=time.time(),
-        )
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(
-                self.keys.worker(self.worker_id), heartbeat.to_bytes(),
-                px=max(1, int(self.settings.visibility_timeout * 1000)),
+        key = self.keys.worker(self.worker_id)
+        while True:
+            heartbeat = Heartbeat(
+                id=self.worker_id,
+                host=self._host,
+                pid=os.getpid(),
+                device=state.device[:40],
+                models=tuple(self.models)[:100],
+                loaded=state.loaded[:100],
+                slots=1,
+                busy=self.busy[:64],
+                budget=state.budget,
+                free=state.free,
+                started_at=self._started_at,
+                sent_at=time.time(),
             )
-            pipe.sadd(self.keys.workers, self.worker_id)
-            await pipe.execute()
-        self._beaten = True
-        return heartbeat
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                self._check_id(await pipe.get(key))
+                pipe.multi()
+                pipe.set(key, heartbeat.to_bytes(), px=max(1, int(self.settings.visibility_timeout * 1000)))
+                pipe.sadd(self.keys.workers, self.worker_id)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue  # the key changed since it was read: read it again
+            self._beaten = True
+            return heartbeat
 
-    async def _check_id(self) -> None:
-        """Raise WorkerIdInUse when the heartbeat key holds another worker's heartbeat (not this source's: another
-        host, process or start) that is alive. Before our first beat, the key of a process of this host that is gone
-        is ours to take over; after it, any other heartbeat there means another worker took the id meanwhile. Read
-        and write are two round trips: two workers started at the same instant may both pass, and the next beat of
-        one of them sees the other's heartbeat."""
-        raw: Any = (await self.client.mget([self.keys.worker(self.worker_id)]))[0]
+    def _check_id(self, raw: Any) -> None:
+        """Raise WorkerIdInUse when the heartbeat key's value `raw` is another worker's heartbeat (not this source's:
+        another host, process or start) that is alive. Before our first beat, the key of a process of this host that
+        is gone is ours to take over; after it, any other heartbeat there means another worker took the id
+        meanwhile."""
         if raw is None:
             return
         try:
@@ -564,7 +570,9 @@ class RedisJobSource:
 
     async def _heartbeat(self) -> None:
         failing = False
-        while True:
+        # Not `while True`: redis-py (on Python 3.11) can swallow a cancellation that arrives while a transaction's
+        # connection is released, and the loop would then beat on after stop().
+        while not self._stopped:
             self._beat_now.clear()
             try:
                 await self.beat()

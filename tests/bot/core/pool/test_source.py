@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 from PIL import Image
 
 from bot.config import Config, WorkersSettings, parse_config
 from bot.core.pool.protocol import WORKER_GROUP, Heartbeat, JobMessage, Keys
-from bot.core.pool.source import RedisJobSource
+from bot.core.pool.source import RedisJobSource, WorkerIdInUse
 from bot.core.pool.worker_process import WorkerSetupError, run_worker
 from inference.cache import ModelCache
 from inference.specs import RuntimeOptions
@@ -503,3 +504,28 @@ async def test_a_worker_freezes_its_start_up_heap_and_each_model_it_loads(
 
 async def _announced(bot: FakeBot, worker: str) -> bool:
     return await bot.heartbeat(worker) is not None
+
+
+async def test_a_heartbeat_written_between_the_read_and_the_write_is_not_overwritten(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's heartbeat that lands right after ours read the key (a loaded machine, two workers started
+    together) is seen, not overwritten: the read, the check and the write are one transaction."""
+    settings = WorkersSettings(mode="redis", url=redis_server.url, visibility_timeout=5, heartbeat_interval=0.2)
+    source = RedisJobSource(client, settings, "shared-id", {}, tmp_path / "spool")
+    await source.beat()
+    other = _heartbeat_of("shared-id", "elsewhere", 4321)
+    check = source._check_id
+    landed: list[bool] = []
+
+    def check_then_the_other_writes(raw: Any) -> None:
+        check(raw)
+        if not landed:  # the other worker's write, between our read and our write
+            landed.append(True)
+            with sync_redis.Redis.from_url(redis_server.url) as other_worker:
+                other_worker.set(Keys().worker("shared-id"), other, px=60_000)
+
+    monkeypatch.setattr(source, "_check_id", check_then_the_other_writes)
+    with pytest.raises(WorkerIdInUse, match="host elsewhere, pid 4321"):
+        await source.beat()
+    assert await client.get(Keys().worker("shared-id")) == other  # the other worker's, not overwritten
