@@ -533,7 +533,7 @@ class RedisJobSource:
             )
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)
-                self._check_id(await pipe.get(key))
+                self._check_id((await pipe.mget([key]))[0])
                 pipe.multi()
                 pipe.set(key, heartbeat.to_bytes(), px=max(1, int(self.settings.visibility_timeout * 1000)))
                 pipe.sadd(self.keys.workers, self.worker_id)
