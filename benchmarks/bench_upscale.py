@@ -86,9 +86,10 @@ def time_jobs(backend: Any, jobs: dict[str, tuple[Any, Any]], repeats: int) -> t
     return {name: statistics.median(values) for name, values in times.items()}, steps
 
 
-def measure(model: str, size: int, scales: list[float], steps: int, strength: float, repeats: int) -> list[Row]:
+def measure(model: str, size: int, scales: list[float], steps: int, strength: float | None, repeats: int) -> list[Row]:
     import torch
 
+    from bot.prompts.dialects import load_dialect
     from inference.cache import ModelCache
     from inference.registry import load_backend
     from inference.specs import BuiltinSource, ModelSpec, RuntimeOptions
@@ -97,6 +98,9 @@ def measure(model: str, size: int, scales: list[float], steps: int, strength: fl
     family, sampler = MODELS[model]
     spec = ModelSpec(model, family, "anima" if family == "anima" else "animagine-xl-4", BuiltinSource(model))
     loads: list[str] = []
+    if strength is None:  # what ⬆ and hires:true use on this model (data/models/*.toml [tools])
+        strength = load_dialect("anima" if family == "anima" else "animagine-xl-4.0").tools.hires_strength
+    print(f"{model}: strength {strength:g}")
 
     def counting(spec: ModelSpec, runtime: RuntimeOptions, progress: object) -> object:
         loads.append(spec.name)
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="the parent's edge in pixels (a multiple of 16)")
     parser.add_argument("--scales", default="1.5,2", help="comma-separated upscale factors")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--strength", type=float, default=0.35, help="the upscale's denoising strength")
+    parser.add_argument(
+        "--strength", type=float, default=None, help="the upscale's denoising strength (default: the model's own)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the tiny models' fastest)")
     args = parser.parse_args(argv)
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"bench_upscale: parent {args.size}x{args.size}, {args.steps} steps, strength {args.strength:g}, "
+    print(f"bench_upscale: parent {args.size}x{args.size}, {args.steps} steps, "
           f"median of {args.repeats}; {load_average()}")
     for model in models:
         for row in measure(model, args.size, scales, args.steps, args.strength, args.repeats):
